@@ -1,0 +1,133 @@
+"""check_invariants(machine): the model's DIAGNOSTIC.
+
+Each check names the invariant it enforces.  The pmap/TLB checks are this
+layer's own (``specs/pmap.md``); the loan invariants I1-I20 of the digest are
+added by the loan layer.  Every check raises ``InvariantViolation`` with the
+invariant's name and the page, mapping or CPU at fault.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import InvariantViolation
+from .page import PQ
+from .param import PG
+from .pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_U, PTE_W, PTE_WIRED, pte_frame, pte_str
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+
+def check_pages(m: Machine) -> None:
+    """PA1-PA3: allocator bookkeeping."""
+    uvm = m.uvm
+    free = set(uvm.free)
+    if len(free) != len(uvm.free):
+        raise InvariantViolation("PA1", "a frame is on the free list twice")
+    both = free & set(uvm.pages)
+    if both:
+        raise InvariantViolation("PA1", f"frames {sorted(both)[:5]} are both free and allocated")
+    if len(free) + len(uvm.pages) != uvm.npages:
+        raise InvariantViolation(
+            "PA1",
+            f"{len(free)} free + {len(uvm.pages)} allocated != {uvm.npages} frames",
+        )
+    for frame, pg in uvm.pages.items():
+        if pg.frame != frame or pg.flags & PG.FREE:
+            raise InvariantViolation("PA2", f"{pg!r} is allocated but marked free or misfiled")
+        inq = (pg in uvm.active) + (pg in uvm.inactive)
+        expect = {PQ.ACTIVE: (1, pg in uvm.active), PQ.INACTIVE: (1, pg in uvm.inactive)}
+        if pg.pqueue in expect:
+            n, ok = expect[pg.pqueue]
+            if inq != n or not ok:
+                raise InvariantViolation("PA3", f"{pg!r} queue field disagrees with the queues")
+        elif inq:
+            raise InvariantViolation("PA3", f"{pg!r} is on a paging queue but says {pg.pqueue}")
+        if pg.wire_count and pg.pqueue in (PQ.ACTIVE, PQ.INACTIVE):
+            raise InvariantViolation("PA3", f"wired {pg!r} is on a paging queue")
+    for q in (uvm.active, uvm.inactive):
+        for pg in q:
+            if uvm.pages.get(pg.frame) is not pg:
+                raise InvariantViolation("PA3", f"freed {pg!r} is still on a paging queue")
+
+
+def check_pmaps(m: Machine) -> None:
+    """PM1-PM3: page tables, pv lists and statistics agree."""
+    uvm = m.uvm
+    seen: set[tuple[int, int, int]] = set()
+    for pm in m.pmap.pmaps:
+        wired = 0
+        for va, pte in pm.ptes.items():
+            if not pte & PTE_P:
+                raise InvariantViolation("PM1", f"{pm.name} {va:#x}: non-present PTE stored")
+            if pte & PTE_WIRED:
+                wired += 1
+            if pm.is_kernel == bool(pte & PTE_U):
+                raise InvariantViolation("PM1", f"{pm.name} {va:#x}: U bit wrong {pte_str(pte)}")
+            frame = pte_frame(pte)
+            pg = uvm.pages.get(frame)
+            if pte & PTE_PVLIST:
+                if pg is None:
+                    raise InvariantViolation(
+                        "PM2", f"{pm.name} {va:#x} is managed but frame {frame} is free"
+                    )
+                if (pm, va) not in pg.mdpage.pv:
+                    raise InvariantViolation(
+                        "PM2", f"{pm.name} {va:#x} maps {pg!r} but is not on its pv list"
+                    )
+                seen.add((id(pm), va, frame))
+        if pm.resident_count != len(pm.ptes) or pm.wired_count != wired:
+            raise InvariantViolation(
+                "PM3",
+                f"{pm.name}: resident {pm.resident_count}/{len(pm.ptes)}, "
+                f"wired {pm.wired_count}/{wired}",
+            )
+    for frame, pg in uvm.pages.items():
+        for pm, va in pg.mdpage.pv:
+            if (id(pm), va, frame) not in seen:
+                raise InvariantViolation(
+                    "PM2", f"pv entry ({pm.name}, {va:#x}) of {pg!r} has no matching managed PTE"
+                )
+
+
+def check_tlbs(m: Machine) -> None:
+    """TLB1: after the barrier no TLB grants what its PTE does not.
+
+    Holds whenever no CPU has a shootdown pending: every cached entry maps the
+    frame the PTE maps, and a cached writable entry with D set has W in its
+    PTE (an entry with D clear cannot write without re-walking).  CPUs with
+    IPIs not yet taken (MI policy, which does not wait) are skipped.
+    """
+    if any(not c.packet.empty for c in m.cpus):
+        raise InvariantViolation("TLB1", "checked with a shootdown still queued")
+    for cpu in m.cpus:
+        if cpu.pending_ipis:
+            continue
+        for (_asid, vpn), (pm, snap) in cpu.tlb:
+            va = vpn << m.pmap.page_shift
+            pte = pm.ptes.get(va, 0)  # type: ignore[attr-defined]
+            name = pm.name  # type: ignore[attr-defined]
+            if not pte & PTE_P:
+                raise InvariantViolation(
+                    "TLB1", f"CPU {cpu.index} caches {name} {va:#x} -> {pte_str(snap)}, unmapped"
+                )
+            if pte_frame(pte) != pte_frame(snap):
+                raise InvariantViolation(
+                    "TLB1",
+                    f"CPU {cpu.index} caches {name} {va:#x} -> frame {pte_frame(snap)}, "
+                    f"PTE maps {pte_frame(pte)}",
+                )
+            if snap & PTE_W and snap & PTE_D and not pte & PTE_W:
+                raise InvariantViolation(
+                    "TLB1",
+                    f"CPU {cpu.index} can write {name} {va:#x} through {pte_str(snap)}; "
+                    f"PTE is {pte_str(pte)}",
+                )
+
+
+def check_invariants(m: Machine) -> None:
+    """Run every invariant check of the layers present."""
+    check_pages(m)
+    check_pmaps(m)
+    check_tlbs(m)

@@ -1,0 +1,280 @@
+"""vm_page, the page allocator and the paging queues.
+
+Follows ``sys/uvm/uvm_page.c`` 1.246 and ``uvm_page.h`` 1.109.  A ``Page``
+exists only while its frame is allocated: the free list holds bare frame
+numbers, so a machine with millions of frames costs nothing until they are
+used, and a stale reference to a freed page is detectable (``PG_FREE``).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from .errors import KernelAssertion
+from .param import PG, UVM_PGA_USERESERVE, UVM_PGA_ZERO
+from .pmap.pmap import VMPageMD
+from .trace import PageAlloc, PageFree
+
+if TYPE_CHECKING:
+    from .pmap.cpu import Platform
+
+
+class PQ(enum.Enum):
+    """Which paging queue a page is on (``uvm_pdpolicy_clock`` queues)."""
+
+    NONE = "none"
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    FREE = "free"
+
+
+class PageOwnerObject(Protocol):
+    """What the allocator needs of a uvm_object (see object.py)."""
+
+    name: str
+    pgflag: PG
+
+    def _page_insert(self, pg: Page) -> None: ...
+
+    def _page_remove(self, pg: Page) -> None: ...
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class Page:
+    """``struct vm_page``: NetBSD's field names, one instance per allocated frame."""
+
+    frame: int
+    allocator: PageAllocator
+    flags: PG = PG.NONE
+    loan_count: int = 0
+    wire_count: int = 0
+    uobject: Any = None  # owning uvm_object (or the zero-loan object)
+    uanon: Any = None  # owning anon, or the anon an object page is O->A loaned to
+    offset: int = 0
+    pqueue: PQ = PQ.NONE
+    mdpage: VMPageMD = attrs.field(factory=VMPageMD)
+    # Model bookkeeping: the page has been loaned at least once (I6 applies
+    # only to such pages; freshly allocated unowned pages are not orphans).
+    ever_loaned: bool = False
+
+    @property
+    def pa(self) -> int:
+        """VM_PAGE_TO_PHYS(pg)."""
+        return self.frame * self.allocator.page_size
+
+    @property
+    def is_orphan(self) -> bool:
+        return self.loan_count > 0 and self.uobject is None and self.uanon is None
+
+    def __repr__(self) -> str:
+        owner = "-"
+        if self.uobject is not None:
+            owner = f"obj={getattr(self.uobject, 'name', '?')}@{self.offset:#x}"
+        if self.uanon is not None:
+            owner += f" anon={getattr(self.uanon, 'name', id(self.uanon))}"
+        return (
+            f"<Page frame={self.frame} {self.flags!s} loan={self.loan_count} "
+            f"wire={self.wire_count} {owner} q={self.pqueue.value} pv={len(self.mdpage.pv)}>"
+        )
+
+
+@attrs.define(slots=True, eq=False)
+class PageAllocator:
+    """The free list, the allocated pages and the paging queues (``uvm``/``uvmexp``).
+
+    ``limit`` caps how many frames may be allocated at once (tests provoke
+    memory shortage with it); ``reserve`` frames are kept for allocations
+    that pass ``UVM_PGA_USERESERVE`` (the pagedaemon's and kernel's reserve).
+    """
+
+    platform: Platform
+    npages: int
+    page_size: int
+    limit: int | None = None
+    reserve: int = 0
+    pages: dict[int, Page] = attrs.field(factory=dict)
+    free: list[int] = attrs.field(init=False)
+    active: dict[Page, None] = attrs.field(factory=dict)
+    inactive: dict[Page, None] = attrs.field(factory=dict)
+    # Counters in the manner of uvmexp.
+    npagealloc: int = 0
+    npagefree: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        # Hand out low frames first: deterministic and easy to read in traces.
+        self.free = list(range(self.npages - 1, -1, -1))
+
+    @property
+    def free_count(self) -> int:
+        return len(self.free)
+
+    @property
+    def allocated(self) -> int:
+        return len(self.pages)
+
+    def _available(self, flags: int) -> int:
+        avail = len(self.free)
+        if self.limit is not None:
+            avail = min(avail, self.limit - len(self.pages))
+        if not flags & UVM_PGA_USERESERVE:
+            avail -= self.reserve
+        return avail
+
+    def phys_to_page(self, frame: int) -> Page | None:
+        """PHYS_TO_VM_PAGE: the vm_page of an allocated frame, else None."""
+        return self.pages.get(frame)
+
+    def uvm_pagealloc(
+        self, obj: PageOwnerObject | None, off: int, anon: Any, flags: int = 0
+    ) -> Page | None:
+        """Allocate a page owned by ``obj`` at ``off``, or by ``anon``, or by nobody.
+
+        Returns None when no frame is available, as NetBSD does (callers
+        wait or fail).  The page comes back ``PG_BUSY|PG_CLEAN|PG_FAKE``; a
+        zeroed owned page is dirty (uvm_page.c 1.246).
+        """
+        if obj is not None and anon is not None:
+            raise KernelAssertion("uvm_pagealloc: both an object and an anon given")
+        if self._available(flags) <= 0:
+            return None
+        plat = self.platform
+        frame = self.free.pop()
+        pg = Page(frame, self)
+        pg.flags = PG.BUSY | PG.CLEAN | PG.FAKE
+        pg.offset = off
+        self.pages[frame] = pg
+        if anon is not None:
+            pg.uanon = anon
+            anon.an_page = pg
+            pg.flags |= PG.ANON
+        elif obj is not None:
+            pg.uobject = obj
+            obj._page_insert(pg)
+            pg.flags |= PG.TABLED | obj.pgflag
+        if flags & UVM_PGA_ZERO:
+            if obj is not None or anon is not None:
+                pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
+            plat.physmem.zero_page(frame)
+            plat.charge(plat.costs.zero_ns(self.page_size))
+        self.npagealloc += 1
+        plat.charge(plat.costs.page_alloc_ns)
+        tr = plat.tracer
+        if tr.on:
+            owner = (
+                f"anon {getattr(anon, 'name', '?')}"
+                if anon is not None
+                else f"{obj.name}@{off:#x}"
+                if obj is not None
+                else "-"
+            )
+            tr.emit(PageAlloc(plat.now(), plat.cur, "-", frame, owner))
+        return pg
+
+    def uvm_pagefree(self, pg: Page) -> None:
+        """Free a page (uvm_page.c 1.246 ``uvm_pagefree``).
+
+        The owner is detached first.  A page with ``loan_count > 0`` takes
+        the loan branch (T5 of the digest): it is disowned, becomes an
+        orphan and is *not* freed; that branch is ``_pagefree_loaned``.
+        """
+        self._check_live(pg, "uvm_pagefree")
+        if pg.loan_count > 0:
+            self._pagefree_loaned(pg)
+            return
+        if pg.wire_count:
+            raise KernelAssertion(f"uvm_pagefree: {pg!r} is wired")
+        if pg.mdpage.pv:
+            raise KernelAssertion(
+                f"uvm_pagefree: {pg!r} still has {len(pg.mdpage.pv)} managed mappings"
+            )
+        if pg.uobject is not None:
+            pg.uobject._page_remove(pg)
+            pg.uobject = None
+        if pg.uanon is not None:
+            if pg.flags & PG.ANON:
+                pg.uanon.an_page = None
+            pg.uanon = None
+        self._free_frame(pg)
+
+    def _pagefree_loaned(self, pg: Page) -> None:
+        """The loan branch of uvm_pagefree: filled in by the loan layer."""
+        raise KernelAssertion(
+            f"uvm_pagefree: {pg!r} is loaned; the loan branch belongs to uvmloan.loan"
+        )
+
+    def _free_frame(self, pg: Page) -> None:
+        plat = self.platform
+        self.uvm_pagedequeue(pg)
+        pg.flags = PG.FREE
+        pg.pqueue = PQ.FREE
+        del self.pages[pg.frame]
+        plat.physmem.release_frame(pg.frame)
+        self.free.append(pg.frame)
+        self.npagefree += 1
+        plat.charge(plat.costs.page_alloc_ns)
+        tr = plat.tracer
+        if tr.on:
+            tr.emit(PageFree(plat.now(), plat.cur, "-", pg.frame))
+
+    def _check_live(self, pg: Page, who: str) -> None:
+        if not isinstance(pg, Page):
+            raise TypeError(f"{who}: expected a Page, not {type(pg).__name__}")
+        if pg.flags & PG.FREE or self.pages.get(pg.frame) is not pg:
+            raise KernelAssertion(f"{who}: page of frame {pg.frame} is already free")
+
+    # ----------------------------------------------------------- paging queues
+
+    def uvm_pagedequeue(self, pg: Page) -> None:
+        if pg.pqueue is PQ.ACTIVE:
+            del self.active[pg]
+        elif pg.pqueue is PQ.INACTIVE:
+            del self.inactive[pg]
+        if pg.pqueue is not PQ.FREE:
+            pg.pqueue = PQ.NONE
+
+    def uvm_pageactivate(self, pg: Page) -> None:
+        """Put (or move) the page on the active queue; wired pages stay off."""
+        self._check_live(pg, "uvm_pageactivate")
+        if pg.wire_count:
+            return
+        self.uvm_pagedequeue(pg)
+        self.active[pg] = None
+        pg.pqueue = PQ.ACTIVE
+
+    def uvm_pagedeactivate(self, pg: Page) -> None:
+        self._check_live(pg, "uvm_pagedeactivate")
+        if pg.wire_count:
+            return
+        self.uvm_pagedequeue(pg)
+        self.inactive[pg] = None
+        pg.pqueue = PQ.INACTIVE
+
+    def uvm_pagewire(self, pg: Page) -> None:
+        self._check_live(pg, "uvm_pagewire")
+        if pg.wire_count == 0:
+            self.uvm_pagedequeue(pg)
+        pg.wire_count += 1
+
+    def uvm_pageunwire(self, pg: Page) -> None:
+        self._check_live(pg, "uvm_pageunwire")
+        if pg.wire_count <= 0:
+            raise KernelAssertion(f"uvm_pageunwire: {pg!r} is not wired")
+        pg.wire_count -= 1
+        if pg.wire_count == 0:
+            self.uvm_pageactivate(pg)
+
+    def uvm_pagecopy(self, src: Page, dst: Page) -> None:
+        """Copy contents (pmap_copy_page) and mark the destination dirty."""
+        plat = self.platform
+        plat.physmem.copy_page(src.frame, dst.frame)
+        plat.charge(plat.costs.copy_ns(self.page_size))
+        dst.flags = (dst.flags & ~PG.CLEAN) | PG.DIRTY
+
+    def uvm_pagezero(self, pg: Page) -> None:
+        plat = self.platform
+        plat.physmem.zero_page(pg.frame)
+        plat.charge(plat.costs.zero_ns(self.page_size))
+        pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY

@@ -1,0 +1,137 @@
+"""CPUs and the platform they share.
+
+``CPU`` is the model's ``struct cpu_info``: its TLB, its clock, the user pmap
+loaded in it (CR3), x86's lazy-TLB state and its pending shootdown packet.
+``Platform`` is what every layer reaches for ``curcpu()``: the CPUs, the
+profile and cost model, the tracer, the scheduler and physical memory.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ..physmem import PhysMem
+from ..profile import CostModel, Profile
+from ..sim import Scheduler
+from ..trace import Tracer
+from .tlb import TLB
+
+if TYPE_CHECKING:
+    from .pmap import Pmap
+
+FaultHandler = Callable[["CPU", "Pmap", int, int, bool], None]
+"""fault_handler(cpu, pmap, va, access_type, user): resolve or raise."""
+
+
+class TLBState(enum.Enum):
+    """x86 ``ci_tlbstate``."""
+
+    VALID = "valid"
+    LAZY = "lazy"  # pmap_deactivate()d: still in pm_cpus, still caching
+    STALE = "stale"  # a shootdown took it out of pm_cpus while lazy
+
+
+@attrs.define(slots=True, eq=False)
+class ShootdownPacket:
+    """x86_tlb.c ``pmap_tlb_packet_t``: the per-CPU pending shootdown set."""
+
+    vas: list[int] = attrs.field(factory=list)
+    allva: bool = False
+    global_pte: bool = False
+    userpmap: bool = False
+    targets: set[int] = attrs.field(factory=set)
+    # The MI (ASID) policy tracks address spaces rather than addresses.
+    pmaps: dict[Pmap, None] = attrs.field(factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.vas and not self.allva and not self.pmaps
+
+    def clear(self) -> None:
+        self.vas.clear()
+        self.allva = False
+        self.global_pte = False
+        self.userpmap = False
+        self.targets = set()
+        self.pmaps = {}
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class CPU:
+    index: int
+    tlb: TLB
+    clock: int = 0
+    curpmap: Pmap | None = None
+    tlbstate: TLBState = TLBState.VALID
+    packet: ShootdownPacket = attrs.field(factory=ShootdownPacket)
+    # MI ASID policy: the ASID each pmap holds on this CPU's TLB.
+    asids: dict[Pmap, int] = attrs.field(factory=dict)
+    next_asid: int = 1
+    # Shootdown IPIs not yet taken (MI policy: the initiator does not wait).
+    pending_ipis: list[Callable[[], None]] = attrs.field(factory=list)
+
+    def charge(self, ns: int) -> None:
+        self.clock += ns
+
+    def __repr__(self) -> str:
+        cur = self.curpmap.name if self.curpmap is not None else None
+        return f"<CPU {self.index} t={self.clock}ns pmap={cur} tlb={len(self.tlb)}>"
+
+
+@attrs.define(slots=True, eq=False)
+class Platform:
+    profile: Profile
+    physmem: PhysMem
+    tracer: Tracer
+    cpus: list[CPU]
+    sched: Scheduler = attrs.field(factory=Scheduler)
+    cur: int = 0
+    fault_handler: FaultHandler | None = None
+
+    @classmethod
+    def build(cls, profile: Profile, physmem: PhysMem, tracer: Tracer, ncpus: int) -> Platform:
+        cpus = [
+            CPU(i, TLB(profile.tlb_entries, profile.tlb_replacement, seed=profile.seed + i))
+            for i in range(ncpus)
+        ]
+        return cls(profile, physmem, tracer, cpus)
+
+    @property
+    def costs(self) -> CostModel:
+        return self.profile.costs
+
+    @property
+    def ncpus(self) -> int:
+        return len(self.cpus)
+
+    def curcpu(self) -> CPU:
+        return self.cpus[self.cur]
+
+    def now(self) -> int:
+        return self.cpus[self.cur].clock
+
+    def charge(self, ns: int) -> None:
+        self.cpus[self.cur].clock += ns
+
+    def cpu(self, index: int) -> CPU:
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"cpu must be an int index, not {type(index).__name__}")
+        if not 0 <= index < len(self.cpus):
+            raise ValueError(f"unknown CPU {index}: this machine has CPUs 0..{len(self.cpus) - 1}")
+        return self.cpus[index]
+
+    @contextmanager
+    def on_cpu(self, index: int) -> Iterator[CPU]:
+        """Run the enclosed kernel work on CPU ``index`` (it becomes curcpu)."""
+        cpu = self.cpu(index)
+        saved = self.cur
+        self.cur = index
+        try:
+            yield cpu
+        finally:
+            self.cur = saved

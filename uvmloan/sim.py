@@ -1,0 +1,96 @@
+"""Simulated time: integer nanoseconds, per-CPU clocks and one scheduler.
+
+Each CPU keeps its own clock, advanced by what it executes (the profile's
+cost model).  The scheduler holds timed callbacks (timers, link deliveries,
+deferred work) ordered by time and then by insertion, so equal times always
+run in the same order and every run is reproducible.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import attrs
+
+
+@attrs.define(slots=True, eq=False)
+class Timer:
+    """A handle to a scheduled callback; ``cancel()`` makes it a no-op."""
+
+    when: int
+    seq: int
+    fn: Callable[[], None] | None
+
+    def cancel(self) -> None:
+        self.fn = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.fn is None
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+
+@attrs.define(slots=True, eq=False)
+class Scheduler:
+    """A heap of timed callbacks with deterministic tie-breaking."""
+
+    now: int = 0
+    _heap: list[Timer] = attrs.field(factory=list)
+    _seq: int = 0
+
+    def call_at(self, when: int, fn: Callable[[], None]) -> Timer:
+        if not isinstance(when, int):
+            raise TypeError(f"when must be integer nanoseconds, not {type(when).__name__}")
+        if when < self.now:
+            raise ValueError(f"cannot schedule at {when} ns, before now ({self.now} ns)")
+        self._seq += 1
+        timer = Timer(when, self._seq, fn)
+        heapq.heappush(self._heap, timer)
+        return timer
+
+    def call_after(self, delay: int, fn: Callable[[], None]) -> Timer:
+        if not isinstance(delay, int) or delay < 0:
+            raise ValueError(f"delay must be a non-negative integer of ns, got {delay!r}")
+        return self.call_at(self.now + delay, fn)
+
+    def pending(self) -> int:
+        return sum(1 for t in self._heap if not t.cancelled)
+
+    def next_time(self) -> int | None:
+        while self._heap and self._heap[0].cancelled:
+            heapq.heappop(self._heap)
+        return self._heap[0].when if self._heap else None
+
+    def step(self) -> bool:
+        """Run the earliest callback; False when nothing is pending."""
+        while self._heap:
+            timer = heapq.heappop(self._heap)
+            fn = timer.fn
+            if fn is None:
+                continue
+            timer.fn = None
+            self.now = max(self.now, timer.when)
+            fn()
+            return True
+        return False
+
+    def run_until(self, when: int) -> int:
+        """Run every callback due at or before ``when``; returns how many ran."""
+        ran = 0
+        while True:
+            nxt = self.next_time()
+            if nxt is None or nxt > when:
+                break
+            self.step()
+            ran += 1
+        self.now = max(self.now, when)
+        return ran
+
+    def run(self, max_events: int | None = None) -> int:
+        ran = 0
+        while (max_events is None or ran < max_events) and self.step():
+            ran += 1
+        return ran
