@@ -131,3 +131,15 @@ def check_invariants(m: Machine) -> None:
     check_pages(m)
     check_pmaps(m)
     check_tlbs(m)
+    check_maps(m)
+
+
+def check_maps(m: Machine) -> None:
+    """MAP1: every map's entries are ordered, aligned and back-referenced."""
+    from .errors import KernelAssertion
+
+    for vmmap in m._maps.values():
+        try:
+            vmmap.check()
+        except KernelAssertion as e:
+            raise InvariantViolation("MAP1", str(e)) from e

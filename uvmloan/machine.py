@@ -14,12 +14,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import SegmentationFault, UVMError
+from .fault import uvm_fault
+from .map import VMMap
 from .mmu import MMU
+from .object import AnonObject, VnodeObject
 from .page import PageAllocator
+from .param import EACCES, EFAULT, VMProt
 from .physmem import PhysMem
 from .pmap.cpu import CPU, Platform
 from .pmap.pmap import Pmap, PmapModule
 from .profile import Profile, get_profile
+from .process import Process
 from .trace import Event, JSONLinesSink, Tracer
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
@@ -102,7 +108,103 @@ class Machine:
         self.platform = Platform.build(prof, self.physmem, self.tracer, ncpus)
         self.uvm = PageAllocator(self.platform, npages, ps)
         self.pmap = PmapModule(self.platform, self.uvm.phys_to_page)
+        self.uvm.pmap = self.pmap
         self.mmu = MMU(self.platform, self.pmap)
+        self.kernel_map = VMMap(
+            "kernel_map",
+            self.pmap.kernel,
+            self.uvm,
+            prof.vm_min_kernel_address,
+            prof.vm_max_kernel_address,
+            base=prof.vm_min_kernel_address + 0x40000000,
+        )
+        self._maps: dict[Pmap, VMMap] = {self.pmap.kernel: self.kernel_map}
+        self.processes: list[Process] = []
+        self._pid = 0
+        self.platform.fault_handler = self._fault_handler
+
+    # ---------------------------------------------------------- processes
+
+    def _next_pid(self) -> int:
+        self._pid += 1
+        return self._pid
+
+    def spawn(self, name: str = "proc", cpu: int = 0) -> Process:
+        """A new process with an empty address space, scheduled on ``cpu``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"spawn: name must be a non-empty string, got {name!r}")
+        p = Process(self, name, cpu)
+        self.processes.append(p)
+        return p
+
+    def vnode(self, data: bytes | bytearray | memoryview = b"", name: str = "") -> VnodeObject:
+        """A file with the given contents and a vnode pager."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"vnode: data must be bytes-like, not {type(data).__name__}")
+        return VnodeObject(self.uvm, name=name, backing=bytearray(data))
+
+    def aobj(self, name: str = "") -> AnonObject:
+        return AnonObject(self.uvm, name=name)
+
+    def _switch_to(self, proc: Process, cpu: int) -> None:
+        c = self.platform.cpu(cpu)
+        if c.curpmap is not proc.map.pmap:
+            with self.platform.on_cpu(cpu):
+                self.pmap.pmap_activate(proc.map.pmap, c)
+
+    def map_of(self, pmap: Pmap) -> VMMap:
+        return self._maps[pmap]
+
+    def _fault_handler(self, cpu: CPU, pmap: Pmap, va: int, access_type: int, user: bool) -> None:
+        vmmap = self._maps.get(pmap)
+        if vmmap is None:
+            raise SegmentationFault(va, "access", "no address space for this pmap")
+        try:
+            uvm_fault(vmmap, va, access_type)
+        except UVMError as e:
+            if e.errno in (EFAULT, EACCES):
+                acc = "write" if access_type & VMProt.WRITE else "read"
+                if pmap.is_kernel and not user:
+                    from .errors import KernelAssertion
+
+                    raise KernelAssertion(f"kernel {acc} fault at {va:#x}: {e.message}") from e
+                raise SegmentationFault(va, acc, e.message) from e
+            raise
+
+    def _mlock(self, proc: Process, start: int, end: int) -> None:
+        m = proc.map
+        ents = m.entries_in(start, end)
+        m._check_covered(start, end, ents, "mlock")
+        ents = m.clip_range(start, end)
+        done: list[int] = []
+        try:
+            for va in range(start, end, self.page_size):
+                uvm_fault(m, va, VMProt.READ, wire=True)
+                done.append(va)
+        except BaseException:
+            for va in done:
+                e = m.uvm_map_lookup_entry(va)
+                if e is not None:
+                    m._unwire_pages(e, va, va + self.page_size)
+                    self._pmap_unwire(m, va)
+            raise
+        for e in ents:
+            e.wired_count += 1
+
+    def _munlock(self, proc: Process, start: int, end: int) -> None:
+        m = proc.map
+        ents = m.entries_in(start, end)
+        m._check_covered(start, end, ents, "munlock")
+        ents = m.clip_range(start, end)
+        for e in ents:
+            if e.wired_count:
+                m._unwire_pages(e, e.start, e.end)
+                for va in range(e.start, e.end, self.page_size):
+                    self._pmap_unwire(m, va)
+                e.wired_count = 0
+
+    def _pmap_unwire(self, m: VMMap, va: int) -> None:
+        self.pmap.pmap_unwire(m.pmap, va)
 
     # -------------------------------------------------------------- accessors
 

@@ -20,6 +20,7 @@ from .trace import PageAlloc, PageFree
 
 if TYPE_CHECKING:
     from .pmap.cpu import Platform
+    from .pmap.pmap import PmapModule
 
 
 class PQ(enum.Enum):
@@ -76,7 +77,7 @@ class Page:
         if self.uanon is not None:
             owner += f" anon={getattr(self.uanon, 'name', id(self.uanon))}"
         return (
-            f"<Page frame={self.frame} {self.flags!s} loan={self.loan_count} "
+            f"<Page frame={self.frame} {self.flags.name or 0} loan={self.loan_count} "
             f"wire={self.wire_count} {owner} q={self.pqueue.value} pv={len(self.mdpage.pv)}>"
         )
 
@@ -95,6 +96,8 @@ class PageAllocator:
     page_size: int
     limit: int | None = None
     reserve: int = 0
+    # The MD layer, reached only through pmap(9) operations.
+    pmap: PmapModule | None = None
     pages: dict[int, Page] = attrs.field(factory=dict)
     free: list[int] = attrs.field(init=False)
     active: dict[Page, None] = attrs.field(factory=dict)

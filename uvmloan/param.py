@@ -8,7 +8,7 @@ Sources: ``sys/uvm/uvm_param.h`` / ``uvm_prot.h`` (VM_PROT_*),
 from __future__ import annotations
 
 import enum
-from errno import EAGAIN, EBUSY, EFAULT, EINVAL, EIO, ENOBUFS, ENOENT, ENOMEM, ERESTART
+from errno import EACCES, EAGAIN, EBUSY, EFAULT, EINVAL, EIO, ENOBUFS, ENOENT, ENOMEM, ERESTART
 
 PAGE_SIZE = 4096
 """Default page size; a Machine may choose another power of two >= 512."""
@@ -80,6 +80,7 @@ UVM_PGA_USERESERVE = 0x0001
 UVM_PGA_ZERO = 0x0002
 
 __all__ = [
+    "EACCES",
     "EAGAIN",
     "EBUSY",
     "EFAULT",

@@ -502,6 +502,14 @@ class PmapModule:
             return
         self.pmap_tlb_shootnow()
 
+    def pmap_unwire(self, pmap: Pmap, va: int) -> None:
+        """Clear the wired attribute of one mapping (no TLB effect)."""
+        self._check_pmap(pmap)
+        opte: int = pmap.ptes.get(va, 0)
+        if opte & PTE_WIRED:
+            pmap.ptes[va] = opte & ~PTE_WIRED
+            pmap.wired_count -= 1
+
     def pmap_extract(self, pmap: Pmap, va: int) -> int | None:
         """The physical address va maps to, or None."""
         self._check_pmap(pmap)

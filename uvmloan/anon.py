@@ -1,0 +1,117 @@
+"""vm_anon and vm_amap: anonymous memory and its copy-on-write sharing.
+
+Follows ``sys/uvm/uvm_anon.c`` 1.78 and ``uvm_amap.c``.  An amap maps slot
+numbers to anons; a map entry refers to an amap at a slot offset.  Instead of
+NetBSD's per-page reference array (``ppref``) the model keeps the set of
+entries referring to each amap and asks which of them still cover a slot:
+the same answer, computed rather than stored.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from sortedcontainers import SortedDict
+
+from .errors import KernelAssertion
+from .param import PG, VM_PROT_NONE
+
+if TYPE_CHECKING:
+    from .page import Page, PageAllocator
+
+_anon_ids = itertools.count(1)
+_amap_ids = itertools.count(1)
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class Anon:
+    """``struct vm_anon``: ``an_ref`` references, ``an_page``, ``an_swslot``."""
+
+    an_ref: int = 1
+    an_page: Page | None = None
+    an_swslot: int = 0
+    name: str = attrs.field(factory=lambda: f"a{next(_anon_ids)}")
+
+    def __repr__(self) -> str:
+        frame = self.an_page.frame if self.an_page is not None else None
+        return f"<Anon {self.name} ref={self.an_ref} page={frame} swslot={self.an_swslot}>"
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class Amap:
+    """``struct vm_amap``: slot -> anon, and the entries that refer to it."""
+
+    slots: SortedDict = attrs.field(factory=SortedDict)  # slot -> Anon
+    refs: dict[Any, None] = attrs.field(factory=dict)  # MapEntry -> None
+    name: str = attrs.field(factory=lambda: f"amap{next(_amap_ids)}")
+
+    @property
+    def am_ref(self) -> int:
+        return len(self.refs)
+
+    def __repr__(self) -> str:
+        return f"<Amap {self.name} {len(self.slots)} anons, {self.am_ref} refs>"
+
+    def lookup(self, slot: int) -> Anon | None:
+        a: Anon | None = self.slots.get(slot)
+        return a
+
+    def add(self, slot: int, anon: Anon, replace: bool = False) -> None:
+        """amap_add: install ``anon`` at ``slot`` (replacing only if asked)."""
+        if slot in self.slots and not replace:
+            raise KernelAssertion(f"amap_add: {self.name} slot {slot} already holds an anon")
+        self.slots[slot] = anon
+
+    def covered(self, slot: int) -> bool:
+        """Does any referring entry still cover this slot?"""
+        return any(e.covers_slot(slot) for e in self.refs)
+
+
+def uvm_analloc() -> Anon:
+    return Anon()
+
+
+def uvm_anfree(uvm: PageAllocator, anon: Anon) -> None:
+    """Free an anon whose last reference went (``uvm_anfree``, uvm_anon.c 1.78).
+
+    An anon-owned page loses every user mapping (``pmap_page_protect(NONE)``)
+    and is freed; a loaned page takes ``uvm_pagefree``'s loan branch and
+    becomes an orphan (T6).  An O->A page still owned by its object only
+    drops the anon's loan (not reachable in this era: O->A is compiled out).
+    """
+    if anon.an_ref != 0:
+        raise KernelAssertion(f"uvm_anfree: {anon!r} still referenced")
+    pg = anon.an_page
+    if pg is not None:
+        if pg.uobject is not None:
+            # O->A receiver: the object keeps its page.
+            pg.loan_count -= 1
+            pg.uanon = None
+        else:
+            assert uvm.pmap is not None
+            uvm.pmap.pmap_page_protect(pg, VM_PROT_NONE)
+            if pg.flags & PG.BUSY:
+                pg.flags |= PG.RELEASED
+            else:
+                uvm.uvm_pagefree(pg)
+        anon.an_page = None
+    anon.an_swslot = 0
+
+
+def anon_unref(uvm: PageAllocator, anon: Anon) -> None:
+    """Drop one reference; free the anon at zero."""
+    if anon.an_ref <= 0:
+        raise KernelAssertion(f"anon_unref: {anon!r} has no references")
+    anon.an_ref -= 1
+    if anon.an_ref == 0:
+        uvm_anfree(uvm, anon)
+
+
+def amap_unref_slots(uvm: PageAllocator, amap: Amap, slots: range) -> None:
+    """Drop anons in ``slots`` that no referring entry covers any more."""
+    for slot in list(amap.slots.irange(slots.start, slots.stop, inclusive=(True, False))):
+        if not amap.covered(slot):
+            anon = amap.slots.pop(slot)
+            anon_unref(uvm, anon)

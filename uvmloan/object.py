@@ -1,0 +1,302 @@
+"""uvm_object and its pagers: vnodes (files) and anonymous objects (aobj).
+
+Pages of an object are kept in a SortedDict by offset (NetBSD's radix tree
+``uo_pages``).  ``pgo_get`` brings a page in; ``pgo_put`` cleans and/or frees
+pages.  ``VnodeObject.write``/``read`` are write(2)/read(2) through the
+buffer cache (UBC, ``sys/uvm/uvm_bio.c``): the kernel copies into and out of
+the object's pages directly.  The loan layer hooks ``ubc_fault_page``'s
+loan break into ``write``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+from sortedcontainers import SortedDict
+
+from .errors import KernelAssertion, UVMError
+from .param import ENOMEM, PG, VM_PROT_NONE
+
+if TYPE_CHECKING:
+    from .page import Page, PageAllocator
+
+# pgo_put flags (sys/uvm/uvm_pager.h).
+PGO_CLEANIT = 0x001
+PGO_SYNCIO = 0x002
+PGO_DEACTIVATE = 0x004
+PGO_FREE = 0x008
+PGO_ALLPAGES = 0x010
+# pgo_get flags.
+PGO_LOCKED = 0x040
+
+_ids = itertools.count(1)
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class UVMObject:
+    """``struct uvm_object``: pages by offset and a reference count."""
+
+    uvm: PageAllocator
+    name: str = ""
+    pgflag: PG = PG.AOBJ
+    uo_pages: SortedDict = attrs.field(factory=SortedDict)  # offset -> Page
+    uo_refs: int = 1
+    # Set by the loan layer: ubc_fault_page's loan break for write(2).
+    loanbreak_hook: Callable[[Page], Page | None] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            self.name = f"{type(self).__name__.lower()}{next(_ids)}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {len(self.uo_pages)} resident refs={self.uo_refs}>"
+
+    # Protocol used by uvm_pagealloc / uvm_pagefree / uvm_pagereplace.
+    def _page_insert(self, pg: Page) -> None:
+        if pg.offset in self.uo_pages:
+            raise KernelAssertion(f"uvm_pageinsert: {self.name} already has a page at {pg.offset:#x}")
+        self.uo_pages[pg.offset] = pg
+
+    def _page_remove(self, pg: Page) -> None:
+        if self.uo_pages.get(pg.offset) is not pg:
+            raise KernelAssertion(f"uvm_pageremove: {pg!r} is not {self.name}'s page")
+        del self.uo_pages[pg.offset]
+        pg.flags &= ~PG.TABLED
+
+    def uvm_pagelookup(self, off: int) -> Page | None:
+        pg: Page | None = self.uo_pages.get(off)
+        return pg
+
+    @property
+    def page_size(self) -> int:
+        return self.uvm.page_size
+
+    def _fill_new_page(self, pg: Page) -> None:
+        """Pager-specific initial contents of a page just allocated."""
+        self.uvm.uvm_pagezero(pg)
+
+    def pgo_get(self, off: int, flags: int = 0) -> Page:
+        """Return the resident page at ``off``, bringing it in if needed.
+
+        Raises UVMError(ENOMEM) when no page can be allocated (the caller
+        waits or fails; nothing has changed).
+        """
+        if off % self.page_size or off < 0:
+            raise ValueError(f"pgo_get: offset {off:#x} is not a page-aligned offset")
+        pg = self.uo_pages.get(off)
+        if pg is not None:
+            return pg  # type: ignore[no-any-return]
+        pg = self.uvm.uvm_pagealloc(self, off, None, 0)
+        if pg is None:
+            raise UVMError(ENOMEM, f"{self.name}: no free page for offset {off:#x}")
+        self._fill_new_page(pg)
+        pg.flags &= ~(PG.BUSY | PG.FAKE)
+        self.uvm.uvm_pageactivate(pg)
+        return pg
+
+    def _writeback(self, pg: Page) -> None:
+        """Pager-specific cleaning (vnodes write to their backing store)."""
+
+    def pgo_put(self, start: int, end: int, flags: int) -> int:
+        """Clean and/or free pages in [start, end) (``PGO_ALLPAGES`` for all).
+
+        Freeing removes every user mapping first (``pmap_page_protect(NONE)``),
+        as ``genfs_putpages``/``uao_put`` do; a loaned page then takes the loan
+        branch of ``uvm_pagefree``.  Wired pages are skipped.  Returns the
+        number of pages freed.
+        """
+        uvm = self.uvm
+        pmap = uvm.pmap
+        assert pmap is not None
+        if flags & PGO_ALLPAGES:
+            offs = list(self.uo_pages.keys())
+        else:
+            offs = list(self.uo_pages.irange(start, end, inclusive=(True, False)))
+        freed = 0
+        for off in offs:
+            pg = self.uo_pages[off]
+            if flags & PGO_CLEANIT and (pg.flags & PG.DIRTY or pmap.pmap_is_modified(pg)):
+                self._writeback(pg)
+                pmap.pmap_clear_modify(pg)
+                pg.flags = (pg.flags & ~PG.DIRTY) | PG.CLEAN
+            if flags & PGO_FREE:
+                if pg.wire_count:
+                    continue
+                pmap.pmap_page_protect(pg, VM_PROT_NONE)
+                if pmap.pmap_is_modified(pg) or pg.flags & PG.DIRTY:
+                    if not flags & PGO_CLEANIT:
+                        pass  # discarding, as truncate does
+                uvm.uvm_pagefree(pg)
+                freed += 1
+            elif flags & PGO_DEACTIVATE:
+                uvm.uvm_pagedeactivate(pg)
+        return freed
+
+    def reference(self) -> None:
+        self.uo_refs += 1
+
+    def detach(self) -> None:
+        """Drop a reference; the last one frees every page (``pgo_detach``)."""
+        if self.uo_refs <= 0:
+            raise KernelAssertion(f"{self.name}: detach with no references")
+        self.uo_refs -= 1
+        if self.uo_refs == 0:
+            self._last_detach()
+
+    def _last_detach(self) -> None:
+        self.pgo_put(0, 0, PGO_ALLPAGES | PGO_FREE)
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class AnonObject(UVMObject):
+    """An anonymous uvm_object (``uao``): zero-filled pages, no backing file.
+
+    Swap is not modelled for aobj pages; they stay resident until freed.
+    """
+
+    pgflag: PG = PG.AOBJ
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class VnodeObject(UVMObject):
+    """A regular file: ``size`` bytes of backing store with a vnode pager.
+
+    ``backing`` is the file on "disk".  Pages are filled from it by
+    ``pgo_get`` and written back to it by ``pgo_put(PGO_CLEANIT)``.  The
+    vnode keeps one reference for the file itself (``uo_refs`` starts at 1)
+    and its pages stay cached after the last mapping goes, as the page cache
+    does.
+    """
+
+    pgflag: PG = PG.FILE
+    backing: bytearray = attrs.field(factory=bytearray)
+
+    @property
+    def size(self) -> int:
+        return len(self.backing)
+
+    def _fill_new_page(self, pg: Page) -> None:
+        ps = self.page_size
+        uvm = self.uvm
+        chunk = bytes(self.backing[pg.offset : pg.offset + ps])
+        plat = uvm.platform
+        if len(chunk) < ps:
+            plat.physmem.zero_page(pg.frame)
+        if chunk:
+            plat.physmem.copyin([pg.frame], 0, chunk)
+        plat.charge(plat.costs.copy_ns(ps))
+        pg.flags = (pg.flags & ~PG.DIRTY) | PG.CLEAN
+
+    def _writeback(self, pg: Page) -> None:
+        ps = self.page_size
+        n = min(ps, self.size - pg.offset)
+        if n > 0:
+            self.backing[pg.offset : pg.offset + n] = self.uvm.platform.physmem.copyout(
+                [pg.frame], 0, n
+            )
+
+    def _check_io(self, offset: int, n: int, what: str) -> None:
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(f"{what}: offset must be a non-negative int, got {offset!r}")
+        if n < 0:
+            raise ValueError(f"{what}: length must be non-negative, got {n}")
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """write(2) at ``offset`` through the buffer cache (``ubc_uiomove``).
+
+        A page that is loaned is broken first (``ubc_fault_page`` calls
+        ``uvm_loanbreak`` for a write access), so a borrower keeps the bytes
+        it was lent.  Grows the file as needed.  All pages are obtained
+        before any byte is written, so ENOMEM changes nothing.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"write: data must be bytes-like, not {type(data).__name__}")
+        n = len(data)
+        self._check_io(offset, n, "write")
+        if n == 0:
+            return 0
+        ps = self.page_size
+        first = offset - offset % ps
+        last = (offset + n - 1) - (offset + n - 1) % ps
+        old_size = self.size
+        pages = []
+        for off in range(first, last + 1, ps):
+            pages.append(self.pgo_get(off))
+        if self.loanbreak_hook is not None:
+            for i, pg in enumerate(pages):
+                if pg.loan_count:
+                    newpg = self.loanbreak_hook(pg)
+                    if newpg is None:
+                        raise UVMError(ENOMEM, f"{self.name}: no page to break the loan at {pg.offset:#x}")
+                    pages[i] = newpg
+        for pg in pages:
+            if pg.loan_count:
+                raise KernelAssertion(f"write(2) into loaned {pg!r} without a loan break")
+        plat = self.uvm.platform
+        plat.physmem.copyin([pg.frame for pg in pages], offset - first, data)
+        plat.charge(plat.costs.copy_ns(n))
+        for pg in pages:
+            pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
+        if offset + n > old_size:
+            self.backing.extend(bytes(offset + n - old_size))
+        return n
+
+    def read(self, offset: int, n: int) -> bytes:
+        """read(2): resident pages first (they may be newer than the disk)."""
+        self._check_io(offset, n, "read")
+        n = max(0, min(n, self.size - offset))
+        if n == 0:
+            return b""
+        ps = self.page_size
+        out = bytearray()
+        pos = offset
+        end = offset + n
+        physmem = self.uvm.platform.physmem
+        while pos < end:
+            base = pos - pos % ps
+            take = min(end, base + ps) - pos
+            pg = self.uo_pages.get(base)
+            if pg is not None:
+                out += physmem.copyout([pg.frame], pos - base, take)
+            else:
+                out += self.backing[pos : pos + take]
+            pos += take
+        return bytes(out)
+
+    def contents(self) -> bytes:
+        return self.read(0, self.size)
+
+    def fsync(self) -> None:
+        self.pgo_put(0, 0, PGO_ALLPAGES | PGO_CLEANIT)
+
+    def truncate(self, size: int) -> None:
+        """ftruncate(2): pages wholly past the new end are freed (loaned ones
+        become orphans through ``uvm_pagefree``); the tail of a partial last
+        page is zeroed in the page and the backing store."""
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"truncate: size must be a non-negative int, got {size!r}")
+        ps = self.page_size
+        if size < self.size:
+            keep = size + (-size) % ps
+            self.pgo_put(keep, self.size + ps, PGO_FREE)
+            tail = size % ps
+            if tail:
+                pg = self.uo_pages.get(size - tail)
+                if pg is not None:
+                    if pg.loan_count and self.loanbreak_hook is not None:
+                        new = self.loanbreak_hook(pg)
+                        if new is None:
+                            raise UVMError(ENOMEM, f"{self.name}: truncate needs a page")
+                        pg = new
+                    phys = self.uvm.platform.physmem
+                    phys.copyin([pg.frame], tail, bytes(ps - tail))
+            del self.backing[size:]
+        else:
+            self.backing.extend(bytes(size - self.size))
+
+    def _last_detach(self) -> None:
+        # The vnode itself holds a reference until the file is reclaimed.
+        pass
