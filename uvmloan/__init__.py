@@ -15,7 +15,35 @@ from .errors import (
     UVMError,
     UVMLoanError,
 )
+from .anon import Amap, Anon, uvm_anfree
+from .borrow import KernelLoan
+from .fault import uvm_fault
+from .invariants import check_invariants
+from .kernapi import (
+    pmap_clear_modify,
+    pmap_enter,
+    pmap_extract,
+    pmap_is_modified,
+    pmap_is_referenced,
+    pmap_page_protect,
+    pmap_protect,
+    pmap_remove,
+    pmap_update,
+    uvm_pagealloc,
+    uvm_pagefree,
+)
+from .loan import (
+    uvm_loan,
+    uvm_loanbreak,
+    uvm_loanbreak_anon,
+    uvm_loanuobjpages,
+    uvm_unloan,
+)
 from .machine import Machine, parse_size
+from .map import MapEntry, VMMap
+from .object import AnonObject, UVMObject, VnodeObject
+from .page import Page
+from .process import Process
 from .param import (
     MAP_ANON,
     MAP_FIXED,
@@ -40,6 +68,35 @@ from .profile import PROFILES, CostModel, Profile, get_profile
 __version__ = "0.1.0"
 
 __all__ = [
+    "Amap",
+    "Anon",
+    "AnonObject",
+    "KernelLoan",
+    "MapEntry",
+    "Page",
+    "Process",
+    "UVMObject",
+    "VMMap",
+    "VnodeObject",
+    "check_invariants",
+    "pmap_clear_modify",
+    "pmap_enter",
+    "pmap_extract",
+    "pmap_is_modified",
+    "pmap_is_referenced",
+    "pmap_page_protect",
+    "pmap_protect",
+    "pmap_remove",
+    "pmap_update",
+    "uvm_anfree",
+    "uvm_fault",
+    "uvm_loan",
+    "uvm_loanbreak",
+    "uvm_loanbreak_anon",
+    "uvm_loanuobjpages",
+    "uvm_pagealloc",
+    "uvm_pagefree",
+    "uvm_unloan",
     "MAP_ANON",
     "MAP_FIXED",
     "MAP_PRIVATE",

@@ -84,6 +84,10 @@ def uvm_anfree(uvm: PageAllocator, anon: Anon) -> None:
     if anon.an_ref != 0:
         raise KernelAssertion(f"uvm_anfree: {anon!r} still referenced")
     pg = anon.an_page
+    if pg is not None and pg.loan_count and pg.uobject is None and not pg.flags & PG.ANON:
+        # uvm_anon_lockloanpg: adopt a disowned O->A page before freeing (T7).
+        pg.flags |= PG.ANON
+        pg.loan_count -= 1
     if pg is not None:
         if pg.uobject is not None:
             # O->A receiver: the object keeps its page.

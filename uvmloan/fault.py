@@ -24,13 +24,13 @@ the fault returns ENOMEM for the caller to wait or fail.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
 from .anon import Anon, anon_unref, uvm_analloc
 from .errors import KernelAssertion, UVMError
+from .loan import uvm_loanbreak, uvm_loanbreak_anon
 from .param import EACCES, EFAULT, ENOMEM, ERESTART, PG, VM_PROT_WRITE, VMProt
 from .pmap.pmap import PMAP_WIRED
 
@@ -51,17 +51,6 @@ class FaultCtx:
     enter_prot: VMProt = VMProt.NONE
     cow_now: bool = False
     promote: bool = False
-
-
-# The loan layer installs its handlers here (uvmloan.loan).  Until then a
-# loaned page cannot exist, so meeting one is a kernel bug.
-def _no_loan_layer(flt: FaultCtx, anon_or_page: object) -> int:
-    raise KernelAssertion(f"loaned page met in fault at {flt.va:#x} without the loan layer")
-
-
-LoanHandler = Callable[[FaultCtx, object], int]
-upper_loan_handler: list[LoanHandler] = [_no_loan_layer]
-lower_loan_handler: list[LoanHandler] = [_no_loan_layer]
 
 
 def uvm_fault(map: VMMap, va: int, access_type: int, wire: bool = False) -> None:
@@ -140,7 +129,7 @@ def uvm_fault_upper(flt: FaultCtx, anon: Anon) -> int:
         pg = anon.an_page
         assert pg is not None
     if pg.loan_count:
-        err = upper_loan_handler[0](flt, anon)
+        err = uvm_fault_upper_loan(flt, anon)
         if err:
             return err
         pg = anon.an_page
@@ -149,6 +138,28 @@ def uvm_fault_upper(flt: FaultCtx, anon: Anon) -> int:
         return uvm_fault_upper_promote(flt, anon)
     return uvm_fault_upper_direct(flt, anon)
     del uvm
+
+
+def uvm_fault_upper_loan(flt: FaultCtx, anon: Anon) -> int:
+    """A fault on an anon whose page is loaned (uvm_fault.c 1.226).
+
+    Read: map it read-only, the loan stays.  Write with ``an_ref == 1``:
+    ``uvm_loanbreak_anon`` gives the anon a private copy (the old page is
+    left to its borrowers).  Write with ``an_ref > 1``: nothing here; the
+    ordinary promote copies and the loaned page stays with the other
+    references.  ENOMEM leaves everything as it was (NetBSD waits in
+    ``uvm_wait("flt_noram2")`` and restarts).
+    """
+    if not flt.cow_now:
+        flt.enter_prot &= ~VM_PROT_WRITE
+        return 0
+    if anon.an_ref == 1:
+        pg = anon.an_page
+        assert pg is not None
+        # An anon holding an O->A loaned page passes the owning object.
+        uobj = pg.uobject if not pg.flags & PG.ANON else None
+        return uvm_loanbreak_anon(anon, uobj, where="fault")
+    return 0
 
 
 def uvmfault_anonget(flt: FaultCtx, anon: Anon) -> int:
@@ -252,7 +263,7 @@ def uvm_fault_lower_direct(flt: FaultCtx, uobjpage: Page) -> int:
     e = flt.entry
     assert e is not None
     if uobjpage.loan_count:
-        err = lower_loan_handler[0](flt, uobjpage)
+        err = uvm_fault_lower_direct_loan(flt, uobjpage)
         if err:
             return err
         # The handler may have replaced the page (loan break).
@@ -266,6 +277,21 @@ def uvm_fault_lower_direct(flt: FaultCtx, uobjpage: Page) -> int:
     return uvm_fault_lower_enter(flt, uobjpage)
 
 
+def uvm_fault_lower_direct_loan(flt: FaultCtx, uobjpage: Page) -> int:
+    """A fault on a loaned object page mapped directly (uvm_fault.c 1.226).
+
+    Read: cap to read-only.  Write (shared mapping): ``uvm_loanbreak``
+    replaces the page in the object; ENOMEM leaves everything unchanged
+    (NetBSD: ``uvm_wait("flt_noram4")`` and restart).
+    """
+    if not flt.cow_now:
+        flt.enter_prot &= ~VM_PROT_WRITE
+        return 0
+    if uvm_loanbreak(uobjpage, where="fault") is None:
+        return ENOMEM
+    return 0
+
+
 def uvm_fault_lower_enter(flt: FaultCtx, pg: Page) -> int:
     return _enter(flt, pg)
 
@@ -275,9 +301,6 @@ def _enter(flt: FaultCtx, pg: Page) -> int:
     uvm = m.uvm
     pmod = m.pmap.module
     if pg.flags & PG.RDONLY:
-        flt.enter_prot &= ~VM_PROT_WRITE
-    if pg.loan_count:
-        # No path may map a loaned page writable (digest I3).
         flt.enter_prot &= ~VM_PROT_WRITE
     access = flt.access_type & flt.enter_prot
     flags = int(access) | (PMAP_WIRED if flt.wire else 0)

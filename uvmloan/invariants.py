@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .errors import InvariantViolation
 from .page import PQ
 from .param import PG
+from .pmap.cpu import TLBState
 from .pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_U, PTE_W, PTE_WIRED, pte_frame, pte_str
 
 if TYPE_CHECKING:
@@ -97,14 +98,21 @@ def check_tlbs(m: Machine) -> None:
     Holds whenever no CPU has a shootdown pending: every cached entry maps the
     frame the PTE maps, and a cached writable entry with D set has W in its
     PTE (an entry with D clear cannot write without re-walking).  CPUs with
-    IPIs not yet taken (MI policy, which does not wait) are skipped.
+    IPIs not yet taken (MI policy, which does not wait) are skipped, and so
+    are a STALE (lazy, shot-out) CPU's entries of its user pmap.
     """
     if any(not c.packet.empty for c in m.cpus):
         raise InvariantViolation("TLB1", "checked with a shootdown still queued")
     for cpu in m.cpus:
         if cpu.pending_ipis:
             continue
+        # x86 lazy TLB: a STALE CPU left pm_cpus and gets no more shootdowns
+        # for its user pmap; pmap_reactivate flushes those entries before any
+        # use (pmap.c 1.381), so they are dead rather than wrong.
+        stale_pm = cpu.curpmap if cpu.tlbstate is TLBState.STALE else None
         for (_asid, vpn), (pm, snap) in cpu.tlb:
+            if pm is stale_pm:
+                continue
             va = vpn << m.pmap.page_shift
             pte = pm.ptes.get(va, 0)  # type: ignore[attr-defined]
             name = pm.name  # type: ignore[attr-defined]
@@ -132,6 +140,7 @@ def check_invariants(m: Machine) -> None:
     check_pmaps(m)
     check_tlbs(m)
     check_maps(m)
+    check_loans(m)
 
 
 def check_maps(m: Machine) -> None:
@@ -143,3 +152,88 @@ def check_maps(m: Machine) -> None:
             vmmap.check()
         except KernelAssertion as e:
             raise InvariantViolation("MAP1", str(e)) from e
+
+
+def check_loans(m: Machine) -> None:
+    """The loan invariants of the digest (section 6) that apply to the VM layer.
+
+    I1  loan_count equals the outstanding kernel loans recorded for the page.
+    I3  no managed mapping of a loaned page is writable, and (after the
+        barrier) no TLB can write to it.
+    I4  kernel mappings of loaned pages are read-only and never managed; no
+        kernel mapping outlives its page (a freed frame is never kentered).
+    I5  a loaned page is never free.
+    I6  an orphan is dequeued and has no managed mapping.
+    I7  PG_ANON => uanon set, no uobject, and the anon points back.
+    I8  object pages and their objects agree (offset, PG_TABLED).
+    I9  a loaned page's bytes are those it had when first lent.
+    I13 the zero page is PG_RDONLY, owned by the zero-loan object, never free.
+    """
+    import zlib
+
+    from .param import PG as _PG
+
+    uvm = m.uvm
+    pages = uvm.pages
+    ledger = uvm.loan_ledger
+    physmem = m.physmem
+    for pg, n in ledger.items():
+        if pages.get(pg.frame) is not pg:
+            raise InvariantViolation("I5", f"loaned page of frame {pg.frame} is free")
+    loaned_frames = set()
+    for frame, pg in pages.items():
+        if pg.loan_count < 0:
+            raise InvariantViolation("I1", f"{pg!r} has a negative loan_count")
+        o2a = 1 if (pg.uanon is not None and not pg.flags & _PG.ANON) else 0
+        if pg.loan_count != ledger.get(pg, 0) + o2a:
+            raise InvariantViolation(
+                "I1", f"{pg!r}: loan_count {pg.loan_count} but {ledger.get(pg, 0)} loans outstanding"
+            )
+        if pg.flags & _PG.ANON:
+            a = pg.uanon
+            if a is None or pg.uobject is not None or a.an_page is not pg:
+                raise InvariantViolation("I7", f"{pg!r} is PG_ANON but its anon does not own it")
+        if pg.uobject is not None:
+            if pg.uobject.uo_pages.get(pg.offset) is not pg or not pg.flags & _PG.TABLED:
+                raise InvariantViolation("I8", f"{pg!r} and its object disagree")
+        if pg.loan_count == 0:
+            continue
+        loaned_frames.add(frame)
+        for pm, va in pg.mdpage.pv:
+            if pm.ptes[va] & PTE_W:
+                raise InvariantViolation(
+                    "I3", f"loaned {pg!r} is writable through {pm.name} {va:#x}"
+                )
+        if pg.uobject is None and pg.uanon is None:
+            if pg.pqueue is not PQ.NONE:
+                raise InvariantViolation("I6", f"orphan {pg!r} is on a paging queue")
+            if pg.mdpage.pv:
+                raise InvariantViolation("I6", f"orphan {pg!r} still has user mappings")
+        crc = uvm.loan_crc.get(pg)
+        if crc is not None and zlib.crc32(physmem.frame_view(frame)) != crc:
+            raise InvariantViolation("I9", f"the bytes of loaned {pg!r} changed while it was lent")
+    for obj in m.pmap.pmaps:
+        if not obj.is_kernel:
+            continue
+        for va, pte in obj.ptes.items():
+            if pte & PTE_PVLIST:
+                continue
+            f = pte_frame(pte)
+            if f not in pages:
+                raise InvariantViolation("I4", f"kernel va {va:#x} maps free frame {f}")
+            if f in loaned_frames and pte & PTE_W:
+                raise InvariantViolation("I4", f"kernel va {va:#x} maps loaned frame {f} writable")
+    if not any(c.packet.empty is False for c in m.cpus):
+        for cpu in m.cpus:
+            if cpu.pending_ipis:
+                continue
+            for _key, (_pm, snap) in cpu.tlb:
+                if pte_frame(snap) in loaned_frames and snap & PTE_W and snap & PTE_D:
+                    raise InvariantViolation(
+                        "I3", f"CPU {cpu.index} can still write loaned frame {pte_frame(snap)}"
+                    )
+    zobj = uvm.zero_object
+    if zobj is not None:
+        zpg = zobj.uvm_pagelookup(0)
+        if zpg is not None and (not zpg.flags & _PG.RDONLY or pages.get(zpg.frame) is not zpg):
+            raise InvariantViolation("I13", f"zero page {zpg!r} lost PG_RDONLY or was freed")

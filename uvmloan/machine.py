@@ -19,12 +19,14 @@ from .fault import uvm_fault
 from .map import VMMap
 from .mmu import MMU
 from .object import AnonObject, VnodeObject
-from .page import PageAllocator
+from .page import Page, PageAllocator
 from .param import EACCES, EFAULT, VMProt
 from .physmem import PhysMem
 from .pmap.cpu import CPU, Platform
 from .pmap.pmap import Pmap, PmapModule
 from .profile import Profile, get_profile
+from .borrow import KernelLoan, kernel_loan, kernel_loan_uobj
+from .pdaemon import uvmpd_reclaim_page, uvmpd_scan
 from .process import Process
 from .trace import Event, JSONLinesSink, Tracer
 
@@ -120,6 +122,7 @@ class Machine:
         )
         self._maps: dict[Pmap, VMMap] = {self.pmap.kernel: self.kernel_map}
         self.processes: list[Process] = []
+        self.kernel_loans: dict[KernelLoan, None] = {}
         self._pid = 0
         self.platform.fault_handler = self._fault_handler
 
@@ -145,6 +148,32 @@ class Machine:
 
     def aobj(self, name: str = "") -> AnonObject:
         return AnonObject(self.uvm, name=name)
+
+    # ------------------------------------------------------- kernel borrowers
+
+    def kernel_loan(self, proc: Process, va: int, length: int, cpu: int | None = None) -> KernelLoan:
+        """The kernel borrows ``length`` user bytes at ``va`` of ``proc`` (sosend_loan style)."""
+        if not isinstance(proc, Process) or proc.machine is not self:
+            raise ValueError("kernel_loan: proc must be a process of this machine")
+        if not proc.alive:
+            raise ValueError(f"kernel_loan: process {proc.name} has exited")
+        c = proc.cpu if cpu is None else self.platform.cpu(cpu).index
+        self._switch_to(proc, c)
+        with self.platform.on_cpu(c):
+            return kernel_loan(self, proc.map, va, length)
+
+    def kernel_loan_file(self, vn: VnodeObject, offset: int, length: int, cpu: int = 0) -> KernelLoan:
+        """The kernel borrows file bytes (nfsrv_read style, uvm_loanuobjpages)."""
+        with self.platform.on_cpu(cpu):
+            return kernel_loan_uobj(self, vn, offset, length)
+
+    def reclaim(self, pages: int | None = None, page: Page | None = None, cpu: int = 0) -> int:
+        """Run the pagedaemon: take ``page``, or up to ``pages`` pages (default all it can)."""
+        with self.platform.on_cpu(cpu):
+            if page is not None:
+                r = uvmpd_reclaim_page(self.uvm, page)
+                return 1 if r in ("freed", "orphaned", "paged out") else 0
+            return uvmpd_scan(self.uvm, self.uvm.npages if pages is None else pages)
 
     def _switch_to(self, proc: Process, cpu: int) -> None:
         c = self.platform.cpu(cpu)

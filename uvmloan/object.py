@@ -11,7 +11,6 @@ loan break into ``write``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -44,8 +43,6 @@ class UVMObject:
     pgflag: PG = PG.AOBJ
     uo_pages: SortedDict = attrs.field(factory=SortedDict)  # offset -> Page
     uo_refs: int = 1
-    # Set by the loan layer: ubc_fault_page's loan break for write(2).
-    loanbreak_hook: Callable[[Page], Page | None] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -225,16 +222,9 @@ class VnodeObject(UVMObject):
         pages = []
         for off in range(first, last + 1, ps):
             pages.append(self.pgo_get(off))
-        if self.loanbreak_hook is not None:
-            for i, pg in enumerate(pages):
-                if pg.loan_count:
-                    newpg = self.loanbreak_hook(pg)
-                    if newpg is None:
-                        raise UVMError(ENOMEM, f"{self.name}: no page to break the loan at {pg.offset:#x}")
-                    pages[i] = newpg
-        for pg in pages:
+        for i, pg in enumerate(pages):
             if pg.loan_count:
-                raise KernelAssertion(f"write(2) into loaned {pg!r} without a loan break")
+                pages[i] = self._ubc_loanbreak(pg)
         plat = self.uvm.platform
         plat.physmem.copyin([pg.frame for pg in pages], offset - first, data)
         plat.charge(plat.costs.copy_ns(n))
@@ -243,6 +233,19 @@ class VnodeObject(UVMObject):
         if offset + n > old_size:
             self.backing.extend(bytes(offset + n - old_size))
         return n
+
+    def _ubc_loanbreak(self, pg: Page) -> Page:
+        """``ubc_fault_page`` (uvm_bio.c): a write access breaks the loan first.
+
+        Pages are broken one at a time; ENOMEM after some breaks leaves those
+        (harmless: a break is invisible to both sides) and writes nothing.
+        """
+        from .loan import uvm_loanbreak
+
+        new = uvm_loanbreak(pg, where="write(2)")
+        if new is None:
+            raise UVMError(ENOMEM, f"{self.name}: no page to break the loan at {pg.offset:#x}")
+        return new
 
     def read(self, offset: int, n: int) -> bytes:
         """read(2): resident pages first (they may be newer than the disk)."""
@@ -286,11 +289,8 @@ class VnodeObject(UVMObject):
             if tail:
                 pg = self.uo_pages.get(size - tail)
                 if pg is not None:
-                    if pg.loan_count and self.loanbreak_hook is not None:
-                        new = self.loanbreak_hook(pg)
-                        if new is None:
-                            raise UVMError(ENOMEM, f"{self.name}: truncate needs a page")
-                        pg = new
+                    if pg.loan_count:
+                        pg = self._ubc_loanbreak(pg)
                     phys = self.uvm.platform.physmem
                     phys.copyin([pg.frame], tail, bytes(ps - tail))
             del self.backing[size:]

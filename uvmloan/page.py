@@ -16,7 +16,7 @@ import attrs
 from .errors import KernelAssertion
 from .param import PG, UVM_PGA_USERESERVE, UVM_PGA_ZERO
 from .pmap.pmap import VMPageMD
-from .trace import PageAlloc, PageFree
+from .trace import Orphan, PageAlloc, PageFree
 
 if TYPE_CHECKING:
     from .pmap.cpu import Platform
@@ -100,6 +100,15 @@ class PageAllocator:
     pmap: PmapModule | None = None
     pages: dict[int, Page] = attrs.field(factory=dict)
     free: list[int] = attrs.field(init=False)
+    # Swap space for anon pages the pagedaemon paged out: slot -> bytes.
+    swap: dict[int, bytes] = attrs.field(factory=dict)
+    swap_next: int = 1
+    # The loan layer's ledger (DIAGNOSTIC): outstanding kernel loans per page,
+    # and each loaned page's contents when its first loan was made.
+    loan_ledger: dict[Page, int] = attrs.field(factory=dict)
+    loan_crc: dict[Page, int] = attrs.field(factory=dict)
+    # The zero page every copy-on-write hole is loaned as (uvm_loanzero).
+    zero_object: Any = None
     active: dict[Page, None] = attrs.field(factory=dict)
     inactive: dict[Page, None] = attrs.field(factory=dict)
     # Counters in the manner of uvmexp.
@@ -203,10 +212,61 @@ class PageAllocator:
         self._free_frame(pg)
 
     def _pagefree_loaned(self, pg: Page) -> None:
-        """The loan branch of uvm_pagefree: filled in by the loan layer."""
-        raise KernelAssertion(
-            f"uvm_pagefree: {pg!r} is loaned; the loan branch belongs to uvmloan.loan"
-        )
+        """The loan branch of ``uvm_pagefree`` (uvm_page.c 1.246; digest T5).
+
+        The owner lets go of the page but the borrowers keep it: an object
+        page is removed from its object (``PG_FILE|PG_AOBJ`` cleared), an
+        anon page loses ``PG_ANON`` and its anon; an unadopted O->A page also
+        drops the anon's loan.  If loans remain the page is an orphan: off
+        the paging queues and not freed; the last ``uvm_unloan`` frees it.
+        """
+        if pg.wire_count:
+            raise KernelAssertion(f"uvm_pagefree: loaned {pg!r} is wired")
+        why = "owner freed"
+        if pg.uobject is not None:
+            pg.uobject._page_remove(pg)
+            why = f"object {pg.uobject.name} freed offset {pg.offset:#x}"
+            pg.uobject = None
+            pg.flags &= ~(PG.FILE | PG.AOBJ)
+        elif pg.uanon is not None and pg.flags & PG.ANON:
+            pg.flags &= ~PG.ANON
+            pg.uanon.an_page = None
+            why = f"anon {getattr(pg.uanon, 'name', '?')} freed"
+            pg.uanon = None
+        elif pg.uanon is not None:
+            # An O->A page whose anon was its last owner: drop the anon's loan.
+            pg.loan_count -= 1
+            pg.uanon.an_page = None
+            pg.uanon = None
+        pg.flags &= ~(PG.BUSY | PG.RELEASED | PG.PAGER1)
+        if pg.loan_count > 0:
+            if pg.uobject is not None:
+                raise KernelAssertion(f"uvm_pagefree: {pg!r} still owned after disowning")
+            if pg.uanon is None:
+                self.uvm_pagedequeue(pg)
+            plat = self.platform
+            tr = plat.tracer
+            if tr.on:
+                tr.emit(Orphan(plat.now(), plat.cur, "-", pg.frame, pg.loan_count, why))
+            return
+        self._free_frame(pg)
+
+    def uvm_pagereplace(self, old: Page, new: Page) -> None:
+        """Give ``new`` the identity of object page ``old`` (uvm_page.c 1.246).
+
+        The new page takes the object and offset and the PG_STAT bits; the old
+        page leaves the object (``PG_TABLED`` cleared) but keeps its other
+        flags, so an orphan made by a loan break may still say ``PG_FILE``.
+        """
+        obj = old.uobject
+        if obj is None or new.uobject is not None or new.uanon is not None:
+            raise KernelAssertion(f"uvm_pagereplace: {old!r} -> {new!r}")
+        obj._page_remove(old)
+        old.uobject = None
+        new.uobject = obj
+        new.offset = old.offset
+        obj._page_insert(new)
+        new.flags |= PG.TABLED | (old.flags & PG.STAT)
 
     def _free_frame(self, pg: Page) -> None:
         plat = self.platform

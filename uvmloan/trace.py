@@ -71,6 +71,86 @@ class PageFree(Event):
     frame: int
 
 
+@attrs.frozen(slots=True)
+class Orphan(Event):
+    """uvm_pagefree's loan branch (T5) or a loan break left a page ownerless."""
+
+    KIND: ClassVar[str] = "loan.orphan"
+    frame: int
+    loan_count: int
+    why: str
+
+
+# --- loans (uvm_loan.c) ------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Loan(Event):
+    """One page (or anon) lent: kind is A->K, O->K, zero->K or A->A."""
+
+    KIND: ClassVar[str] = "loan"
+    kind: str
+    frame: int
+    va: int
+    loan_count: int
+    protected: bool  # this loan write-protected the page (0 -> 1 transition)
+
+    def counter_keys(self) -> tuple[str, ...]:
+        return (self.KIND, f"loan.{self.kind}")
+
+
+@attrs.frozen(slots=True)
+class Unloan(Event):
+    KIND: ClassVar[str] = "unloan"
+    frame: int
+    loan_count: int
+    freed: bool
+
+
+@attrs.frozen(slots=True)
+class LoanFail(Event):
+    """uvm_loan failed and undid ``undone`` partial loans."""
+
+    KIND: ClassVar[str] = "loan.fail"
+    errno: int
+    reason: str
+    undone: int
+
+
+@attrs.frozen(slots=True)
+class LoanBreak(Event):
+    """uvm_loanbreak (object page) or uvm_loanbreak_anon: a copy replaced a loaned page."""
+
+    KIND: ClassVar[str] = "loan.break"
+    kind: str  # "anon" or "object"
+    old_frame: int
+    new_frame: int
+    loan_count: int  # of the old page, after the break
+    where: str  # "fault", "write(2)", "mlock", ...
+
+    def counter_keys(self) -> tuple[str, ...]:
+        return (self.KIND, f"loan.break.{self.kind}")
+
+
+@attrs.frozen(slots=True)
+class Adopt(Event):
+    KIND: ClassVar[str] = "loan.adopt"
+    frame: int
+
+
+@attrs.frozen(slots=True)
+class Reclaim(Event):
+    """The pagedaemon took a page from its owner."""
+
+    KIND: ClassVar[str] = "pdaemon.reclaim"
+    frame: int
+    loaned: bool
+    result: str  # "freed", "orphaned", "paged out", "skipped: ..."
+
+    def counter_keys(self) -> tuple[str, ...]:
+        return (self.KIND, f"pdaemon.{self.result.split(':')[0]}")
+
+
 # --- pmap operations ------------------------------------------------------
 
 
@@ -173,8 +253,10 @@ class ShootdownRound(Event):
     def counter_keys(self) -> tuple[str, ...]:
         remote = any(c != self.cpu for c in self.targets)
         keys = ["TLB shootdown" if remote else "tlbshoot local-only round"]
-        if not self.allva and self.nva:
-            keys.append("tlbshoot single page issues")
+        # x86_tlb.c 1.20 (TLBSTATS): "tlbshoot single page issues" grows by
+        # the packet's VA count, on rounds that went remote only.
+        if remote and not self.allva and self.nva:
+            keys.extend(["tlbshoot single page issues"] * self.nva)
         return tuple(keys)
 
 

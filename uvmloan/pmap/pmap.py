@@ -288,6 +288,11 @@ class PmapModule:
         if pg is not None:
             npte |= PTE_PVLIST
         opte: int = pmap.ptes.get(va, 0)
+        # pmap.c 1.381 pmap_enter_ma: "if the same page, inherit PTE_A and
+        # PTE_D" -- a CPU may still cache the old entry (W|D), so the bits
+        # must survive for a later write-protect to shoot it down.
+        if opte & PTE_P and pte_frame(opte) == frame:
+            npte |= opte & (PTE_A | PTE_D)
         # Replace the old mapping's pv/stat bookkeeping.
         if opte & PTE_P:
             same = pte_frame(opte) == frame
@@ -361,12 +366,13 @@ class PmapModule:
         for va in list(pmap.ptes.irange(sva, eva, inclusive=(True, False))):
             opte = pmap.ptes[va]
             npte = (opte & ~bit_rem) | bit_put
-            if npte == opte:
-                continue
-            pmap.ptes[va] = npte
-            plat.charge(plat.costs.pte_update_ns)
-            if tr.on:
-                tr.emit(PmapProtect(plat.now(), plat.cur, pmap.name, va, int(prot)))
+            if npte != opte:
+                pmap.ptes[va] = npte
+                plat.charge(plat.costs.pte_update_ns)
+                if tr.on:
+                    tr.emit(PmapProtect(plat.now(), plat.cur, pmap.name, va, int(prot)))
+            # pmap_write_protect (pmap.c 1.381) tests the old D bit only, even
+            # when the PTE was already read-only.
             if opte & PTE_D:
                 self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_WRITE_PROTECT)
 
@@ -410,7 +416,8 @@ class PmapModule:
         """
         plat = self.platform
         opte: int = pmap.ptes[va]
-        need = bool(opte & PTE_A)
+        # pmap.c 1.381: "Check if there's anything to do on this PTE."
+        need = bool(opte & PTE_A) and bool(opte & clearbits)
         if clearbits == PTE_W and not opte & PTE_D:
             need = False
         npte = opte & ~clearbits
@@ -584,6 +591,10 @@ class PmapModule:
         """
         plat = self.platform
         cpu = plat.curcpu() if cpu is None else cpu
+        # pmap.c 1.381 pmap_deactivate: "Wait for pending TLB shootdowns to
+        # complete" -- the packet is per-CPU and the LWP is leaving it.
+        with plat.on_cpu(cpu.index):
+            self.pmap_tlb_shootnow()
         if cpu.curpmap is not None:
             cpu.tlbstate = TLBState.LAZY
 
@@ -729,7 +740,9 @@ class PmapModule:
                     tcpu.curpmap.cpus.discard(dst)
                     tcpu.tlbstate = TLBState.STALE
                 tcpu.charge(costs.ipi_ack_ns)
-        if local:
+        # x86_tlb.c 1.20: the local-only fast path (rcpucount == 0) invalidates
+        # on this CPU even when it is not in the target set.
+        if local or not remote:
             self._invalidate_packet(cpu, vas, allva, glob)
         pkt.clear()
         if acks:

@@ -1,0 +1,516 @@
+"""Page loaning: ``sys/uvm/uvm_loan.c`` 1.104 (NetBSD 10 era).
+
+``uvm_loan`` lends the pages behind a user address range to the kernel
+(``UVM_LOAN_TOPAGE``: a list of pages, each with ``loan_count`` + 1) or to
+anons (``UVM_LOAN_TOANON``: a list of anons, each with ``an_ref`` + 1).  The
+first kernel loan of a page write-protects every user mapping of it
+(``pmap_page_protect(pg, VM_PROT_READ)``), so from then on a user write
+faults and the fault handler breaks the loan by copying
+(``uvm_loanbreak``, ``uvm_loanbreak_anon``): the borrower keeps the bytes it
+was lent, the owner gets a private copy.  ``uvm_unloan`` gives pages back; an
+owner that let go of a page meanwhile leaves an orphan, freed by the last
+unloan.  What this era compiles out (object->anon and zero->anon loans, the
+body of ``uvm_unloananon``) behaves here as it does there; see
+``specs/loan.md``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+from .anon import Anon
+from .errors import KernelAssertion, UVMError
+from .object import UVMObject
+from .param import (
+    EBUSY,
+    EINVAL,
+    ENOENT,
+    ENOMEM,
+    PG,
+    UVM_LOAN_TOANON,
+    UVM_LOAN_TOPAGE,
+    UVM_PGA_ZERO,
+    VM_PROT_NONE,
+    VM_PROT_READ,
+)
+from .trace import Adopt, Loan, LoanBreak, LoanFail, Orphan, Unloan
+
+if TYPE_CHECKING:
+    from .map import MapEntry, VMMap
+    from .page import Page, PageAllocator
+
+UVM_LOAN_GET_CHUNK = 16  # uvm_loan.c: pages per pgo_get in uvm_loanuobjpages
+
+
+class _LoanFailure(Exception):
+    """A helper returned -1: uvm_loan reports EINVAL, the reason is kept."""
+
+    def __init__(self, reason: str, errno: int = EINVAL) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class ZeroLoanObject(UVMObject):
+    """``uvm_loanzero_object``: owns the one zero page every COW hole is lent as.
+
+    Its pager (``ulz_put``) never frees the page: asked to free it, it
+    re-activates or dequeues it, so the page outlives every unloan.
+    """
+
+    pgflag: PG = PG.NONE
+
+    def pgo_put(self, start: int, end: int, flags: int) -> int:
+        uvm = self.uvm
+        for pg in list(self.uo_pages.values()):
+            if pg.uanon is not None:
+                uvm.uvm_pageactivate(pg)
+            else:
+                uvm.uvm_pagedequeue(pg)
+        return 0
+
+    def _last_detach(self) -> None:
+        pass
+
+
+def _check_flags(flags: object, who: str) -> int:
+    if not isinstance(flags, int) or isinstance(flags, bool):
+        raise TypeError(f"{who}: flags must be an int, not {type(flags).__name__}")
+    if flags & ~(UVM_LOAN_TOANON | UVM_LOAN_TOPAGE):
+        raise ValueError(f"{who}: unknown flags {flags:#x}")
+    if (flags & UVM_LOAN_TOANON) == (flags & UVM_LOAN_TOPAGE) >> 1:
+        raise ValueError(f"{who}: exactly one of UVM_LOAN_TOANON and UVM_LOAN_TOPAGE is required")
+    return flags
+
+
+def _emit_loan(uvm: PageAllocator, kind: str, pg: Page, va: int, protected: bool) -> None:
+    plat = uvm.platform
+    tr = plat.tracer
+    if tr.on:
+        tr.emit(Loan(plat.now(), plat.cur, "-", kind, pg.frame, va, pg.loan_count, protected))
+
+
+def _ledger_add(uvm: PageAllocator, pg: Page) -> None:
+    """Record a kernel loan for check_invariants (I1, I9)."""
+    n = uvm.loan_ledger.get(pg, 0)
+    if n == 0:
+        uvm.loan_crc[pg] = zlib.crc32(uvm.platform.physmem.frame_view(pg.frame))
+    uvm.loan_ledger[pg] = n + 1
+    pg.ever_loaned = True
+
+
+def _ledger_drop(uvm: PageAllocator, pg: Page) -> None:
+    n = uvm.loan_ledger.get(pg, 0) - 1
+    if n <= 0:
+        uvm.loan_ledger.pop(pg, None)
+        uvm.loan_crc.pop(pg, None)
+    else:
+        uvm.loan_ledger[pg] = n
+
+
+# ---------------------------------------------------------------- uvm_loan
+
+
+def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[Anon]:
+    """Lend the pages of [start, start+len) in ``map`` (``uvm_loan``).
+
+    Returns one page (TOPAGE) or anon (TOANON) per page of the range.  All or
+    nothing: a hole raises ``UVMError(ENOENT)``; any other failure (a wired
+    page, an era-disabled loan kind, no page) raises ``UVMError(EINVAL)``
+    with the original cause in ``reason``.  TOPAGE loans made before the
+    failure are undone; TOANON ones are not, because ``uvm_unloananon`` is
+    empty in 1.104 (the ``an_ref`` increments leak, as they do there).
+    """
+    from .map import VMMap
+
+    if not isinstance(map, VMMap):
+        raise TypeError(f"uvm_loan: map must be a VMMap, not {type(map).__name__}")
+    _check_flags(flags, "uvm_loan")
+    ps = map.page_size
+    for name, v in (("start", start), ("len", len)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"uvm_loan: {name} must be an int, not {type(v).__name__}")
+        if v % ps:
+            raise ValueError(f"uvm_loan: {name} {v:#x} is not a multiple of the page size {ps}")
+    if len <= 0:
+        raise ValueError(f"uvm_loan: len must be positive, got {len}")
+    if start < map.minva or start + len > map.maxva:
+        raise ValueError(f"uvm_loan: [{start:#x}, {start + len:#x}) is outside {map.name}")
+    out: list[Page | Anon] = []
+    va = start
+    end = start + len
+    try:
+        while va < end:
+            entry = map.uvm_map_lookup_entry(va)
+            if entry is None:
+                raise _LoanFailure(f"no mapping at {va:#x}", ENOENT)
+            stop = min(end, entry.end)
+            while va < stop:
+                out.append(_loan_one(map, entry, va, flags))
+                va += ps
+    except (_LoanFailure, UVMError) as e:
+        reason = e.reason if isinstance(e, _LoanFailure) else str(e)
+        errno = e.errno if isinstance(e, _LoanFailure) and e.errno == ENOENT else EINVAL
+        undone = 0
+        if flags & UVM_LOAN_TOPAGE:
+            pages = [x for x in out if not isinstance(x, Anon)]
+            uvm_unloanpage(map.uvm, pages)
+            undone = len_(pages)
+        plat = map.uvm.platform
+        tr = plat.tracer
+        if tr.on:
+            tr.emit(LoanFail(plat.now(), plat.cur, map.name, errno, reason, undone))
+        raise UVMError(errno, f"uvm_loan of [{start:#x}, {end:#x}) failed: {reason}", reason=reason) from None
+    return out  # type: ignore[return-value]
+
+
+len_ = len  # uvm_loan's parameter shadows the builtin, as in NetBSD's C.
+
+
+def _loan_one(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page | Anon:
+    """``uvm_loanentry`` for one page: anon, then object, then zero page."""
+    if entry.amap is not None:
+        anon = entry.amap.lookup(entry.slot(va))
+        if anon is not None:
+            return uvm_loananon(map, anon, flags, va)
+    if entry.object is not None:
+        return uvm_loanuobj(map, entry, va, flags)
+    if entry.copy_on_write and not entry.vaonly:
+        return uvm_loanzero(map, flags, va)
+    raise _LoanFailure(f"entry at {va:#x} has neither anon, object nor copy-on-write hole")
+
+
+def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Anon:
+    """Lend an anon's page (TOPAGE, A->K) or the anon itself (TOANON, A->A)."""
+    uvm = map.uvm
+    pmap = uvm.pmap
+    assert pmap is not None
+    if flags & UVM_LOAN_TOANON:
+        pg = anon.an_page
+        protected = False
+        if pg is not None and pg.flags & PG.ANON and anon.an_ref == 1:
+            if pg.wire_count:
+                raise _LoanFailure(f"anon page {pg!r} is wired", EBUSY)
+            pmap.pmap_page_protect(pg, VM_PROT_READ)
+            protected = True
+        anon.an_ref += 1
+        if pg is not None:
+            _emit_loan(uvm, "A->A", pg, va, protected)
+        return anon
+    if anon.an_page is None:
+        from .fault import FaultCtx, uvmfault_anonget
+
+        err = uvmfault_anonget(FaultCtx(map, va, VM_PROT_READ, False), anon)
+        if err:
+            raise _LoanFailure(f"cannot page in {anon!r}", err)
+    pg = anon.an_page
+    assert pg is not None
+    if pg.wire_count:
+        raise _LoanFailure(f"anon page {pg!r} at {va:#x} is wired", EBUSY)
+    protected = _loan_page_locked(uvm, pg)
+    _emit_loan(uvm, "A->K", pg, va, protected)
+    return pg
+
+
+def _loan_page_locked(uvm: PageAllocator, pg: Page) -> bool:
+    """T1: protect on the 0 -> 1 transition, count, activate."""
+    protected = False
+    if pg.loan_count == 0:
+        assert uvm.pmap is not None
+        uvm.pmap.pmap_page_protect(pg, VM_PROT_READ)
+        protected = True
+    pg.loan_count += 1
+    _ledger_add(uvm, pg)
+    if uvm.platform.profile.loan_dequeues:
+        uvm.uvm_pagedequeue(pg)
+    else:
+        uvm.uvm_pageactivate(pg)
+    return protected
+
+
+def uvm_loanuobj(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page:
+    """Lend an object page (O->K); O->A is compiled out in this era."""
+    uvm = map.uvm
+    if flags & UVM_LOAN_TOANON and not uvm.platform.profile.o2a_loans:
+        raise _LoanFailure("object->anon loans are compiled out (uvm_loan.c 1.104 #ifdef notdef)")
+    uobj = entry.object
+    assert uobj is not None
+    try:
+        pg = uobj.pgo_get(entry.objoff(va))
+    except UVMError as e:
+        raise _LoanFailure(f"pgo_get failed: {e}", e.errno) from None
+    uvm_loanpage(uvm, [pg], va)
+    return pg
+
+
+def uvm_loanpage(uvm: PageAllocator, pages: Sequence[Page], va: int = -1) -> None:
+    """Lend object pages (``uvm_loanpage``): EBUSY at the first wired one,
+    after undoing the loans made so far."""
+    done: list[Page] = []
+    for pg in pages:
+        if pg.wire_count:
+            uvm_unloanpage(uvm, done)
+            raise _LoanFailure(f"object page {pg!r} is wired", EBUSY)
+        protected = _loan_page_locked(uvm, pg)
+        _emit_loan(uvm, "O->K", pg, va, protected)
+        done.append(pg)
+
+
+def loanzero_page(uvm: PageAllocator) -> Page | None:
+    """The shared zero page, allocated on first use (``uvm_loan_init`` + ``uvm_loanzero``)."""
+    zobj = uvm.zero_object
+    if zobj is None:
+        zobj = ZeroLoanObject(uvm, name="uvm_loanzero_object")
+        uvm.zero_object = zobj
+    pg = zobj.uvm_pagelookup(0)
+    if pg is None:
+        pg = uvm.uvm_pagealloc(zobj, 0, None, UVM_PGA_ZERO)
+        if pg is None:
+            return None
+        pg.flags = (pg.flags & ~(PG.BUSY | PG.FAKE)) | PG.RDONLY
+        uvm.uvm_pageactivate(pg)
+    return pg
+
+
+def uvm_loanzero(map: VMMap, flags: int, va: int = -1) -> Page:
+    """Lend a copy-on-write hole: the one shared zero page, no protect, no
+    wire check (``uvm_loanzero`` 1.104).  The 2002 era lent a fresh zeroed
+    ownerless page instead (profile ``zero_loan_style = "fresh"``)."""
+    uvm = map.uvm
+    if flags & UVM_LOAN_TOANON:
+        raise _LoanFailure("zero->anon loans are compiled out (uvm_loan.c 1.104 #ifdef notdef)")
+    if uvm.platform.profile.zero_loan_style == "fresh":
+        pg = uvm.uvm_pagealloc(None, 0, None, UVM_PGA_ZERO)
+        if pg is None:
+            raise _LoanFailure("no page for a zero loan", ENOMEM)
+        pg.flags &= ~(PG.BUSY | PG.FAKE)
+    else:
+        zpg = loanzero_page(uvm)
+        if zpg is None:
+            # NetBSD sleeps in uvm_wait("loanzero"); the model cannot.
+            raise _LoanFailure("no page for the zero-loan object", ENOMEM)
+        pg = zpg
+    pg.loan_count += 1
+    _ledger_add(uvm, pg)
+    _emit_loan(uvm, "zero->K", pg, va, False)
+    return pg
+
+
+# --------------------------------------------------------------- unloaning
+
+
+def uvm_unloan(items: Iterable[Page] | Iterable[Anon], flags: int) -> None:
+    """Give loans back (``uvm_unloan``).
+
+    TOPAGE: one ``loan_count`` decrement per item (``uvm_unloanpage``); an
+    ownerless page reaching zero is freed.  TOANON: nothing, because
+    ``uvm_unloananon`` has an empty body in 1.104 (no caller uses it).
+    Items are validated before anything changes: a page not loaned as
+    often as it appears raises ``KernelAssertion`` (NetBSD's
+    ``KASSERT(pg->loan_count > 0)``) and changes nothing.
+    """
+    _check_flags(flags, "uvm_unloan")
+    items = list(items)
+    if flags & UVM_LOAN_TOANON:
+        for a in items:
+            if not isinstance(a, Anon):
+                raise TypeError(f"uvm_unloan(TOANON): expected anons, got {type(a).__name__}")
+        return
+    from .page import Page
+
+    uvm: PageAllocator | None = None
+    for pg in items:
+        if not isinstance(pg, Page):
+            raise TypeError(f"uvm_unloan(TOPAGE): expected pages, got {type(pg).__name__}")
+        if uvm is None:
+            uvm = pg.allocator
+        elif pg.allocator is not uvm:
+            raise ValueError("uvm_unloan: pages of different machines")
+    if uvm is None:
+        return
+    uvm_unloanpage(uvm, items)  # type: ignore[arg-type]
+
+
+def uvm_unloanpage(uvm: PageAllocator, pages: Sequence[Page]) -> None:
+    """``uvm_unloanpage``: decrement, adopt an unadopted O->A page, free orphans."""
+    need = Counter(pages)
+    for pg, n in need.items():
+        if pg.flags & PG.FREE or uvm.pages.get(pg.frame) is not pg:
+            raise KernelAssertion(f"uvm_unloanpage: page of frame {pg.frame} is free")
+        if pg.loan_count < n:
+            raise KernelAssertion(
+                f"uvm_unloanpage: {pg!r} has loan_count {pg.loan_count}, unloaned {n} times"
+            )
+    plat = uvm.platform
+    tr = plat.tracer
+    for pg in pages:
+        pg.loan_count -= 1
+        _ledger_drop(uvm, pg)
+        if pg.uobject is None and pg.uanon is not None and not pg.flags & PG.ANON:
+            # T7: the anon's loan becomes ownership.
+            if pg.loan_count <= 0:
+                raise KernelAssertion(f"uvm_unloanpage: adoption of {pg!r} with no anon loan")
+            pg.loan_count -= 1
+            pg.flags |= PG.ANON
+            if tr.on:
+                tr.emit(Adopt(plat.now(), plat.cur, "-", pg.frame))
+        freed = pg.loan_count == 0 and pg.uobject is None and pg.uanon is None
+        if tr.on:
+            tr.emit(Unloan(plat.now(), plat.cur, "-", pg.frame, pg.loan_count, freed))
+        if freed:
+            if pg.flags & PG.BUSY:
+                raise KernelAssertion(f"uvm_unloanpage: freeing busy {pg!r}")
+            uvm.uvm_pagefree(pg)
+
+
+def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
+    """Lend ``npages`` object pages from ``pgoff`` (``uvm_loanuobjpages``).
+
+    Used by the NFS server's read path.  Unlike ``uvm_loan`` it reports the
+    real error: the pager's (e.g. ENOMEM) or EBUSY for a wired page; chunks
+    of ``UVM_LOAN_GET_CHUNK`` pages, earlier chunks undone on failure.
+    """
+    if not isinstance(uobj, UVMObject):
+        raise TypeError(f"uvm_loanuobjpages: uobj must be a UVMObject, not {type(uobj).__name__}")
+    ps = uobj.page_size
+    if not isinstance(pgoff, int) or pgoff < 0 or pgoff % ps:
+        raise ValueError(f"uvm_loanuobjpages: pgoff {pgoff!r} must be a page-aligned offset")
+    if not isinstance(npages, int) or npages <= 0:
+        raise ValueError(f"uvm_loanuobjpages: npages must be positive, got {npages!r}")
+    uvm = uobj.uvm
+    out: list[Page] = []
+    for chunk in range(0, npages, UVM_LOAN_GET_CHUNK):
+        n = min(UVM_LOAN_GET_CHUNK, npages - chunk)
+        try:
+            pages = [uobj.pgo_get(pgoff + (chunk + i) * ps) for i in range(n)]
+            uvm_loanpage(uvm, pages)
+        except _LoanFailure as e:
+            uvm_unloanpage(uvm, out)
+            raise UVMError(e.errno, f"uvm_loanuobjpages: {e.reason}", reason=e.reason) from None
+        except UVMError:
+            uvm_unloanpage(uvm, out)
+            raise
+        out.extend(pages)
+    return out
+
+
+# ------------------------------------------------------------ loan breaking
+
+
+def uvm_loanbreak(uobjpage: Page, where: str = "fault") -> Page | None:
+    """Replace a loaned object page by a copy (``uvm_loanbreak`` 1.104).
+
+    The copy takes the page's place in the object; the old page loses every
+    user mapping and its owner but keeps its loans and bytes: an orphan the
+    borrowers still read.  None when no page can be allocated (nothing
+    changed).
+    """
+    uvm = uobjpage.allocator
+    pmap = uvm.pmap
+    assert pmap is not None
+    if uobjpage.uobject is None:
+        raise KernelAssertion(f"uvm_loanbreak: {uobjpage!r} has no object")
+    newpg = uvm.uvm_pagealloc(None, 0, None, 0)
+    if newpg is None:
+        return None
+    uvm.uvm_pagecopy(uobjpage, newpg)
+    newpg.flags &= ~PG.FAKE
+    pmap.pmap_page_protect(uobjpage, VM_PROT_NONE)
+    uobjpage.flags &= ~PG.BUSY
+    if uobjpage.uanon is None:
+        uvm.uvm_pagedequeue(uobjpage)
+    uvm.uvm_pagereplace(uobjpage, newpg)
+    uvm.uvm_pageactivate(newpg)
+    newpg.flags &= ~PG.BUSY
+    plat = uvm.platform
+    tr = plat.tracer
+    if tr.on:
+        tr.emit(
+            LoanBreak(
+                plat.now(), plat.cur, "-", "object", uobjpage.frame, newpg.frame,
+                uobjpage.loan_count, where,
+            )
+        )
+        if uobjpage.loan_count and uobjpage.uanon is None:
+            tr.emit(Orphan(plat.now(), plat.cur, "-", uobjpage.frame, uobjpage.loan_count, "loan break"))
+    return newpg
+
+
+def uvm_loanbreak_anon(anon: Anon, uobj: UVMObject | None, where: str = "fault") -> int:
+    """Give ``anon`` a private copy of its loaned page (``uvm_loanbreak_anon``).
+
+    ``uobj is None``: the anon was the lender (A->K); the old page becomes an
+    orphan with its loans.  ``uobj`` given: the anon was an O->A receiver;
+    the old page drops the anon's loan and stays with the object.  Returns 0
+    or ENOMEM (nothing changed).
+    """
+    old = anon.an_page
+    if old is None or old.loan_count <= 0:
+        raise KernelAssertion(f"uvm_loanbreak_anon: {anon!r} has no loaned page")
+    uvm = old.allocator
+    pmap = uvm.pmap
+    assert pmap is not None
+    newpg = uvm.uvm_pagealloc(None, 0, None, 0)
+    if newpg is None:
+        return ENOMEM
+    uvm.uvm_pagecopy(old, newpg)
+    pmap.pmap_page_protect(old, VM_PROT_NONE)
+    if uobj is None:
+        if not old.flags & PG.ANON:
+            raise KernelAssertion(f"uvm_loanbreak_anon: lender {old!r} is not PG_ANON")
+        old.flags &= ~PG.ANON
+        uvm.uvm_pagedequeue(old)
+    old.uanon = None
+    if uobj is not None:
+        old.loan_count -= 1
+    anon.an_page = newpg
+    newpg.uanon = anon
+    newpg.flags |= PG.ANON
+    uvm.uvm_pageactivate(newpg)
+    newpg.flags &= ~(PG.BUSY | PG.FAKE)
+    plat = uvm.platform
+    tr = plat.tracer
+    if tr.on:
+        tr.emit(
+            LoanBreak(plat.now(), plat.cur, "-", "anon", old.frame, newpg.frame, old.loan_count, where)
+        )
+        if old.loan_count and old.uobject is None:
+            tr.emit(Orphan(plat.now(), plat.cur, "-", old.frame, old.loan_count, "loan break"))
+    return 0
+
+
+def uvm_anon_lockloanpg(anon: Anon) -> Page | None:
+    """Adopt an O->A page whose object let go of it (T7, ``uvm_anon_lockloanpg``)."""
+    pg = anon.an_page
+    if pg is not None and pg.uobject is None and not pg.flags & PG.ANON and pg.loan_count:
+        pg.flags |= PG.ANON
+        pg.loan_count -= 1
+        plat = pg.allocator.platform
+        if plat.tracer.on:
+            plat.tracer.emit(Adopt(plat.now(), plat.cur, "-", pg.frame))
+    return pg
+
+
+LoanFlags = Literal[1, 2]
+
+__all__ = [
+    "UVM_LOAN_GET_CHUNK",
+    "ZeroLoanObject",
+    "uvm_anon_lockloanpg",
+    "uvm_loan",
+    "uvm_loananon",
+    "uvm_loanbreak",
+    "uvm_loanbreak_anon",
+    "uvm_loanpage",
+    "uvm_loanuobj",
+    "uvm_loanuobjpages",
+    "uvm_loanzero",
+    "uvm_unloan",
+    "uvm_unloanpage",
+]

@@ -1,0 +1,79 @@
+"""The pagedaemon's view of loaned pages (``sys/uvm/uvm_pdaemon.c``).
+
+Loaned pages stay on the paging queues (1.104 activates them), so the
+pagedaemon may pick them.  An object page goes through its pager
+(``pgo_put(PGO_CLEANIT|PGO_FREE)``); a swap-backed anon page loses every
+user mapping (``pmap_page_protect(VM_PROT_NONE)``, which leaves the kernel's
+``pmap_kenter_pa`` mappings alone), is paged out if dirty, and is freed: a
+loaned page then becomes an orphan through ``uvm_pagefree``'s loan branch,
+while its anon keeps the swap slot (uvm_pdaemon.c 1.133.16.1,
+``uvmpd_scan_queue``).  Wired and busy pages are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .object import PGO_CLEANIT, PGO_FREE
+from .param import PG, VM_PROT_NONE
+from .trace import Reclaim
+
+if TYPE_CHECKING:
+    from .page import Page, PageAllocator
+
+
+def uvmpd_reclaim_page(uvm: PageAllocator, pg: Page) -> str:
+    """Take one page from its owner; returns what happened."""
+    pmap = uvm.pmap
+    assert pmap is not None
+    plat = uvm.platform
+    loaned = pg.loan_count > 0
+    result: str
+    if pg.wire_count:
+        result = "skipped: wired"
+    elif pg.flags & PG.BUSY:
+        result = "skipped: busy"
+    elif pg.uobject is not None:
+        obj = pg.uobject
+        if getattr(obj, "name", "") == "uvm_loanzero_object":
+            obj.pgo_put(pg.offset, pg.offset + uvm.page_size, PGO_FREE)
+            result = "skipped: zero page"
+        else:
+            obj.pgo_put(pg.offset, pg.offset + uvm.page_size, PGO_CLEANIT | PGO_FREE)
+            result = "orphaned" if loaned else "freed"
+    elif pg.uanon is not None and pg.flags & PG.ANON:
+        anon = pg.uanon
+        pmap.pmap_page_protect(pg, VM_PROT_NONE)
+        dirty = bool(pg.flags & PG.DIRTY) or pmap.pmap_is_modified(pg) or not anon.an_swslot
+        if dirty:
+            if not anon.an_swslot:
+                anon.an_swslot = uvm.swap_next
+                uvm.swap_next += 1
+            uvm.swap[anon.an_swslot] = plat.physmem.read_frame(pg.frame)
+            pmap.pmap_clear_modify(pg)
+            pg.flags = (pg.flags & ~PG.DIRTY) | PG.CLEAN
+        uvm.uvm_pagefree(pg)
+        result = "orphaned" if loaned else ("paged out" if dirty else "freed")
+    else:
+        result = "skipped: no owner"
+    tr = plat.tracer
+    if tr.on:
+        tr.emit(Reclaim(plat.now(), plat.cur, "-", pg.frame, loaned, result))
+    return result
+
+
+def uvmpd_scan(uvm: PageAllocator, target: int) -> int:
+    """Free up to ``target`` pages: inactive queue first, then deactivate
+    the oldest active pages (a one-handed clock).  Returns pages taken."""
+    taken = 0
+    for _ in range(2):
+        for pg in list(uvm.inactive):
+            if taken >= target:
+                return taken
+            if uvm.pages.get(pg.frame) is not pg:
+                continue
+            if uvmpd_reclaim_page(uvm, pg) in ("freed", "orphaned", "paged out"):
+                taken += 1
+        for pg in list(uvm.active):
+            uvm.uvm_pagedeactivate(pg)
+    return taken
