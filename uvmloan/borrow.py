@@ -124,9 +124,12 @@ class KernelLoan:
             raise KernelAssertion(f"{self!r} released twice")
         m = self.machine
         size = self.npages * m.page_size
+        if "unloan-before-kremove" in m.uvm.inject:
+            uvm_unloan(self.pages, UVM_LOAN_TOPAGE)  # the injected bug: pages freed first
         m.pmap.pmap_kremove(self.kva, size)
         m.pmap.pmap_update(m.pmap.kernel)
-        uvm_unloan(self.pages, UVM_LOAN_TOPAGE)
+        if "unloan-before-kremove" not in m.uvm.inject:
+            uvm_unloan(self.pages, UVM_LOAN_TOPAGE)
         uvm_km_free_vaonly(m, self.kva, size)
         self.released = True
         m.kernel_loans.pop(self, None)

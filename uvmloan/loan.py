@@ -221,7 +221,7 @@ def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Ano
 def _loan_page_locked(uvm: PageAllocator, pg: Page) -> bool:
     """T1: protect on the 0 -> 1 transition, count, activate."""
     protected = False
-    if pg.loan_count == 0:
+    if pg.loan_count == 0 and "skip-loan-protect" not in uvm.inject:
         assert uvm.pmap is not None
         uvm.pmap.pmap_page_protect(pg, VM_PROT_READ)
         protected = True

@@ -109,6 +109,9 @@ class PageAllocator:
     loan_crc: dict[Page, int] = attrs.field(factory=dict)
     # The zero page every copy-on-write hole is loaned as (uvm_loanzero).
     zero_object: Any = None
+    # Bug injection: names of deliberate bugs switched on (tests prove the
+    # invariants and state machines catch each one).  See uvmloan.inject.
+    inject: set[str] = attrs.field(factory=set)
     active: dict[Page, None] = attrs.field(factory=dict)
     inactive: dict[Page, None] = attrs.field(factory=dict)
     # Counters in the manner of uvmexp.
