@@ -6,6 +6,8 @@ VM, ``uvm_loan`` and (in ``netstack``) a simulated TCP/UDP stack whose send
 buffers borrow user pages.
 """
 
+from .anon import Amap, Anon, uvm_anfree
+from .borrow import KernelLoan
 from .errors import (
     FrameRangeError,
     InvariantViolation,
@@ -15,8 +17,6 @@ from .errors import (
     UVMError,
     UVMLoanError,
 )
-from .anon import Amap, Anon, uvm_anfree
-from .borrow import KernelLoan
 from .fault import uvm_fault
 from .invariants import check_invariants
 from .kernapi import (
@@ -43,7 +43,6 @@ from .machine import Machine, parse_size
 from .map import MapEntry, VMMap
 from .object import AnonObject, UVMObject, VnodeObject
 from .page import Page
-from .process import Process
 from .param import (
     MAP_ANON,
     MAP_FIXED,
@@ -63,22 +62,54 @@ from .param import (
     VMProt,
 )
 from .physmem import PhysMem
+from .process import Process
 from .profile import PROFILES, CostModel, Profile, get_profile
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAP_ANON",
+    "MAP_FIXED",
+    "MAP_PRIVATE",
+    "MAP_SHARED",
+    "PAGE_SIZE",
+    "PG",
+    "PROFILES",
+    "UVM_LOAN_TOANON",
+    "UVM_LOAN_TOPAGE",
+    "UVM_PGA_USERESERVE",
+    "UVM_PGA_ZERO",
+    "VM_PROT_ALL",
+    "VM_PROT_EXECUTE",
+    "VM_PROT_NONE",
+    "VM_PROT_READ",
+    "VM_PROT_WRITE",
     "Amap",
     "Anon",
     "AnonObject",
+    "CostModel",
+    "FrameRangeError",
+    "InvariantViolation",
+    "KernelAssertion",
     "KernelLoan",
+    "Machine",
     "MapEntry",
     "Page",
+    "PhysMem",
+    "PhysMemError",
     "Process",
+    "Profile",
+    "SegmentationFault",
+    "UVMError",
+    "UVMLoanError",
     "UVMObject",
     "VMMap",
+    "VMProt",
     "VnodeObject",
+    "__version__",
     "check_invariants",
+    "get_profile",
+    "parse_size",
     "pmap_clear_modify",
     "pmap_enter",
     "pmap_extract",
@@ -97,35 +128,4 @@ __all__ = [
     "uvm_pagealloc",
     "uvm_pagefree",
     "uvm_unloan",
-    "MAP_ANON",
-    "MAP_FIXED",
-    "MAP_PRIVATE",
-    "MAP_SHARED",
-    "PAGE_SIZE",
-    "PG",
-    "PROFILES",
-    "UVM_LOAN_TOANON",
-    "UVM_LOAN_TOPAGE",
-    "UVM_PGA_USERESERVE",
-    "UVM_PGA_ZERO",
-    "VM_PROT_ALL",
-    "VM_PROT_EXECUTE",
-    "VM_PROT_NONE",
-    "VM_PROT_READ",
-    "VM_PROT_WRITE",
-    "CostModel",
-    "FrameRangeError",
-    "InvariantViolation",
-    "KernelAssertion",
-    "Machine",
-    "PhysMem",
-    "PhysMemError",
-    "Profile",
-    "SegmentationFault",
-    "UVMError",
-    "UVMLoanError",
-    "VMProt",
-    "__version__",
-    "get_profile",
-    "parse_size",
 ]

@@ -43,7 +43,7 @@ class Anon:
 class Amap:
     """``struct vm_amap``: slot -> anon, and the entries that refer to it."""
 
-    slots: SortedDict = attrs.field(factory=SortedDict)  # slot -> Anon
+    slots: SortedDict[int, Anon] = attrs.field(factory=SortedDict)  # slot -> Anon
     refs: dict[Any, None] = attrs.field(factory=dict)  # MapEntry -> None
     name: str = attrs.field(factory=lambda: f"amap{next(_amap_ids)}")
 

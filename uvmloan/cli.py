@@ -51,12 +51,15 @@ def _describe(ev: Event) -> str:
         return f"pmap_page_protect(frame {ev.frame}, prot {ev.prot}) over {ev.mappings} mapping(s)"
     if isinstance(ev, ShootdownRound):
         what = "full flush" if ev.allva else f"{ev.nva} VA(s)"
-        return f"shootdown round from CPU {ev.cpu} to CPUs {list(ev.targets)}: {what}, waited {ev.waited_ns} ns"
+        targets = list(ev.targets)
+        return f"shootdown round CPU {ev.cpu} -> CPUs {targets}: {what}, waited {ev.waited_ns} ns"
     if isinstance(ev, IPISent):
         dst = "all other CPUs" if ev.target == -1 else f"CPU {ev.target}"
         return f"IPI {ev.vector} to {dst}"
     if isinstance(ev, Unloan):
-        return f"unloan frame {ev.frame} (loan_count {ev.loan_count}){' -> freed' if ev.freed else ''}"
+        return (
+            f"unloan frame {ev.frame} (loan_count {ev.loan_count}){' -> freed' if ev.freed else ''}"
+        )
     if isinstance(ev, KEnter):
         return f"pmap_kenter_pa {ev.va:#x} -> frame {ev.frame} read-only"
     if isinstance(ev, KRemove):
@@ -93,7 +96,8 @@ def demo(out: Path, ncpus: int, size: int) -> int:
     seen = loan.read(0, size)
     ok_borrower = seen == payload
     mine = sender.read(buf + 5000, len(patch))
-    print(f"4. borrower reads the original bytes: {ok_borrower}; sender reads its own write: {mine == patch}")
+    print(f"4. borrower reads the original bytes: {ok_borrower}")
+    print(f"   sender reads its own write: {mine == patch}")
     check_invariants(m)
     mark = len(m.trace)
     sender.exit()
@@ -110,8 +114,17 @@ def demo(out: Path, ncpus: int, size: int) -> int:
     check_invariants(m)
     print("\ncounters:")
     keys = [
-        "loan", "loan.A->K", "loan.zero->K", "loan.break", "loan.orphan", "unloan",
-        "pmap page_protect", "TLB shootdown", "ipi sent", "tlb invlpg", "fault",
+        "loan",
+        "loan.A->K",
+        "loan.zero->K",
+        "loan.break",
+        "loan.orphan",
+        "unloan",
+        "pmap page_protect",
+        "TLB shootdown",
+        "ipi sent",
+        "tlb invlpg",
+        "fault",
     ]
     for k in keys:
         print(f"  {k:<20} {m.counters.get(k, 0)}")
@@ -129,9 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--version", action="version", version=f"uvmloan {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="borrow a buffer by page loan and watch what happens")
-    d.add_argument("--out", type=Path, default=Path("out"), help="directory for the trace (default: out)")
+    d.add_argument(
+        "--out", type=Path, default=Path("out"), help="directory for the trace (default: out)"
+    )
     d.add_argument("--ncpus", type=int, default=2, help="CPUs of the machine (default: 2)")
-    d.add_argument("--size", type=int, default=3 * 4096 + 100, help="bytes to lend (default: 12388)")
+    d.add_argument(
+        "--size", type=int, default=3 * 4096 + 100, help="bytes to lend (default: 12388)"
+    )
     args = ap.parse_args(argv)
     if args.cmd == "demo":
         if args.ncpus < 1 or args.size < 1:

@@ -177,7 +177,7 @@ def check_loans(m: Machine) -> None:
     pages = uvm.pages
     ledger = uvm.loan_ledger
     physmem = m.physmem
-    for pg, n in ledger.items():
+    for pg in ledger:
         if pages.get(pg.frame) is not pg:
             raise InvariantViolation("I5", f"loaned page of frame {pg.frame} is free")
     loaned_frames = set()
@@ -187,15 +187,17 @@ def check_loans(m: Machine) -> None:
         o2a = 1 if (pg.uanon is not None and not pg.flags & _PG.ANON) else 0
         if pg.loan_count != ledger.get(pg, 0) + o2a:
             raise InvariantViolation(
-                "I1", f"{pg!r}: loan_count {pg.loan_count} but {ledger.get(pg, 0)} loans outstanding"
+                "I1",
+                f"{pg!r}: loan_count {pg.loan_count} but {ledger.get(pg, 0)} loans outstanding",
             )
         if pg.flags & _PG.ANON:
             a = pg.uanon
             if a is None or pg.uobject is not None or a.an_page is not pg:
                 raise InvariantViolation("I7", f"{pg!r} is PG_ANON but its anon does not own it")
-        if pg.uobject is not None:
-            if pg.uobject.uo_pages.get(pg.offset) is not pg or not pg.flags & _PG.TABLED:
-                raise InvariantViolation("I8", f"{pg!r} and its object disagree")
+        if pg.uobject is not None and (
+            pg.uobject.uo_pages.get(pg.offset) is not pg or not pg.flags & _PG.TABLED
+        ):
+            raise InvariantViolation("I8", f"{pg!r} and its object disagree")
         if pg.loan_count == 0:
             continue
         loaned_frames.add(frame)

@@ -166,7 +166,9 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
         tr = plat.tracer
         if tr.on:
             tr.emit(LoanFail(plat.now(), plat.cur, map.name, errno, reason, undone))
-        raise UVMError(errno, f"uvm_loan of [{start:#x}, {end:#x}) failed: {reason}", reason=reason) from None
+        raise UVMError(
+            errno, f"uvm_loan of [{start:#x}, {end:#x}) failed: {reason}", reason=reason
+        ) from None
     return out  # type: ignore[return-value]
 
 
@@ -275,7 +277,8 @@ def loanzero_page(uvm: PageAllocator) -> Page | None:
             return None
         pg.flags = (pg.flags & ~(PG.BUSY | PG.FAKE)) | PG.RDONLY
         uvm.uvm_pageactivate(pg)
-    return pg
+    page: Page = pg
+    return page
 
 
 def uvm_loanzero(map: VMMap, flags: int, va: int = -1) -> Page:
@@ -316,16 +319,16 @@ def uvm_unloan(items: Iterable[Page] | Iterable[Anon], flags: int) -> None:
     ``KASSERT(pg->loan_count > 0)``) and changes nothing.
     """
     _check_flags(flags, "uvm_unloan")
-    items = list(items)
+    seq: list[object] = list(items)
     if flags & UVM_LOAN_TOANON:
-        for a in items:
+        for a in seq:
             if not isinstance(a, Anon):
                 raise TypeError(f"uvm_unloan(TOANON): expected anons, got {type(a).__name__}")
         return
     from .page import Page
 
     uvm: PageAllocator | None = None
-    for pg in items:
+    for pg in seq:
         if not isinstance(pg, Page):
             raise TypeError(f"uvm_unloan(TOPAGE): expected pages, got {type(pg).__name__}")
         if uvm is None:
@@ -334,7 +337,7 @@ def uvm_unloan(items: Iterable[Page] | Iterable[Anon], flags: int) -> None:
             raise ValueError("uvm_unloan: pages of different machines")
     if uvm is None:
         return
-    uvm_unloanpage(uvm, items)  # type: ignore[arg-type]
+    uvm_unloanpage(uvm, seq)  # type: ignore[arg-type]
 
 
 def uvm_unloanpage(uvm: PageAllocator, pages: Sequence[Page]) -> None:
@@ -433,12 +436,20 @@ def uvm_loanbreak(uobjpage: Page, where: str = "fault") -> Page | None:
     if tr.on:
         tr.emit(
             LoanBreak(
-                plat.now(), plat.cur, "-", "object", uobjpage.frame, newpg.frame,
-                uobjpage.loan_count, where,
+                plat.now(),
+                plat.cur,
+                "-",
+                "object",
+                uobjpage.frame,
+                newpg.frame,
+                uobjpage.loan_count,
+                where,
             )
         )
         if uobjpage.loan_count and uobjpage.uanon is None:
-            tr.emit(Orphan(plat.now(), plat.cur, "-", uobjpage.frame, uobjpage.loan_count, "loan break"))
+            tr.emit(
+                Orphan(plat.now(), plat.cur, "-", uobjpage.frame, uobjpage.loan_count, "loan break")
+            )
     return newpg
 
 
@@ -478,7 +489,9 @@ def uvm_loanbreak_anon(anon: Anon, uobj: UVMObject | None, where: str = "fault")
     tr = plat.tracer
     if tr.on:
         tr.emit(
-            LoanBreak(plat.now(), plat.cur, "-", "anon", old.frame, newpg.frame, old.loan_count, where)
+            LoanBreak(
+                plat.now(), plat.cur, "-", "anon", old.frame, newpg.frame, old.loan_count, where
+            )
         )
         if old.loan_count and old.uobject is None:
             tr.emit(Orphan(plat.now(), plat.cur, "-", old.frame, old.loan_count, "loan break"))

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .borrow import KernelLoan, kernel_loan, kernel_loan_uobj
 from .errors import SegmentationFault, UVMError
 from .fault import uvm_fault
 from .map import VMMap
@@ -21,13 +22,12 @@ from .mmu import MMU
 from .object import AnonObject, VnodeObject
 from .page import Page, PageAllocator
 from .param import EACCES, EFAULT, VMProt
+from .pdaemon import uvmpd_reclaim_page, uvmpd_scan
 from .physmem import PhysMem
 from .pmap.cpu import CPU, Platform
 from .pmap.pmap import Pmap, PmapModule
-from .profile import Profile, get_profile
-from .borrow import KernelLoan, kernel_loan, kernel_loan_uobj
-from .pdaemon import uvmpd_reclaim_page, uvmpd_scan
 from .process import Process
+from .profile import Profile, get_profile
 from .trace import Event, JSONLinesSink, Tracer
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
@@ -35,7 +35,7 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 def parse_size(size: int | str) -> int:
-    """"64M", "1G", "512k" or an int number of bytes."""
+    """ "64M", "1G", "512k" or an int number of bytes."""
     if isinstance(size, bool):
         raise TypeError("memory must be a size like '64M' or a number of bytes")
     if isinstance(size, int):
@@ -100,7 +100,9 @@ class Machine:
         if npages is None:
             nbytes = parse_size(memory if memory is not None else "64M")
             if nbytes <= 0 or nbytes % ps:
-                raise ValueError(f"memory {memory!r} must be a positive multiple of the page size {ps}")
+                raise ValueError(
+                    f"memory {memory!r} must be a positive multiple of the page size {ps}"
+                )
             npages = nbytes // ps
         if not isinstance(npages, int) or isinstance(npages, bool) or npages < 1:
             raise ValueError(f"npages must be a positive int, got {npages!r}")
@@ -151,7 +153,9 @@ class Machine:
 
     # ------------------------------------------------------- kernel borrowers
 
-    def kernel_loan(self, proc: Process, va: int, length: int, cpu: int | None = None) -> KernelLoan:
+    def kernel_loan(
+        self, proc: Process, va: int, length: int, cpu: int | None = None
+    ) -> KernelLoan:
         """The kernel borrows ``length`` user bytes at ``va`` of ``proc`` (sosend_loan style)."""
         if not isinstance(proc, Process) or proc.machine is not self:
             raise ValueError("kernel_loan: proc must be a process of this machine")
@@ -162,7 +166,9 @@ class Machine:
         with self.platform.on_cpu(c):
             return kernel_loan(self, proc.map, va, length)
 
-    def kernel_loan_file(self, vn: VnodeObject, offset: int, length: int, cpu: int = 0) -> KernelLoan:
+    def kernel_loan_file(
+        self, vn: VnodeObject, offset: int, length: int, cpu: int = 0
+    ) -> KernelLoan:
         """The kernel borrows file bytes (nfsrv_read style, uvm_loanuobjpages)."""
         with self.platform.on_cpu(cpu):
             return kernel_loan_uobj(self, vn, offset, length)

@@ -22,7 +22,7 @@ from .object import UVMObject
 from .param import EACCES, EINVAL, ENOMEM, VM_PROT_ALL, VM_PROT_WRITE, VMProt
 
 if TYPE_CHECKING:
-    from .page import PageAllocator
+    from .page import Page, PageAllocator
     from .pmap.pmap import Pmap
 
 # Inheritance (sys/uvm/uvm_extern.h MAP_INHERIT_*).
@@ -74,7 +74,11 @@ class MapEntry:
             what.append(f"amap={self.amap.name}@{self.slotoff}")
         flags = "".join(
             c
-            for c, on in (("C", self.copy_on_write), ("N", self.needs_copy), ("W", self.wired_count))
+            for c, on in (
+                ("C", self.copy_on_write),
+                ("N", self.needs_copy),
+                ("W", self.wired_count),
+            )
             if on
         )
         return (
@@ -92,7 +96,7 @@ class VMMap:
     uvm: PageAllocator
     minva: int
     maxva: int
-    entries: SortedDict = attrs.field(factory=SortedDict)  # start -> MapEntry
+    entries: SortedDict[int, MapEntry] = attrs.field(factory=SortedDict)  # start -> MapEntry
     # Where uvm_map starts looking when no address is given.
     base: int = 0x20000000
 
@@ -127,7 +131,7 @@ class VMMap:
         first = self.uvm_map_lookup_entry(start)
         if first is not None:
             out.append(first)
-        for s in self.entries.irange(start, end, inclusive=(False if first else True, False)):
+        for s in self.entries.irange(start, end, inclusive=(first is None, False)):
             e = self.entries[s]
             if e is not first:
                 out.append(e)
@@ -208,7 +212,9 @@ class VMMap:
         if size <= 0 or size % ps:
             raise ValueError(f"uvm_map: size {size!r} must be a positive multiple of {ps}")
         if prot & ~maxprot:
-            raise UVMError(EACCES, f"uvm_map: protection {int(prot)} exceeds maximum {int(maxprot)}")
+            raise UVMError(
+                EACCES, f"uvm_map: protection {int(prot)} exceeds maximum {int(maxprot)}"
+            )
         if fixed:
             if addr is None:
                 raise ValueError("uvm_map: MAP_FIXED needs an address")
@@ -274,7 +280,7 @@ class VMMap:
             if pg is not None and pg.wire_count:
                 uvm.uvm_pageunwire(pg)
 
-    def page_at(self, e: MapEntry, va: int) -> object | None:
+    def page_at(self, e: MapEntry, va: int) -> Page | None:
         """The page the entry's layers provide at va (anon first), if resident."""
         if e.amap is not None:
             anon = e.amap.lookup(e.slot(va))
@@ -376,10 +382,9 @@ def uvmspace_fork(parent: VMMap, child: VMMap) -> None:
         else:
             ce.needs_copy = True
             ce.copy_on_write = True
-            if e.amap is not None:
-                if not e.needs_copy:
-                    e.needs_copy = True
-                    pmod.pmap_protect(parent.pmap, e.start, e.end, e.protection & ~VM_PROT_WRITE)
+            if e.amap is not None and not e.needs_copy:
+                e.needs_copy = True
+                pmod.pmap_protect(parent.pmap, e.start, e.end, e.protection & ~VM_PROT_WRITE)
         if ce.amap is not None:
             ce.amap.refs[ce] = None
         child.entries[ce.start] = ce

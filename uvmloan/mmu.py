@@ -148,7 +148,9 @@ class MMU:
         cpu.charge(plat.costs.copy_ns(n))
         return plat.physmem.copyout(frames, va & (plat.profile.page_size - 1), n)
 
-    def store(self, cpu: CPU, va: int, data: bytes | bytearray | memoryview, user: bool = True) -> None:
+    def store(
+        self, cpu: CPU, va: int, data: bytes | bytearray | memoryview, user: bool = True
+    ) -> None:
         """Write ``data`` at ``va`` as ``cpu`` would (faulting as needed)."""
         n = len(data)
         if n == 0:

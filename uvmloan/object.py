@@ -41,7 +41,7 @@ class UVMObject:
     uvm: PageAllocator
     name: str = ""
     pgflag: PG = PG.AOBJ
-    uo_pages: SortedDict = attrs.field(factory=SortedDict)  # offset -> Page
+    uo_pages: SortedDict[int, Page] = attrs.field(factory=SortedDict)  # offset -> Page
     uo_refs: int = 1
 
     def __attrs_post_init__(self) -> None:
@@ -49,12 +49,16 @@ class UVMObject:
             self.name = f"{type(self).__name__.lower()}{next(_ids)}"
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} {len(self.uo_pages)} resident refs={self.uo_refs}>"
+        return (
+            f"<{type(self).__name__} {self.name} {len(self.uo_pages)} resident refs={self.uo_refs}>"
+        )
 
     # Protocol used by uvm_pagealloc / uvm_pagefree / uvm_pagereplace.
     def _page_insert(self, pg: Page) -> None:
         if pg.offset in self.uo_pages:
-            raise KernelAssertion(f"uvm_pageinsert: {self.name} already has a page at {pg.offset:#x}")
+            raise KernelAssertion(
+                f"uvm_pageinsert: {self.name} already has a page at {pg.offset:#x}"
+            )
         self.uo_pages[pg.offset] = pg
 
     def _page_remove(self, pg: Page) -> None:
@@ -85,7 +89,7 @@ class UVMObject:
             raise ValueError(f"pgo_get: offset {off:#x} is not a page-aligned offset")
         pg = self.uo_pages.get(off)
         if pg is not None:
-            return pg  # type: ignore[no-any-return]
+            return pg
         pg = self.uvm.uvm_pagealloc(self, off, None, 0)
         if pg is None:
             raise UVMError(ENOMEM, f"{self.name}: no free page for offset {off:#x}")
@@ -122,10 +126,8 @@ class UVMObject:
             if flags & PGO_FREE:
                 if pg.wire_count:
                     continue
+                # Without PGO_CLEANIT dirty data is discarded, as truncate does.
                 pmap.pmap_page_protect(pg, VM_PROT_NONE)
-                if pmap.pmap_is_modified(pg) or pg.flags & PG.DIRTY:
-                    if not flags & PGO_CLEANIT:
-                        pass  # discarding, as truncate does
                 uvm.uvm_pagefree(pg)
                 freed += 1
             elif flags & PGO_DEACTIVATE:
@@ -219,9 +221,7 @@ class VnodeObject(UVMObject):
         first = offset - offset % ps
         last = (offset + n - 1) - (offset + n - 1) % ps
         old_size = self.size
-        pages = []
-        for off in range(first, last + 1, ps):
-            pages.append(self.pgo_get(off))
+        pages = [self.pgo_get(off) for off in range(first, last + 1, ps)]
         for i, pg in enumerate(pages):
             if pg.loan_count:
                 pages[i] = self._ubc_loanbreak(pg)

@@ -111,10 +111,10 @@ __all__ = [
     "UVM_LOAN_TOPAGE",
     "UVM_PGA_USERESERVE",
     "UVM_PGA_ZERO",
-    "VMProt",
     "VM_PROT_ALL",
     "VM_PROT_EXECUTE",
     "VM_PROT_NONE",
     "VM_PROT_READ",
     "VM_PROT_WRITE",
+    "VMProt",
 ]

@@ -25,6 +25,7 @@ from .param import (
 
 if TYPE_CHECKING:
     from .machine import Machine
+    from .pmap.pmap import Pmap
 
 _KNOWN_FLAGS = MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANON
 
@@ -45,10 +46,11 @@ class Process:
 
     def __repr__(self) -> str:
         state = "running" if self.alive else "exited"
-        return f"<Process {self.pid} {self.name} on CPU {self.cpu} {state}, {len(self.map.entries)} entries>"
+        n = len(self.map.entries)
+        return f"<Process {self.pid} {self.name} on CPU {self.cpu} {state}, {n} entries>"
 
     @property
-    def pmap(self) -> object:
+    def pmap(self) -> Pmap:
         return self.map.pmap
 
     # --------------------------------------------------------------- checks
@@ -224,11 +226,11 @@ class Process:
             for cpuinfo in m.cpus:
                 if cpuinfo.curpmap is self.map.pmap:
                     m.pmap.pmap_unload(cpuinfo)
-            m.pmap.pmap_destroy(self.map.pmap)  # type: ignore[arg-type]
+            m.pmap.pmap_destroy(self.map.pmap)
 
         self._run_kernel(teardown)
         self.alive = False
-        del m._maps[self.map.pmap]  # type: ignore[arg-type]
+        del m._maps[self.map.pmap]
         if self in m.processes:
             m.processes.remove(self)
 

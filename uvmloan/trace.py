@@ -47,7 +47,7 @@ class Event:
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, enum.Flag):
-        return v.name if v.name is not None else int(v)
+        return v.name if v.name is not None else v.value
     if isinstance(v, enum.Enum):
         return v.name
     if isinstance(v, tuple):

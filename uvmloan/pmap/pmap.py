@@ -105,7 +105,7 @@ class Pmap:
     is_kernel: bool
     minva: int
     maxva: int
-    ptes: SortedDict = attrs.field(factory=SortedDict)  # va -> pte (int)
+    ptes: SortedDict[int, int] = attrs.field(factory=SortedDict)  # va -> pte (int)
     cpus: set[int] = attrs.field(factory=set)  # pm_cpus
     kernel_cpus: set[int] = attrs.field(factory=set)  # pm_kernel_cpus
     resident_count: int = 0
@@ -139,6 +139,9 @@ class PmapModule:
     # Bug injection (tests prove the state machines catch it): a pmap_update
     # that does nothing.
     inject_skip_update: bool = False
+    # Bug injection: pmap_sync_pv (pmap_page_protect, clear_modify/reference)
+    # changes PTEs but forgets to queue their TLB shootdowns.
+    inject_sync_pv_no_shootdown: bool = False
 
     def __attrs_post_init__(self) -> None:
         prof = self.platform.profile
@@ -230,7 +233,9 @@ class PmapModule:
             )
         for cpu in self.platform.cpus:
             if cpu.curpmap is pmap:
-                raise KernelAssertion(f"pmap_destroy: pmap {pmap.name} is loaded on CPU {cpu.index}")
+                raise KernelAssertion(
+                    f"pmap_destroy: pmap {pmap.name} is loaded on CPU {cpu.index}"
+                )
             cpu.asids.pop(pmap, None)
         pmap.destroyed = True
         pmap.cpus.clear()
@@ -315,7 +320,9 @@ class PmapModule:
         tr = plat.tracer
         if tr.on:
             tr.emit(
-                PmapEnter(plat.now(), plat.cur, pmap.name, va, frame, int(prot), pg is not None, wired)
+                PmapEnter(
+                    plat.now(), plat.cur, pmap.name, va, frame, int(prot), pg is not None, wired
+                )
             )
         if opte & (PTE_P | PTE_A) == (PTE_P | PTE_A) and (opte ^ npte) & (PTE_FRAME_MASK | PTE_W):
             self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_ENTER)
@@ -402,7 +409,7 @@ class PmapModule:
             for pmap, va in list(md.pv):
                 opte = pmap.ptes.pop(va)
                 self._remove_pte_bookkeeping(pmap, va, opte)
-                if opte & PTE_A:
+                if opte & PTE_A and not self.inject_sync_pv_no_shootdown:
                     self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_SYNC_PV)
                 # x86 pmap_pp_remove: shoot now after each mapping.
                 self.pmap_tlb_shootnow()
@@ -429,7 +436,7 @@ class PmapModule:
         if npte != opte:
             pmap.ptes[va] = npte
             plat.charge(plat.costs.pte_update_ns)
-        if need:
+        if need and not self.inject_sync_pv_no_shootdown:
             self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_SYNC_PV)
         return bool(opte & PTE_D)
 
@@ -579,7 +586,9 @@ class PmapModule:
         cpu.charge(plat.costs.context_switch_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(ContextSwitch(cpu.clock, cpu.index, pmap.name, old.name if old else "-", pmap.name))
+            tr.emit(
+                ContextSwitch(cpu.clock, cpu.index, pmap.name, old.name if old else "-", pmap.name)
+            )
         if plat.profile.tlb_policy == "x86":
             self._local_flush(cpu, False, "cr3 load")
 
@@ -817,8 +826,15 @@ class PmapModule:
         if tr.on:
             tr.emit(
                 ShootdownRound(
-                    cpu.clock, me, "-", tuple(sorted(targets | {me})), len(vas), False, False,
-                    False, cpu.clock - start,
+                    cpu.clock,
+                    me,
+                    "-",
+                    tuple(sorted(targets | {me})),
+                    len(vas),
+                    False,
+                    False,
+                    False,
+                    cpu.clock - start,
                 )
             )
 
