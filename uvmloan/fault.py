@@ -158,7 +158,8 @@ def uvm_fault_upper_loan(flt: FaultCtx, anon: Anon) -> int:
         assert pg is not None
         # An anon holding an O->A loaned page passes the owning object.
         uobj = pg.uobject if not pg.flags & PG.ANON else None
-        return uvm_loanbreak_anon(anon, uobj, where="fault")
+        where = "mlock" if flt.wire else "fault"
+        return uvm_loanbreak_anon(anon, uobj, where, flt.va, flt.map.name)
     return 0
 
 
@@ -287,7 +288,8 @@ def uvm_fault_lower_direct_loan(flt: FaultCtx, uobjpage: Page) -> int:
     if not flt.cow_now:
         flt.enter_prot &= ~VM_PROT_WRITE
         return 0
-    if uvm_loanbreak(uobjpage, where="fault") is None:
+    where = "mlock" if flt.wire else "fault"
+    if uvm_loanbreak(uobjpage, where, flt.va, flt.map.name) is None:
         return ENOMEM
     return 0
 

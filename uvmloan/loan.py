@@ -89,11 +89,13 @@ def _check_flags(flags: object, who: str) -> int:
     return flags
 
 
-def _emit_loan(uvm: PageAllocator, kind: str, pg: Page, va: int, protected: bool) -> None:
+def _emit_loan(
+    uvm: PageAllocator, kind: str, pg: Page, va: int, protected: bool, space: str = "-"
+) -> None:
     plat = uvm.platform
     tr = plat.tracer
     if tr.on:
-        tr.emit(Loan(plat.now(), plat.cur, "-", kind, pg.frame, va, pg.loan_count, protected))
+        tr.emit(Loan(plat.now(), plat.cur, space, kind, pg.frame, va, pg.loan_count, protected))
 
 
 def _ledger_add(uvm: PageAllocator, pg: Page) -> None:
@@ -203,7 +205,7 @@ def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Ano
             protected = True
         anon.an_ref += 1
         if pg is not None:
-            _emit_loan(uvm, "A->A", pg, va, protected)
+            _emit_loan(uvm, "A->A", pg, va, protected, map.name)
         return anon
     if anon.an_page is None:
         from .fault import FaultCtx, uvmfault_anonget
@@ -216,7 +218,7 @@ def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Ano
     if pg.wire_count:
         raise _LoanFailure(f"anon page {pg!r} at {va:#x} is wired", EBUSY)
     protected = _loan_page_locked(uvm, pg)
-    _emit_loan(uvm, "A->K", pg, va, protected)
+    _emit_loan(uvm, "A->K", pg, va, protected, map.name)
     return pg
 
 
@@ -247,11 +249,11 @@ def uvm_loanuobj(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page:
         pg = uobj.pgo_get(entry.objoff(va))
     except UVMError as e:
         raise _LoanFailure(f"pgo_get failed: {e}", e.errno) from None
-    uvm_loanpage(uvm, [pg], va)
+    uvm_loanpage(uvm, [pg], va, map.name)
     return pg
 
 
-def uvm_loanpage(uvm: PageAllocator, pages: Sequence[Page], va: int = -1) -> None:
+def uvm_loanpage(uvm: PageAllocator, pages: Sequence[Page], va: int = -1, space: str = "-") -> None:
     """Lend object pages (``uvm_loanpage``): EBUSY at the first wired one,
     after undoing the loans made so far."""
     done: list[Page] = []
@@ -260,7 +262,7 @@ def uvm_loanpage(uvm: PageAllocator, pages: Sequence[Page], va: int = -1) -> Non
             uvm_unloanpage(uvm, done)
             raise _LoanFailure(f"object page {pg!r} is wired", EBUSY)
         protected = _loan_page_locked(uvm, pg)
-        _emit_loan(uvm, "O->K", pg, va, protected)
+        _emit_loan(uvm, "O->K", pg, va, protected, space)
         done.append(pg)
 
 
@@ -301,7 +303,7 @@ def uvm_loanzero(map: VMMap, flags: int, va: int = -1) -> Page:
         pg = zpg
     pg.loan_count += 1
     _ledger_add(uvm, pg)
-    _emit_loan(uvm, "zero->K", pg, va, False)
+    _emit_loan(uvm, "zero->K", pg, va, False, map.name)
     return pg
 
 
@@ -406,7 +408,9 @@ def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
 # ------------------------------------------------------------ loan breaking
 
 
-def uvm_loanbreak(uobjpage: Page, where: str = "fault") -> Page | None:
+def uvm_loanbreak(
+    uobjpage: Page, where: str = "fault", va: int = -1, space: str = "-"
+) -> Page | None:
     """Replace a loaned object page by a copy (``uvm_loanbreak`` 1.104).
 
     The copy takes the page's place in the object; the old page loses every
@@ -438,12 +442,13 @@ def uvm_loanbreak(uobjpage: Page, where: str = "fault") -> Page | None:
             LoanBreak(
                 plat.now(),
                 plat.cur,
-                "-",
+                space,
                 "object",
                 uobjpage.frame,
                 newpg.frame,
                 uobjpage.loan_count,
                 where,
+                va,
             )
         )
         if uobjpage.loan_count and uobjpage.uanon is None:
@@ -453,7 +458,9 @@ def uvm_loanbreak(uobjpage: Page, where: str = "fault") -> Page | None:
     return newpg
 
 
-def uvm_loanbreak_anon(anon: Anon, uobj: UVMObject | None, where: str = "fault") -> int:
+def uvm_loanbreak_anon(
+    anon: Anon, uobj: UVMObject | None, where: str = "fault", va: int = -1, space: str = "-"
+) -> int:
     """Give ``anon`` a private copy of its loaned page (``uvm_loanbreak_anon``).
 
     ``uobj is None``: the anon was the lender (A->K); the old page becomes an
@@ -490,7 +497,15 @@ def uvm_loanbreak_anon(anon: Anon, uobj: UVMObject | None, where: str = "fault")
     if tr.on:
         tr.emit(
             LoanBreak(
-                plat.now(), plat.cur, "-", "anon", old.frame, newpg.frame, old.loan_count, where
+                plat.now(),
+                plat.cur,
+                space,
+                "anon",
+                old.frame,
+                newpg.frame,
+                old.loan_count,
+                where,
+                va,
             )
         )
         if old.loan_count and old.uobject is None:

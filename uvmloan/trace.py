@@ -127,6 +127,7 @@ class LoanBreak(Event):
     new_frame: int
     loan_count: int  # of the old page, after the break
     where: str  # "fault", "write(2)", "mlock", ...
+    va: int  # the faulting user address, or -1 (write(2), truncate)
 
     def counter_keys(self) -> tuple[str, ...]:
         return (self.KIND, f"loan.break.{self.kind}")
