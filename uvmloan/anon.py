@@ -84,10 +84,11 @@ def uvm_anfree(uvm: PageAllocator, anon: Anon) -> None:
     if anon.an_ref != 0:
         raise KernelAssertion(f"uvm_anfree: {anon!r} still referenced")
     pg = anon.an_page
-    if pg is not None and pg.loan_count and pg.uobject is None and not pg.flags & PG.ANON:
+    if pg is not None and pg.loan_count:
         # uvm_anon_lockloanpg: adopt a disowned O->A page before freeing (T7).
-        pg.flags |= PG.ANON
-        pg.loan_count -= 1
+        from .loan import uvm_anon_lockloanpg
+
+        uvm_anon_lockloanpg(anon)
     if pg is not None:
         if pg.uobject is not None:
             # O->A receiver: the object keeps its page.
@@ -101,6 +102,9 @@ def uvm_anfree(uvm: PageAllocator, anon: Anon) -> None:
             else:
                 uvm.uvm_pagefree(pg)
         anon.an_page = None
+    # uvm_anon_dropswap -> uvm_swap_free: the slot goes with the anon.
+    if anon.an_swslot:
+        uvm.swap.pop(anon.an_swslot, None)
     anon.an_swslot = 0
 
 

@@ -199,6 +199,11 @@ def check_loans(m: Machine) -> None:
         ):
             raise InvariantViolation("I8", f"{pg!r} and its object disagree")
         if pg.loan_count == 0:
+            if pg.ever_loaned and pg.uobject is None and pg.uanon is None:
+                # I6: the uvm_unloanpage that drops an orphan's last loan
+                # frees it; an ownerless, un-loaned page that was lent is
+                # one that call forgot.
+                raise InvariantViolation("I6", f"orphan {pg!r} outlived its last loan")
             continue
         loaned_frames.add(frame)
         for pm, va in pg.mdpage.pv:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from errno import errorcode
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -157,7 +158,13 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
                 out.append(_loan_one(map, entry, va, flags))
                 va += ps
     except (_LoanFailure, UVMError) as e:
-        reason = e.reason if isinstance(e, _LoanFailure) else str(e)
+        # The helper's own errno (EBUSY for a wired page, the pager's error)
+        # is folded into EINVAL as in NetBSD; the reason keeps its name.
+        reason = (
+            f"{errorcode.get(e.errno, str(e.errno))}: {e.reason}"
+            if isinstance(e, _LoanFailure)
+            else str(e)
+        )
         errno = e.errno if isinstance(e, _LoanFailure) and e.errno == ENOENT else EINVAL
         undone = 0
         if flags & UVM_LOAN_TOPAGE:
@@ -241,16 +248,31 @@ def _loan_page_locked(uvm: PageAllocator, pg: Page) -> bool:
 def uvm_loanuobj(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page:
     """Lend an object page (O->K); O->A is compiled out in this era."""
     uvm = map.uvm
-    if flags & UVM_LOAN_TOANON and not uvm.platform.profile.o2a_loans:
-        raise _LoanFailure("object->anon loans are compiled out (uvm_loan.c 1.104 #ifdef notdef)")
     uobj = entry.object
     assert uobj is not None
+    # 1.104 gets the page first (pgo_get, I/O if needed) and only then finds
+    # the O->A code under #ifdef notdef: a TOANON request leaves the page
+    # resident and fails.
     try:
-        pg = uobj.pgo_get(entry.objoff(va))
+        pg = _pgo_get_loan(uobj, entry.objoff(va))
     except UVMError as e:
         raise _LoanFailure(f"pgo_get failed: {e}", e.errno) from None
+    if flags & UVM_LOAN_TOANON:
+        raise _LoanFailure("object->anon loans are compiled out (uvm_loan.c 1.104 #ifdef notdef)")
     uvm_loanpage(uvm, [pg], va, map.name)
     return pg
+
+
+def _pgo_get_loan(uobj: UVMObject, off: int) -> Page:
+    """``pgo_get`` as the loan code sees it: a vnode refuses offsets past the
+    page holding EOF with EINVAL (genfs_getpages' bounds check), as the fault
+    path's lower layer does; other pagers as they are."""
+    size = getattr(uobj, "size", None)
+    if size is not None:
+        ps = uobj.page_size
+        if off >= size + (-size) % ps:
+            raise UVMError(EINVAL, f"{uobj.name}: offset {off:#x} is past EOF ({size} bytes)")
+    return uobj.pgo_get(off)
 
 
 def uvm_loanpage(uvm: PageAllocator, pages: Sequence[Page], va: int = -1, space: str = "-") -> None:
@@ -289,6 +311,10 @@ def uvm_loanzero(map: VMMap, flags: int, va: int = -1) -> Page:
     ownerless page instead (profile ``zero_loan_style = "fresh"``)."""
     uvm = map.uvm
     if flags & UVM_LOAN_TOANON:
+        # 1.104 takes (allocating on first use) the zero page before it finds
+        # the zero->anon code under #ifdef notdef.
+        if uvm.platform.profile.zero_loan_style != "fresh":
+            loanzero_page(uvm)
         raise _LoanFailure("zero->anon loans are compiled out (uvm_loan.c 1.104 #ifdef notdef)")
     if uvm.platform.profile.zero_loan_style == "fresh":
         pg = uvm.uvm_pagealloc(None, 0, None, UVM_PGA_ZERO)
@@ -354,6 +380,7 @@ def uvm_unloanpage(uvm: PageAllocator, pages: Sequence[Page]) -> None:
             )
     plat = uvm.platform
     tr = plat.tracer
+    dequeues = plat.profile.loan_dequeues
     for pg in pages:
         pg.loan_count -= 1
         _ledger_drop(uvm, pg)
@@ -372,6 +399,10 @@ def uvm_unloanpage(uvm: PageAllocator, pages: Sequence[Page]) -> None:
             if pg.flags & PG.BUSY:
                 raise KernelAssertion(f"uvm_unloanpage: freeing busy {pg!r}")
             uvm.uvm_pagefree(pg)
+        elif pg.loan_count == 0 and dequeues and not pg.wire_count:
+            # 1.29.2.4: loaning had dequeued the page; its owner gets it back
+            # on the active queue with the last loan.
+            uvm.uvm_pageactivate(pg)
 
 
 def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
@@ -393,7 +424,7 @@ def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
     for chunk in range(0, npages, UVM_LOAN_GET_CHUNK):
         n = min(UVM_LOAN_GET_CHUNK, npages - chunk)
         try:
-            pages = [uobj.pgo_get(pgoff + (chunk + i) * ps) for i in range(n)]
+            pages = [_pgo_get_loan(uobj, pgoff + (chunk + i) * ps) for i in range(n)]
             uvm_loanpage(uvm, pages)
         except _LoanFailure as e:
             uvm_unloanpage(uvm, out)

@@ -21,7 +21,7 @@ from .map import VMMap
 from .mmu import MMU
 from .object import AnonObject, VnodeObject
 from .page import Page, PageAllocator
-from .param import EACCES, EFAULT, VMProt
+from .param import EACCES, EFAULT, EINVAL, ENOMEM, VMProt
 from .pdaemon import uvmpd_reclaim_page, uvmpd_scan
 from .physmem import PhysMem
 from .pmap.cpu import CPU, Platform
@@ -87,7 +87,14 @@ class Machine:
         profile: str | Profile = "netbsd-10",
         profile_overrides: dict[str, Any] | None = None,
         trace: bool | str | Path | Tracer = "counters",
+        on_shortage: str = "raise",
     ) -> None:
+        if on_shortage not in ("raise", "reclaim"):
+            raise ValueError(f"on_shortage must be 'raise' or 'reclaim', got {on_shortage!r}")
+        # What a fault does when no page can be had.  NetBSD sleeps in
+        # uvm_wait() until the pagedaemon freed some and restarts the fault;
+        # "reclaim" runs the pagedaemon and restarts, "raise" reports ENOMEM.
+        self.on_shortage = on_shortage
         if not isinstance(ncpus, int) or isinstance(ncpus, bool) or not 1 <= ncpus <= 256:
             raise ValueError(f"ncpus must be an int from 1 to 256, got {ncpus!r}")
         overrides = dict(profile_overrides or {})
@@ -194,7 +201,22 @@ class Machine:
         vmmap = self._maps.get(pmap)
         if vmmap is None:
             raise SegmentationFault(va, "access", "no address space for this pmap")
+        if user and pmap.is_kernel:
+            # trap.c: a user-mode fault is resolved in the process's own map,
+            # which has nothing at a kernel address: SIGSEGV, never kernel_map.
+            acc = "write" if access_type & VMProt.WRITE else "read"
+            raise SegmentationFault(va, acc, "user access to a kernel address")
         try:
+            for _attempt in range(8):
+                try:
+                    uvm_fault(vmmap, va, access_type)
+                    return
+                except UVMError as e:
+                    if e.errno != ENOMEM or self.on_shortage != "reclaim":
+                        raise
+                    # uvm_wait(): wake the pagedaemon, then restart the fault.
+                    if uvmpd_scan(self.uvm, 16) == 0:
+                        raise
             uvm_fault(vmmap, va, access_type)
         except UVMError as e:
             if e.errno in (EFAULT, EACCES):
@@ -210,12 +232,21 @@ class Machine:
         m = proc.map
         ents = m.entries_in(start, end)
         m._check_covered(start, end, ents, "mlock")
+        for ent in ents:
+            if ent.protection == VMProt.NONE:
+                # uvm_map_pageable: an entry without access cannot be wired.
+                raise UVMError(EINVAL, f"mlock: {ent!r} has protection VM_PROT_NONE")
         ents = m.clip_range(start, end)
         done: list[int] = []
         try:
-            for va in range(start, end, self.page_size):
-                uvm_fault(m, va, VMProt.READ, wire=True)
-                done.append(va)
+            # uvm_map_pageable pass 2: only entries wired for the first time
+            # are faulted in; a second mlock only counts (wired_count).
+            for ent in ents:
+                if ent.wired_count:
+                    continue
+                for va in range(ent.start, ent.end, self.page_size):
+                    uvm_fault(m, va, VMProt.READ, wire=True)
+                    done.append(va)
         except BaseException:
             for va in done:
                 e = m.uvm_map_lookup_entry(va)

@@ -7,14 +7,15 @@ user mapping (``pmap_page_protect(VM_PROT_NONE)``, which leaves the kernel's
 ``pmap_kenter_pa`` mappings alone), is paged out if dirty, and is freed: a
 loaned page then becomes an orphan through ``uvm_pagefree``'s loan branch,
 while its anon keeps the swap slot (uvm_pdaemon.c 1.133.16.1,
-``uvmpd_scan_queue``).  Wired and busy pages are skipped.
+``uvmpd_scan_queue``).  Wired and busy pages are skipped, and so are aobj
+pages: they are swap-backed in NetBSD and the model has no aobj swap.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .object import PGO_CLEANIT, PGO_FREE
+from .object import PGO_CLEANIT, PGO_FREE, AnonObject
 from .param import PG, VM_PROT_NONE
 from .trace import Reclaim
 
@@ -38,6 +39,11 @@ def uvmpd_reclaim_page(uvm: PageAllocator, pg: Page) -> str:
         if getattr(obj, "name", "") == "uvm_loanzero_object":
             obj.pgo_put(pg.offset, pg.offset + uvm.page_size, PGO_FREE)
             result = "skipped: zero page"
+        elif isinstance(obj, AnonObject):
+            # An aobj page is swap-backed (uvmpd_scan_queue pages it out
+            # through uao_set_swslot, never through pgo_put); the model has
+            # no aobj swap, so freeing it would lose its bytes: skip it.
+            result = "skipped: aobj (no swap modelled)"
         else:
             obj.pgo_put(pg.offset, pg.offset + uvm.page_size, PGO_CLEANIT | PGO_FREE)
             result = "orphaned" if loaned else "freed"

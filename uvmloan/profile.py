@@ -108,12 +108,15 @@ class Profile:
     sock_loan_thresh_mp: int = -1
     sock_loan_chunk: int = 65536
     somaxkva: int = 16 * 1024 * 1024
-    # uvm_loan.c 1.104: loans neither wire nor dequeue (1.27 wired; 1.29.2.4
-    # dequeued); object->anon and zero->anon loans are compiled out.
-    loan_wires: bool = False
+    # uvm_loan.c 1.104 keeps loaned pages on the paging queues (activated);
+    # 1.29.2.4 (2002) dequeued them and re-activated owned pages when their
+    # last loan went.  Object->anon and zero->anon loans are compiled out in
+    # 1.104 and the model has only that behaviour (no switch).  1.27's wiring
+    # of loaned pages is not modelled.
     loan_dequeues: bool = False
+    # 1.104 lends every COW hole as one shared zero page; 1.27 and 1.29.2.4
+    # lent a fresh zeroed ownerless page per loan, freed by the unloan.
     zero_loan_style: Literal["shared", "fresh"] = "shared"
-    o2a_loans: bool = False
     # Kernel and user VA layout (amd64).
     vm_min_user_address: int = 0x1000
     vm_maxuser_address: int = 0x00007F7FFFFFF000
