@@ -46,21 +46,28 @@ class FaultCtx:
     map: VMMap
     va: int
     access_type: VMProt
-    wire: bool
+    # UVM_FAULT_WIRE: the fault wires the page (mlock, uvm_fault_wire).
+    wire_paging: bool
+    # UVM_FAULT_MAXPROT: judge copy-on-write by the maximum protection.
+    maxprot: bool = False
+    # The mapping is entered wired: wiring fault, or any fault on a wired entry.
+    wire_mapping: bool = False
     entry: MapEntry | None = None
     enter_prot: VMProt = VMProt.NONE
     cow_now: bool = False
     promote: bool = False
 
 
-def uvm_fault(map: VMMap, va: int, access_type: int, wire: bool = False) -> None:
+def uvm_fault(
+    map: VMMap, va: int, access_type: int, wire: bool = False, maxprot: bool = False
+) -> None:
     """Resolve a fault at ``va`` for ``access_type``; raises UVMError on failure.
 
     EFAULT: no entry (or a layerless one); EACCES: protection; ENOMEM: no
     page could be allocated (nothing was changed: retry after freeing).
     """
     ps = map.page_size
-    flt = FaultCtx(map, va - va % ps, VMProt(access_type), wire)
+    flt = FaultCtx(map, va - va % ps, VMProt(access_type), wire, maxprot)
     for _ in range(64):
         err = uvm_fault_check(flt)
         if err == 0:
@@ -93,16 +100,22 @@ def uvm_fault_check(flt: FaultCtx) -> int:
     if e is None:
         return EFAULT
     flt.entry = e
-    if flt.wire:
-        # uvm_fault_check: a wiring fault asks for the entry's protection,
-        # so a writable entry is made private (and loans broken) now.
-        flt.access_type = e.protection
-    if flt.access_type & ~e.protection:
+    check_prot = e.max_protection if flt.maxprot else e.protection
+    if flt.access_type & ~check_prot:
         return EACCES
     if e.vaonly:
         return EFAULT  # a layerless entry: kernel VA with nothing behind it
     flt.enter_prot = e.protection
-    flt.cow_now = bool(flt.access_type & VM_PROT_WRITE)
+    # "wired" means the entry is wired or we are fault-wiring the page: the
+    # mapping is entered wired with the entry's full access, and whether to
+    # resolve copy-on-write now is judged by check_prot (the maximum
+    # protection for uvm_fault_wire), so loans are broken before wiring.
+    flt.wire_mapping = flt.wire_paging or e.wired_count > 0
+    if flt.wire_mapping:
+        flt.access_type = flt.enter_prot
+        flt.cow_now = bool(check_prot & VM_PROT_WRITE)
+    else:
+        flt.cow_now = bool(flt.access_type & VM_PROT_WRITE)
     if e.needs_copy:
         if flt.cow_now or e.object is None:
             m.amap_copy(e)
@@ -158,7 +171,7 @@ def uvm_fault_upper_loan(flt: FaultCtx, anon: Anon) -> int:
         assert pg is not None
         # An anon holding an O->A loaned page passes the owning object.
         uobj = pg.uobject if not pg.flags & PG.ANON else None
-        where = "mlock" if flt.wire else "fault"
+        where = "mlock" if flt.wire_paging else "fault"
         return uvm_loanbreak_anon(anon, uobj, where, flt.va, flt.map.name)
     return 0
 
@@ -288,7 +301,7 @@ def uvm_fault_lower_direct_loan(flt: FaultCtx, uobjpage: Page) -> int:
     if not flt.cow_now:
         flt.enter_prot &= ~VM_PROT_WRITE
         return 0
-    where = "mlock" if flt.wire else "fault"
+    where = "mlock" if flt.wire_paging else "fault"
     if uvm_loanbreak(uobjpage, where, flt.va, flt.map.name) is None:
         return ENOMEM
     return 0
@@ -305,11 +318,11 @@ def _enter(flt: FaultCtx, pg: Page) -> int:
     if pg.flags & PG.RDONLY:
         flt.enter_prot &= ~VM_PROT_WRITE
     access = flt.access_type & flt.enter_prot
-    flags = int(access) | (PMAP_WIRED if flt.wire else 0)
+    flags = int(access) | (PMAP_WIRED if flt.wire_mapping else 0)
     pmod.pmap_enter(m.pmap, flt.va, pg.pa, flt.enter_prot, flags)
     if access & VM_PROT_WRITE:
         pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
-    if flt.wire:
+    if flt.wire_paging:
         uvm.uvm_pagewire(pg)
     else:
         uvm.uvm_pageactivate(pg)

@@ -24,7 +24,7 @@ from .page import Page, PageAllocator
 from .param import EACCES, EFAULT, EINVAL, ENOMEM, VMProt
 from .pdaemon import uvmpd_reclaim_page, uvmpd_scan
 from .physmem import PhysMem
-from .pmap.cpu import CPU, Platform
+from .pmap.cpu import CPU, Platform, TLBState
 from .pmap.pmap import Pmap, PmapModule
 from .process import Process
 from .profile import Profile, get_profile
@@ -190,7 +190,10 @@ class Machine:
 
     def _switch_to(self, proc: Process, cpu: int) -> None:
         c = self.platform.cpu(cpu)
-        if c.curpmap is not proc.map.pmap:
+        # pmap_load (pmap.c 1.381) also runs for the pmap already loaded: a
+        # LAZY CPU goes VALID, a STALE one rejoins pm_cpus and flushes its
+        # dead user entries (pmap_reactivate) before user code runs.
+        if c.curpmap is not proc.map.pmap or c.tlbstate is not TLBState.VALID:
             with self.platform.on_cpu(cpu):
                 self.pmap.pmap_activate(proc.map.pmap, c)
 
@@ -237,6 +240,12 @@ class Machine:
                 # uvm_map_pageable: an entry without access cannot be wired.
                 raise UVMError(EINVAL, f"mlock: {ent!r} has protection VM_PROT_NONE")
         ents = m.clip_range(start, end)
+        # uvm_map_pageable pass 1: entries that may become writable, or have
+        # no object, get their private amap now; the wiring faults below
+        # never see needs-copy (uvm_fault_check KASSERTs !maxprot there).
+        for ent in ents:
+            if ent.needs_copy and (ent.max_protection & VMProt.WRITE or ent.object is None):
+                m.amap_copy(ent)
         done: list[int] = []
         try:
             # uvm_map_pageable pass 2: only entries wired for the first time
@@ -245,7 +254,7 @@ class Machine:
                 if ent.wired_count:
                     continue
                 for va in range(ent.start, ent.end, self.page_size):
-                    uvm_fault(m, va, VMProt.READ, wire=True)
+                    uvm_fault(m, va, VMProt.READ, wire=True, maxprot=True)
                     done.append(va)
         except BaseException:
             for va in done:

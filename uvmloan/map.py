@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import attrs
 from sortedcontainers import SortedDict
 
-from .anon import Amap, amap_unref_slots
+from .anon import Amap, amap_unref_slots, uvm_analloc
 from .errors import KernelAssertion, UVMError
 from .object import UVMObject
-from .param import EACCES, EINVAL, ENOMEM, VM_PROT_ALL, VM_PROT_WRITE, VMProt
+from .param import EACCES, EINVAL, ENOMEM, PG, VM_PROT_ALL, VM_PROT_WRITE, VMProt
 
 if TYPE_CHECKING:
     from .page import Page, PageAllocator
@@ -363,9 +363,19 @@ def uvmspace_fork(parent: VMMap, child: VMMap) -> None:
     SHARE: both entries refer to the same amap (made first if needed) and
     object.  COPY: both refer to the same amap with needs-copy set and the
     parent's range is write-protected, so the first write on either side
-    copies.  Wired COPY entries are not special-cased (NetBSD copies them at
-    once with ``amap_cow_now``); the model documents this in specs/map.md.
+    copies.  A wired COPY entry with an amap is copied at once instead
+    (``amap_copy`` of the child's entry, then ``amap_cow_now``, as
+    uvm_map.c does): the wired parent takes no fault and keeps its wired
+    pages.  ENOMEM there propagates; ``Process.fork`` tears the child down.
     """
+    pmod = parent.pmap.module
+    try:
+        _uvmspace_fork_entries(parent, child)
+    finally:
+        pmod.pmap_update(parent.pmap)
+
+
+def _uvmspace_fork_entries(parent: VMMap, child: VMMap) -> None:
     pmod = parent.pmap.module
     for e in list(parent.entries.values()):
         if e.inheritance == MAP_INHERIT_NONE or e.vaonly:
@@ -382,13 +392,52 @@ def uvmspace_fork(parent: VMMap, child: VMMap) -> None:
         else:
             ce.needs_copy = True
             ce.copy_on_write = True
-            if e.amap is not None and not e.needs_copy:
+            if e.amap is not None and not e.needs_copy and not e.wired_count:
                 e.needs_copy = True
                 pmod.pmap_protect(parent.pmap, e.start, e.end, e.protection & ~VM_PROT_WRITE)
         if ce.amap is not None:
             ce.amap.refs[ce] = None
         child.entries[ce.start] = ce
-    pmod.pmap_update(parent.pmap)
+        if e.inheritance == MAP_INHERIT_COPY and e.wired_count and e.amap is not None:
+            # uvmspace_fork (uvm_map.c): "if the parent's entry is wired down
+            # ... we cannot do copy-on-write ... resolve all copy-on-write
+            # faults now, using amap_cow_now".
+            child.amap_copy(ce)
+            amap_cow_now(child, ce)
+
+
+def amap_cow_now(m: VMMap, e: MapEntry) -> None:
+    """Resolve every copy-on-write of ``e`` now (``amap_cow_now``, uvm_amap.c).
+
+    Each anon of ``e``'s amap still shared (``an_ref > 1``) is replaced by a
+    new anon holding a copy of its page; the old anon keeps its other
+    references (the wired parent).  A loaned page is skipped, as NetBSD
+    does (it is mapped read-only anyway).  Raises UVMError(ENOMEM) where
+    NetBSD would ``uvm_wait("cownowpage")``; copies made so far stay in
+    ``e``'s amap and go when the caller unmaps ``e``.
+    """
+    amap = e.amap
+    if amap is None or e.needs_copy:
+        raise KernelAssertion(f"amap_cow_now: {e!r} has no private amap")
+    uvm = m.uvm
+    for slot in list(amap.slots.irange(e.slotoff, e.slotoff + e.npages, inclusive=(True, False))):
+        anon = amap.slots[slot]
+        if anon.an_ref == 1:
+            continue
+        pg = anon.an_page
+        if pg is None:
+            raise KernelAssertion(f"amap_cow_now: {anon!r} of a wired entry is not resident")
+        if pg.loan_count:
+            continue
+        nanon = uvm_analloc()
+        npg = uvm.uvm_pagealloc(None, 0, nanon, 0)
+        if npg is None:
+            raise UVMError(ENOMEM, f"{m.name}: no page to copy wired {e!r} at fork")
+        uvm.uvm_pagecopy(pg, npg)
+        anon.an_ref -= 1
+        amap.add(slot, nanon, replace=True)
+        npg.flags &= ~(PG.BUSY | PG.FAKE)
+        uvm.uvm_pageactivate(npg)
 
 
 def check_map_args(prot: object) -> VMProt:
@@ -404,6 +453,7 @@ __all__ = [
     "MAP_INHERIT_SHARE",
     "MapEntry",
     "VMMap",
+    "amap_cow_now",
     "check_map_args",
     "uvmspace_fork",
 ]

@@ -200,8 +200,8 @@ class VnodeObject(UVMObject):
     def _check_io(self, offset: int, n: int, what: str) -> None:
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError(f"{what}: offset must be a non-negative int, got {offset!r}")
-        if n < 0:
-            raise ValueError(f"{what}: length must be non-negative, got {n}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"{what}: length must be a non-negative int, got {n!r}")
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """write(2) at ``offset`` through the buffer cache (``ubc_uiomove``).

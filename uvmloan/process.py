@@ -34,13 +34,16 @@ class Process:
     """One process: a vm_map over its own pmap, running on a CPU."""
 
     def __init__(self, machine: Machine, name: str, cpu: int) -> None:
+        # Validate the CPU before anything is allocated, so a bad argument
+        # leaves no pmap or pid behind.
+        cpu_index = machine.platform.cpu(cpu).index
         self.machine = machine
         self.name = name
         self.pid = machine._next_pid()
         pm = machine.pmap.pmap_create(name)
         prof = machine.profile
         self.map = VMMap(name, pm, machine.uvm, prof.vm_min_user_address, prof.vm_maxuser_address)
-        self.cpu = machine.platform.cpu(cpu).index
+        self.cpu = cpu_index
         self.alive = True
         machine._maps[pm] = self.map
 
@@ -207,15 +210,26 @@ class Process:
     def fork(self, name: str | None = None, cpu: int | None = None) -> Process:
         """fork(2): a child whose address space copies this one by inheritance."""
         self._alive("fork")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"fork: name must be a non-empty string, got {name!r}")
         m = self.machine
         child = Process(m, name or f"{self.name}-child", self._cpu_arg(cpu))
-        self._run_kernel(lambda: uvmspace_fork(self.map, child.map))
+        try:
+            self._run_kernel(lambda: uvmspace_fork(self.map, child.map))
+        except BaseException:
+            # fork1 fails (ENOMEM copying a wired entry): free what the child got.
+            child._teardown()
+            raise
         m.processes.append(child)
         return child
 
     def exit(self) -> None:
         """exit(2): unmap everything, leave every CPU, free the pmap."""
         self._alive("exit")
+        self._teardown()
+
+    def _teardown(self) -> None:
+        """Unmap everything, leave every CPU, free the pmap (exit1/uvmspace_free)."""
         m = self.machine
 
         def teardown() -> None:

@@ -1,0 +1,357 @@
+"""vm_map, amaps, anons and objects (specs/map.md names the NetBSD source of each)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from uvmloan import (
+    MAP_FIXED,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    VM_PROT_ALL,
+    VM_PROT_READ,
+    VM_PROT_WRITE,
+    KernelAssertion,
+    Machine,
+    UVMError,
+)
+from uvmloan.anon import Anon, anon_unref, uvm_anfree
+from uvmloan.errors import SegmentationFault
+from uvmloan.invariants import check_invariants
+from uvmloan.map import MAP_INHERIT_NONE, MAP_INHERIT_SHARE, uvmspace_fork
+from uvmloan.object import PGO_ALLPAGES, PGO_CLEANIT, PGO_FREE
+from uvmloan.param import EACCES, EINVAL, ENOMEM, PG, VMProt
+from uvmloan.pmap.pte import PTE_W, PTE_WIRED
+
+PS = 4096
+
+
+@pytest.fixture
+def m() -> Iterator[Machine]:
+    mach = Machine(ncpus=2, memory="1M")
+    yield mach
+    check_invariants(mach)
+    mach.close()
+
+
+# --------------------------------------------------------------- uvm_map
+
+
+def test_uvm_map_finds_holes_and_fixed_replaces(m: Machine) -> None:
+    p = m.spawn("p")
+    a = p.mmap(2 * PS)
+    b = p.mmap(PS)
+    assert b == a + 2 * PS
+    p.munmap(a, PS)
+    c = p.mmap(PS)
+    assert c == a  # first fit from the base
+    p.write(b, b"old")
+    d = p.mmap(PS, flags=MAP_PRIVATE | MAP_FIXED, addr=b)
+    assert d == b and p.read(b, 3) == bytes(3)
+    assert m.uvm.allocated == 1  # the old page went with the old entry; a new zero page
+
+
+def test_uvm_map_prot_beyond_maxprot_is_eacces(m: Machine) -> None:
+    p = m.spawn("p")
+    with pytest.raises(UVMError) as e:
+        p.map.uvm_map(PS, None, 0, VM_PROT_READ | VM_PROT_WRITE, maxprot=VM_PROT_READ)
+    assert e.value.errno == EACCES and not p.map.entries
+
+
+def test_clip_shares_the_amap_and_references_the_object(m: Machine) -> None:
+    """UVM_MAP_CLIP_START/END: amap_splitref and pgo_reference."""
+    vn = m.vnode(b"z" * 4 * PS)
+    p = m.spawn("p")
+    va = p.mmap(4 * PS, flags=MAP_PRIVATE, obj=vn)
+    p.write(va, b"w" * 4 * PS)
+    refs = vn.uo_refs
+    p.mprotect(va + PS, PS, VM_PROT_READ)
+    ents = list(p.map.entries.values())
+    assert len(ents) == 3
+    amap = ents[0].amap
+    assert amap is not None and all(e.amap is amap for e in ents)
+    assert amap.am_ref == 3 and vn.uo_refs == refs + 2
+    assert [e.slotoff for e in ents] == [0, 1, 2]
+    p.munmap(va, 4 * PS)
+    assert vn.uo_refs == refs - 1 and m.uvm.allocated == len(vn.uo_pages)
+
+
+def test_unmap_removes_ptes_before_freeing(m: Machine) -> None:
+    """uvm_unmap_remove (pmap_remove + pmap_update) then uvm_unmap_detach."""
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.write(va, b"x" * 2 * PS)
+    p.write(va, b"y", cpu=1)  # both CPUs cache the mapping
+    p.munmap(va, 2 * PS)
+    assert not p.map.pmap.ptes and m.uvm.allocated == 0
+    for cpu in m.cpus:
+        assert all(pm is not p.map.pmap for _k, (pm, _pte) in cpu.tlb)
+    with pytest.raises(SegmentationFault):
+        p.read(va, 1, cpu=1)
+
+
+# ---------------------------------------------------------- protection
+
+
+def test_mprotect_lowers_with_pmap_protect_and_checks_max(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.write(va, b"x" * 2 * PS)
+    p.mprotect(va, 2 * PS, VM_PROT_READ)
+    assert not any(pte & PTE_W for pte in p.map.pmap.ptes.values())
+    e = p.map.uvm_map_lookup_entry(va)
+    assert e is not None
+    e.max_protection = VMProt.READ
+    with pytest.raises(UVMError) as err:
+        p.mprotect(va, PS, VM_PROT_READ | VM_PROT_WRITE)
+    assert err.value.errno == EACCES and e.protection == VMProt.READ
+
+
+def test_mprotect_over_a_hole_is_enomem_and_changes_nothing(m: Machine) -> None:
+    """The model is all-or-nothing (POSIX ENOMEM); NetBSD's uvm_map_protect skips holes."""
+    p = m.spawn("p")
+    va = p.mmap(3 * PS)
+    p.munmap(va + PS, PS)
+    with pytest.raises(UVMError) as e:
+        p.mprotect(va, 3 * PS, VM_PROT_READ)
+    assert e.value.errno == ENOMEM
+    assert all(x.protection == VMProt.READ | VMProt.WRITE for x in p.map.entries.values())
+
+
+# -------------------------------------------------------------- amap_copy
+
+
+def test_amap_copy_takes_over_a_sole_reference(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(PS)
+    p.write(va, b"x")
+    c = p.fork("c", cpu=1)
+    c.exit()  # the parent's amap is referenced by the parent alone again
+    e = p.map.uvm_map_lookup_entry(va)
+    assert e is not None and e.needs_copy and e.amap is not None
+    amap = e.amap
+    n = m.uvm.allocated
+    p.write(va, b"y")
+    assert e.amap is amap and not e.needs_copy and m.uvm.allocated == n
+
+
+def test_amap_copy_shares_the_anons(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.write(va, b"x" * 2 * PS)
+    c = p.fork("c", cpu=1)
+    e = c.map.uvm_map_lookup_entry(va)
+    assert e is not None
+    old = e.amap
+    c.map.amap_copy(e)
+    assert e.amap is not old and e.amap is not None and e.slotoff == 0
+    for slot in (0, 1):
+        a = e.amap.lookup(slot)
+        assert a is not None and a.an_ref == 2
+
+
+# ---------------------------------------------------------------- fork
+
+
+def test_fork_inheritance_share_copy_none(m: Machine) -> None:
+    p = m.spawn("p")
+    priv = p.mmap(PS)
+    shared = p.mmap(PS, flags=MAP_SHARED)
+    gone = p.mmap(PS)
+    ge = p.map.uvm_map_lookup_entry(gone)
+    assert ge is not None
+    ge.inheritance = MAP_INHERIT_NONE
+    for va in (priv, shared, gone):
+        p.write(va, b"p")
+    c = p.fork("c", cpu=1)
+    assert c.map.uvm_map_lookup_entry(gone) is None
+    se = c.map.uvm_map_lookup_entry(shared)
+    assert se is not None and se.inheritance == MAP_INHERIT_SHARE and not se.needs_copy
+    pe = c.map.uvm_map_lookup_entry(priv)
+    assert pe is not None and pe.needs_copy and pe.copy_on_write
+    c.write(shared, b"c")
+    c.write(priv, b"c")
+    assert p.read(shared, 1) == b"c" and p.read(priv, 1) == b"p"
+    with pytest.raises(SegmentationFault):
+        c.read(gone, 1)
+
+
+def test_fork_write_protects_the_parent_once(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(PS)
+    p.write(va, b"x")
+    assert p.map.pmap.ptes[va] & PTE_W
+    before = m.counters["pmap protect"]
+    p.fork("c1", cpu=1)
+    assert not p.map.pmap.ptes[va] & PTE_W
+    assert m.counters["pmap protect"] == before + 1
+    p.fork("c2", cpu=1)  # already needs-copy: not protected again
+    assert m.counters["pmap protect"] == before + 1
+
+
+def test_fork_of_a_wired_entry_copies_now(m: Machine) -> None:
+    """uvmspace_fork + amap_cow_now: the wired parent is not write-protected."""
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.write(va, b"w" * 2 * PS)
+    p.mlock(va, 2 * PS)
+    c = p.fork("c", cpu=1)
+    assert p.map.pmap.ptes[va] & PTE_W and p.map.pmap.ptes[va] & PTE_WIRED
+    ce = c.map.uvm_map_lookup_entry(va)
+    pe = p.map.uvm_map_lookup_entry(va)
+    assert ce is not None and pe is not None and not ce.needs_copy and not pe.needs_copy
+    assert ce.amap is not pe.amap and ce.wired_count == 0
+    faults = m.counters["fault"]
+    p.write(va, b"P")
+    assert m.counters["fault"] == faults
+    assert c.read(va, 1) == b"w"
+    c.exit()
+    p.exit()
+    assert m.uvm.allocated == 0
+
+
+def test_fork_enomem_tears_the_child_down(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.write(va, b"w" * 2 * PS)
+    p.mlock(va, 2 * PS)
+    m.uvm.limit = m.uvm.allocated + 1
+    pmaps, procs, pages = len(m.pmap.pmaps), list(m.processes), dict(m.uvm.pages)
+    with pytest.raises(UVMError) as e:
+        p.fork("c", cpu=1)
+    assert e.value.errno == ENOMEM
+    assert len(m.pmap.pmaps) == pmaps and m.processes == procs and m.uvm.pages == pages
+    m.uvm.limit = None
+
+
+def test_uvmspace_fork_direct(m: Machine) -> None:
+    from uvmloan.map import VMMap
+
+    p = m.spawn("p")
+    va = p.mmap(PS)
+    p.write(va, b"q")
+    child = VMMap("raw", m.pmap.pmap_create("raw"), m.uvm, p.map.minva, p.map.maxva)
+    uvmspace_fork(p.map, child)
+    ce = child.uvm_map_lookup_entry(va)
+    assert ce is not None and ce.amap is p.map.uvm_map_lookup_entry(va).amap  # type: ignore[union-attr]
+    child.uvm_unmap(va, va + PS)
+    m.pmap.pmap_destroy(child.pmap)
+
+
+# ---------------------------------------------------------------- wiring
+
+
+def test_mlock_twice_then_one_munlock_unwires(m: Machine) -> None:
+    """uvm_map_pageable: only newly wired entries fault; munlock unwires all."""
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.write(va, b"x")
+    p.mlock(va, 2 * PS)
+    p.mlock(va, PS)
+    pages = [pg for pg in m.uvm.pages.values()]
+    assert [pg.wire_count for pg in pages] == [1, 1]
+    p.munlock(va, 2 * PS)
+    assert all(pg.wire_count == 0 for pg in pages)
+    assert p.map.pmap.wired_count == 0
+    p.exit()
+    assert m.uvm.allocated == 0
+
+
+def test_mlock_of_prot_none_is_einval(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(PS, prot=0)
+    with pytest.raises(UVMError) as e:
+        p.mlock(va, PS)
+    assert e.value.errno == EINVAL and m.uvm.allocated == 0 and not p.map.pmap.ptes
+
+
+def test_mlock_enomem_undoes_the_wiring(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(3 * PS)
+    m.uvm.limit = m.uvm.allocated + 2
+    with pytest.raises(UVMError):
+        p.mlock(va, 3 * PS)
+    assert all(pg.wire_count == 0 for pg in m.uvm.pages.values())
+    assert all(e.wired_count == 0 for e in p.map.entries.values())
+    assert p.map.pmap.wired_count == 0
+    m.uvm.limit = None
+
+
+def test_exit_with_wired_memory(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.mlock(va, 2 * PS)
+    p.exit()
+    assert m.uvm.allocated == 0
+
+
+# --------------------------------------------------------------- anons
+
+
+def test_anon_reference_rules(m: Machine) -> None:
+    a = Anon()
+    with pytest.raises(KernelAssertion):
+        uvm_anfree(m.uvm, a)  # still referenced
+    anon_unref(m.uvm, a)
+    assert a.an_ref == 0
+    with pytest.raises(KernelAssertion):
+        anon_unref(m.uvm, a)
+
+
+def test_anfree_frees_the_page_and_unmaps_it(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.mmap(PS)
+    p.write(va, b"x")
+    e = p.map.uvm_map_lookup_entry(va)
+    assert e is not None and e.amap is not None
+    anon = e.amap.slots.pop(0)
+    anon_unref(m.uvm, anon)  # uvm_anfree: pmap_page_protect(NONE), uvm_pagefree
+    assert anon.an_page is None and m.uvm.allocated == 0 and va not in p.map.pmap.ptes
+
+
+# ------------------------------------------------------------- objects
+
+
+def test_pgo_put_clean_and_free(m: Machine) -> None:
+    vn = m.vnode(b"." * 2 * PS)
+    p = m.spawn("p")
+    va = p.mmap(2 * PS, flags=MAP_SHARED, obj=vn)
+    p.write(va, b"AB")
+    p.write(va + PS, b"CD")
+    p.mlock(va + PS, PS)
+    freed = vn.pgo_put(0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_FREE)
+    assert freed == 1  # the wired page is skipped
+    assert bytes(vn.backing[:2]) == b"AB" and bytes(vn.backing[PS : PS + 2]) == b"CD"
+    assert vn.uvm_pagelookup(0) is None and va not in p.map.pmap.ptes
+    assert p.read(va, 2) == b"AB"  # faulted in again from the backing store
+    p.munlock(va + PS, PS)
+
+
+def test_aobj_pages_go_with_the_last_reference(m: Machine) -> None:
+    ao = m.aobj()
+    pg = ao.pgo_get(0)
+    assert pg.flags & PG.AOBJ and m.uvm.allocated == 1
+    ao.detach()
+    assert m.uvm.allocated == 0
+    with pytest.raises(KernelAssertion):
+        ao.detach()
+
+
+def test_vnode_pages_stay_cached_after_the_last_mapping(m: Machine) -> None:
+    vn = m.vnode(b"c" * PS)
+    p = m.spawn("p")
+    va = p.mmap(PS, flags=MAP_SHARED, obj=vn, prot=VM_PROT_ALL)
+    p.read(va, 1)
+    p.exit()
+    assert len(vn.uo_pages) == 1 and m.uvm.allocated == 1 and vn.uo_refs == 1
+
+
+def test_vnode_write_grows_the_file(m: Machine) -> None:
+    vn = m.vnode(b"ab")
+    vn.write(PS + 3, b"z")
+    assert vn.size == PS + 4
+    assert vn.read(0, vn.size) == b"ab" + bytes(PS + 1) + b"z"
+    vn.fsync()
+    assert bytes(vn.backing) == b"ab" + bytes(PS + 1) + b"z"
