@@ -6,6 +6,9 @@ state machines or invariant checks find it.
 
 * ``skip-pmap-update``: ``pmap_update`` does nothing, so deferred TLB
   shootdowns never happen (stale TLB entries survive remove/protect).
+* ``sync-pv-no-shootdown``: ``pmap_page_protect`` (``pmap_sync_pv``)
+  changes PTEs but queues no TLB shootdown, so another CPU keeps writing a
+  page that was just write-protected for a loan.
 * ``skip-loan-protect``: the first loan of a page does not write-protect
   its user mappings, so the owner can change bytes the borrower holds.
 * ``unloan-before-kremove``: a kernel borrower gives its pages back before
@@ -20,7 +23,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .machine import Machine
 
-BUGS = ("skip-pmap-update", "skip-loan-protect", "unloan-before-kremove")
+BUGS = (
+    "skip-pmap-update",
+    "sync-pv-no-shootdown",
+    "skip-loan-protect",
+    "unloan-before-kremove",
+)
 
 
 def inject(m: Machine, bug: str, on: bool = True) -> None:
@@ -29,6 +37,8 @@ def inject(m: Machine, bug: str, on: bool = True) -> None:
         raise ValueError(f"unknown injected bug {bug!r}; known: {', '.join(BUGS)}")
     if bug == "skip-pmap-update":
         m.pmap.inject_skip_update = on
+    elif bug == "sync-pv-no-shootdown":
+        m.pmap.inject_sync_pv_no_shootdown = on
     elif on:
         m.uvm.inject.add(bug)
     else:

@@ -234,7 +234,11 @@ def check_loans(m: Machine) -> None:
         for cpu in m.cpus:
             if cpu.pending_ipis:
                 continue
-            for _key, (_pm, snap) in cpu.tlb:
+            # A STALE CPU's user entries are dead (see check_tlbs).
+            stale_pm = cpu.curpmap if cpu.tlbstate is TLBState.STALE else None
+            for _key, (owner, snap) in cpu.tlb:
+                if owner is stale_pm:
+                    continue
                 if pte_frame(snap) in loaned_frames and snap & PTE_W and snap & PTE_D:
                     raise InvariantViolation(
                         "I3", f"CPU {cpu.index} can still write loaned frame {pte_frame(snap)}"

@@ -137,8 +137,18 @@ class MMU:
         last = (va + n - 1) & ~(ps - 1)
         return [self.translate(cpu, p, write, user) for p in range(first, last + 1, ps)]
 
+    def _check_args(self, cpu: CPU, va: int) -> None:
+        cpus = self.platform.cpus
+        if not isinstance(cpu, CPU) or cpu.index >= len(cpus) or cpus[cpu.index] is not cpu:
+            raise TypeError(f"cpu must be one of this machine's CPUs, not {cpu!r}")
+        if not isinstance(va, int) or isinstance(va, bool):
+            raise TypeError(f"va must be an int, not {type(va).__name__}")
+
     def load(self, cpu: CPU, va: int, n: int, user: bool = True) -> bytes:
         """Read ``n`` bytes at ``va`` as ``cpu`` would (faulting as needed)."""
+        self._check_args(cpu, va)
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"length must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"length must be >= 0, got {n}")
         if n == 0:
@@ -152,6 +162,9 @@ class MMU:
         self, cpu: CPU, va: int, data: bytes | bytearray | memoryview, user: bool = True
     ) -> None:
         """Write ``data`` at ``va`` as ``cpu`` would (faulting as needed)."""
+        self._check_args(cpu, va)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         n = len(data)
         if n == 0:
             return

@@ -208,8 +208,26 @@ class PmapModule:
         return frame
 
     def _check_prot(self, prot: int) -> None:
-        if not isinstance(prot, int) or prot & ~int(VMProt.READ | VMProt.WRITE | VMProt.EXECUTE):
+        if not isinstance(prot, int) or isinstance(prot, bool):
+            raise TypeError(f"prot must be an int of VM_PROT_* bits, not {type(prot).__name__}")
+        if prot & ~int(VMProt.READ | VMProt.WRITE | VMProt.EXECUTE):
             raise ValueError(f"prot {prot!r} is not a combination of VM_PROT_* bits")
+
+    @staticmethod
+    def _check_flags(flags: int) -> None:
+        if not isinstance(flags, int) or isinstance(flags, bool):
+            raise TypeError(f"flags must be an int, not {type(flags).__name__}")
+
+    @staticmethod
+    def _check_page(pg: ManagedPage) -> None:
+        if not isinstance(getattr(pg, "mdpage", None), VMPageMD):
+            raise TypeError(f"pg must be a vm_page (Page), not {type(pg).__name__}")
+
+    def _check_cpu(self, cpu: CPU) -> None:
+        if not isinstance(cpu, CPU):
+            raise TypeError(f"cpu must be a CPU (machine.cpu(i)), not {type(cpu).__name__}")
+        if cpu.index >= self.platform.ncpus or self.platform.cpus[cpu.index] is not cpu:
+            raise ValueError(f"cpu {cpu.index} belongs to another machine")
 
     def _space_of(self, pmap: Pmap) -> str:
         return pmap.name
@@ -217,6 +235,8 @@ class PmapModule:
     # ------------------------------------------------------------- lifecycle
 
     def pmap_create(self, name: str) -> Pmap:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
         prof = self.platform.profile
         pm = Pmap(name, self, False, prof.vm_min_user_address, prof.vm_maxuser_address)
         self.pmaps.append(pm)
@@ -269,6 +289,7 @@ class PmapModule:
         self._check_va(pmap, va)
         frame = self._check_pa(pa)
         self._check_prot(prot)
+        self._check_flags(flags)
         access = flags & int(VMProt.READ | VMProt.WRITE | VMProt.EXECUTE)
         if access & ~prot:
             raise ValueError(
@@ -392,6 +413,7 @@ class PmapModule:
         deferrable operations.  ``pmap_kenter_pa`` mappings are not on the pv
         list and are untouched.
         """
+        self._check_page(pg)
         self._check_prot(prot)
         md = pg.mdpage
         plat = self.platform
@@ -450,6 +472,7 @@ class PmapModule:
         kpm = self.kernel
         self._check_va(kpm, va)
         frame = self._check_pa(pa)
+        self._check_flags(flags)
         self._check_prot(prot)
         opte: int = kpm.ptes.get(va, 0)
         if opte & PTE_P:
@@ -527,6 +550,8 @@ class PmapModule:
     def pmap_extract(self, pmap: Pmap, va: int) -> int | None:
         """The physical address va maps to, or None."""
         self._check_pmap(pmap)
+        if not isinstance(va, int) or isinstance(va, bool):
+            raise TypeError(f"va must be an int, not {type(va).__name__}")
         off = va & (self.page_size - 1)
         pte = pmap.ptes.get(va - off, 0)
         if not pte & PTE_P:
@@ -534,6 +559,7 @@ class PmapModule:
         return (pte_frame(pte) << self.page_shift) | off
 
     def _page_attr(self, pg: ManagedPage, bit: int) -> bool:
+        self._check_page(pg)
         md = pg.mdpage
         if md.attrs & bit:
             return True
@@ -546,6 +572,7 @@ class PmapModule:
         return self._page_attr(pg, PTE_A)
 
     def _clear_attr(self, pg: ManagedPage, bit: int) -> bool:
+        self._check_page(pg)
         md = pg.mdpage
         was = self._page_attr(pg, bit)
         for pmap, va in list(md.pv):
@@ -574,6 +601,7 @@ class PmapModule:
             raise ValueError("pmap_activate: the kernel pmap is always active")
         plat = self.platform
         cpu = plat.curcpu() if cpu is None else cpu
+        self._check_cpu(cpu)
         old = cpu.curpmap
         if old is pmap and cpu.tlbstate is not TLBState.STALE:
             cpu.tlbstate = TLBState.VALID
@@ -600,15 +628,20 @@ class PmapModule:
         """
         plat = self.platform
         cpu = plat.curcpu() if cpu is None else cpu
+        self._check_cpu(cpu)
         # pmap.c 1.381 pmap_deactivate: "Wait for pending TLB shootdowns to
         # complete" -- the packet is per-CPU and the LWP is leaving it.
         with plat.on_cpu(cpu.index):
             self.pmap_tlb_shootnow()
-        if cpu.curpmap is not None:
+        # Only a loaded (VALID) pmap goes lazy: pmap_deactivate KASSERTs
+        # TLBSTATE_VALID, and a CPU already off its user pmap returns early
+        # (ci_want_pmapload / kernel pmap), so a STALE CPU stays STALE.
+        if cpu.curpmap is not None and cpu.tlbstate is TLBState.VALID:
             cpu.tlbstate = TLBState.LAZY
 
     def pmap_unload(self, cpu: CPU) -> None:
         """Drop a pmap from a CPU entirely (the process exited)."""
+        self._check_cpu(cpu)
         old = cpu.curpmap
         if old is not None:
             old.cpus.discard(cpu.index)
