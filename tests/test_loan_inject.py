@@ -15,10 +15,11 @@ from typing import ClassVar
 
 import pytest
 from hypothesis.errors import Flaky
-from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine
 
 from uvmloan import InvariantViolation, Machine, check_invariants
 from uvmloan.inject import BUGS, inject
+from uvmloan.testing import run_machine
 from uvmloan.testing.loan_machine import LoanRef, LoanStateMachine, no_shrink_settings
 from uvmloan.testing.loan_ops import mappings_of, page_at, release_order_problems
 from uvmloan.trace import Event, PageFree
@@ -27,7 +28,7 @@ PS = 4096
 
 
 def _run(cls: type[RuleBasedStateMachine], n: int) -> None:
-    run_state_machine_as_test(cls, settings=no_shrink_settings(n))  # type: ignore[no-untyped-call]
+    run_machine(cls, settings=no_shrink_settings(n))
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import run_state_machine_as_test
 
 from uvmloan import VM_PROT_READ, Machine
+from uvmloan.testing import run_machine
 from uvmloan.testing.pmap_machine import (
     PROFILE_ENV,
     PmapStateMachine,
@@ -75,7 +75,7 @@ def _hunt(machine: type[PmapStateMachine], examples: int) -> BaseException:
         suppress_health_check=[HealthCheck.too_slow],
     )
     with pytest.raises(AssertionError) as info:
-        run_state_machine_as_test(machine, settings=hunt)  # type: ignore[no-untyped-call]
+        run_machine(machine, settings=hunt)
     return info.value
 
 
