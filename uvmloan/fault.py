@@ -45,7 +45,7 @@ class FaultCtx:
 
     map: VMMap
     va: int
-    access_type: VMProt
+    access_type: int
     # UVM_FAULT_WIRE: the fault wires the page (mlock, uvm_fault_wire).
     wire_paging: bool
     # UVM_FAULT_MAXPROT: judge copy-on-write by the maximum protection.
@@ -53,7 +53,7 @@ class FaultCtx:
     # The mapping is entered wired: wiring fault, or any fault on a wired entry.
     wire_mapping: bool = False
     entry: MapEntry | None = None
-    enter_prot: VMProt = VMProt.NONE
+    enter_prot: int = VMProt.NONE
     cow_now: bool = False
     promote: bool = False
 
@@ -67,7 +67,7 @@ def uvm_fault(
     page could be allocated (nothing was changed: retry after freeing).
     """
     ps = map.page_size
-    flt = FaultCtx(map, va - va % ps, VMProt(access_type), wire, maxprot)
+    flt = FaultCtx(map, va - va % ps, int(access_type), wire, maxprot)
     for _ in range(64):
         err = uvm_fault_check(flt)
         if err == 0:

@@ -65,7 +65,7 @@ class ZeroLoanObject(UVMObject):
     re-activates or dequeues it, so the page outlives every unloan.
     """
 
-    pgflag: PG = PG.NONE
+    pgflag: int = PG.NONE
 
     def pgo_put(self, start: int, end: int, flags: int) -> int:
         uvm = self.uvm

@@ -44,8 +44,8 @@ class MapEntry:
     offset: int = 0  # object offset of ``start``
     amap: Amap | None = None
     slotoff: int = 0  # amap slot of ``start``
-    protection: VMProt = VMProt.READ | VMProt.WRITE
-    max_protection: VMProt = VM_PROT_ALL
+    protection: int = VMProt.READ | VMProt.WRITE
+    max_protection: int = VM_PROT_ALL
     inheritance: int = MAP_INHERIT_COPY
     copy_on_write: bool = True  # UVM_ET_COPYONWRITE
     needs_copy: bool = False  # UVM_ET_NEEDSCOPY
@@ -199,8 +199,8 @@ class VMMap:
         size: int,
         uobj: UVMObject | None,
         uoffset: int,
-        prot: VMProt,
-        maxprot: VMProt = VM_PROT_ALL,
+        prot: int,
+        maxprot: int = VM_PROT_ALL,
         inherit: int = MAP_INHERIT_COPY,
         copy_on_write: bool = True,
         addr: int | None = None,
@@ -232,8 +232,8 @@ class VMMap:
             self.page_shift,
             object=uobj,
             offset=uoffset,
-            protection=VMProt(prot),
-            max_protection=VMProt(maxprot),
+            protection=int(prot),
+            max_protection=int(maxprot),
             inheritance=inherit,
             copy_on_write=copy_on_write,
             needs_copy=copy_on_write,
@@ -290,7 +290,7 @@ class VMMap:
             return e.object.uvm_pagelookup(e.objoff(va))
         return None
 
-    def uvm_map_protect(self, start: int, end: int, prot: VMProt) -> None:
+    def uvm_map_protect(self, start: int, end: int, prot: int) -> None:
         """mprotect(2): EACCES beyond max protection; lowering takes effect
         through ``pmap_protect`` (write removed for copy-on-write entries)."""
         self._check_range(start, end - start, "uvm_map_protect")
@@ -305,7 +305,7 @@ class VMMap:
         pmod = self.pmap.module
         for e in ents:
             old = e.protection
-            e.protection = VMProt(prot)
+            e.protection = int(prot)
             eff = prot & ~VM_PROT_WRITE if (e.copy_on_write and e.needs_copy) else prot
             if old & ~prot and not e.vaonly:
                 pmod.pmap_protect(self.pmap, e.start, e.end, eff)
@@ -440,10 +440,10 @@ def amap_cow_now(m: VMMap, e: MapEntry) -> None:
         uvm.uvm_pageactivate(npg)
 
 
-def check_map_args(prot: object) -> VMProt:
+def check_map_args(prot: object) -> int:
     if not isinstance(prot, int) or int(prot) & ~int(VM_PROT_ALL):
         raise ValueError(f"prot {prot!r} is not a combination of VM_PROT_* bits")
-    return VMProt(int(prot))
+    return int(prot)
 
 
 __all__ = [

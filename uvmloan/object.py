@@ -40,7 +40,7 @@ class UVMObject:
 
     uvm: PageAllocator
     name: str = ""
-    pgflag: PG = PG.AOBJ
+    pgflag: int = PG.AOBJ
     uo_pages: SortedDict[int, Page] = attrs.field(factory=SortedDict)  # offset -> Page
     uo_refs: int = 1
 
@@ -156,7 +156,7 @@ class AnonObject(UVMObject):
     Swap is not modelled for aobj pages; they stay resident until freed.
     """
 
-    pgflag: PG = PG.AOBJ
+    pgflag: int = PG.AOBJ
 
 
 @attrs.define(slots=True, eq=False, repr=False)
@@ -170,7 +170,7 @@ class VnodeObject(UVMObject):
     does.
     """
 
-    pgflag: PG = PG.FILE
+    pgflag: int = PG.FILE
     backing: bytearray = attrs.field(factory=bytearray)
 
     @property

@@ -36,7 +36,7 @@ class PageOwnerObject(Protocol):
     """What the allocator needs of a uvm_object (see object.py)."""
 
     name: str
-    pgflag: PG
+    pgflag: int
 
     def _page_insert(self, pg: Page) -> None: ...
 
@@ -49,7 +49,7 @@ class Page:
 
     frame: int
     allocator: PageAllocator
-    flags: PG = PG.NONE
+    flags: int = PG.NONE
     loan_count: int = 0
     wire_count: int = 0
     uobject: Any = None  # owning uvm_object (or the zero-loan object)
@@ -77,7 +77,7 @@ class Page:
         if self.uanon is not None:
             owner += f" anon={getattr(self.uanon, 'name', id(self.uanon))}"
         return (
-            f"<Page frame={self.frame} {self.flags.name or 0} loan={self.loan_count} "
+            f"<Page frame={self.frame} {PG.names(self.flags)} loan={self.loan_count} "
             f"wire={self.wire_count} {owner} q={self.pqueue.value} pv={len(self.mdpage.pv)}>"
         )
 

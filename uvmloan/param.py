@@ -7,20 +7,47 @@ Sources: ``sys/uvm/uvm_param.h`` / ``uvm_prot.h`` (VM_PROT_*),
 
 from __future__ import annotations
 
-import enum
 from errno import EACCES, EAGAIN, EBUSY, EFAULT, EINVAL, EIO, ENOBUFS, ENOENT, ENOMEM, ERESTART
 
 PAGE_SIZE = 4096
 """Default page size; a Machine may choose another power of two >= 512."""
 
 
-class VMProt(enum.IntFlag):
-    """vm_prot_t (``uvm_prot.h``)."""
+class _Bits:
+    """A namespace of flag bits kept as plain ints.
+
+    The model tests and sets these bits on every fault and page operation;
+    plain ints keep that at C speed (enum.IntFlag arithmetic is a Python call
+    per operation).  ``names(v)`` spells a value for people.
+    """
+
+    @classmethod
+    def bit(cls, name: str) -> int:
+        """The value of a flag by name ("ANON" -> PG.ANON); KeyError if unknown."""
+        v = vars(cls).get(name)
+        if not name.isupper() or not isinstance(v, int):
+            raise KeyError(f"no flag {name!r} in {cls.__name__}")
+        return v
+
+    @classmethod
+    def names(cls, value: int) -> str:
+        parts = [
+            name
+            for name, bit in vars(cls).items()
+            if name.isupper() and isinstance(bit, int) and bit and bit & (bit - 1) == 0
+            and value & bit
+        ]
+        return "|".join(parts) if parts else "0"
+
+
+class VMProt(_Bits):
+    """vm_prot_t bits (``uvm_prot.h``)."""
 
     NONE = 0x0
     READ = 0x1
     WRITE = 0x2
     EXECUTE = 0x4
+    ALL = 0x7
 
 
 VM_PROT_NONE = VMProt.NONE
@@ -40,7 +67,7 @@ UVM_LOAN_TOANON = 0x1
 UVM_LOAN_TOPAGE = 0x2
 
 
-class PG(enum.IntFlag):
+class PG(_Bits):
     """vm_page flags, ``sys/uvm/uvm_page.h`` rev 1.109."""
 
     NONE = 0
@@ -60,7 +87,7 @@ class PG(enum.IntFlag):
     MARKER = 0x00008000
     PAGER1 = 0x00010000
 
-    STAT = ANON | AOBJ | FILE
+    STAT = 0x00000800 | 0x00000400 | 0x00001000  # ANON | AOBJ | FILE
 
 
 PG_CLEAN = PG.CLEAN

@@ -40,7 +40,7 @@ def pte_make(frame: int, prot: int) -> int:
     return pte
 
 
-def pte_prot(pte: int) -> VMProt:
+def pte_prot(pte: int) -> int:
     """The permissions a PTE grants (no PTE_P means none)."""
     if not pte & PTE_P:
         return VMProt.NONE

@@ -558,7 +558,7 @@ def _check_loan_page(ctx: ScenarioContext, spec: Step) -> None:
             raise ctx.fail(f"{ref}: {fld} {getattr(pg, fld)}, expected {spec[fld]} ({pg!r})")
     for key, want in (("flags_contains", True), ("flags_excludes", False)):
         for fname in spec.get(key, []):
-            if bool(pg.flags & PG[fname.removeprefix("PG_")]) != want:
+            if bool(pg.flags & PG.bit(fname.removeprefix("PG_"))) != want:
                 raise ctx.fail(f"{ref}: {pg!r} {'lacks' if want else 'has'} {fname}")
     if "queue" in spec and pg.pqueue.value != spec["queue"]:
         raise ctx.fail(f"{ref}: queue {pg.pqueue.value}, expected {spec['queue']}")

@@ -354,7 +354,7 @@ class PmapStateMachine(RuleBasedStateMachine):
         n=st.integers(1, 2),
         prot=st.sampled_from([NONE, R, RW]),
     )
-    def protect_mapping(self, cpu: int, mp: tuple[int, int, int], n: int, prot: VMProt) -> None:
+    def protect_mapping(self, cpu: int, mp: tuple[int, int, int], n: int, prot: int) -> None:
         self.protect(cpu, mp[0], mp[1], n, prot)
 
     @rule(cpu=st.integers(0, 15), pmi=st.integers(0, 7), vi=st.integers(0, 15), n=st.integers(1, 4))
@@ -376,7 +376,7 @@ class PmapStateMachine(RuleBasedStateMachine):
         n=st.integers(1, 4),
         prot=st.sampled_from([NONE, R, RW]),
     )
-    def protect(self, cpu: int, pmi: int, vi: int, n: int, prot: VMProt) -> None:
+    def protect(self, cpu: int, pmi: int, vi: int, n: int, prot: int) -> None:
         pm = self.pmaps[pmi % len(self.pmaps)]
         i = vi % len(self.uvas)
         sva = self.uvas[i]
@@ -444,11 +444,11 @@ class PmapStateMachine(RuleBasedStateMachine):
         check_invariants(m)
 
     @rule(cpu=st.integers(0, 15), mp=mappings, prot=st.sampled_from([NONE, R]))
-    def page_protect_mapped(self, cpu: int, mp: tuple[int, int, int], prot: VMProt) -> None:
+    def page_protect_mapped(self, cpu: int, mp: tuple[int, int, int], prot: int) -> None:
         self.page_protect(cpu, mp[2], prot)
 
     @rule(cpu=st.integers(0, 15), pgi=st.integers(0, 15), prot=st.sampled_from([NONE, R, RW]))
-    def page_protect(self, cpu: int, pgi: int, prot: VMProt) -> None:
+    def page_protect(self, cpu: int, pgi: int, prot: int) -> None:
         pg = self.pages[pgi % len(self.pages)]
         mappings = [(name, va) for (name, va), (f, _w) in self.maps.items() if f == pg.frame]
         # Deferred work still owed by *other* CPUs may leave entries of an
@@ -477,7 +477,7 @@ class PmapStateMachine(RuleBasedStateMachine):
             check_invariants(self.machine)
 
     def _check_page_protected(
-        self, pg: Page, mappings: list[tuple[Pmap, int]], prot: VMProt
+        self, pg: Page, mappings: list[tuple[Pmap, int]], prot: int
     ) -> None:
         """x86 pmap_page_protect is synchronous: no CPU may still write (or, for
         NONE, use at all) a managed mapping of ``pg`` that the call covered --

@@ -880,8 +880,8 @@ def _op_mmap(ctx: ScenarioContext, step: Step) -> None:
                     size,
                     vn,
                     offset,
-                    VMProt(prot),
-                    VMProt(maxprot),
+                    int(prot),
+                    int(maxprot),
                     MAP_INHERIT_SHARE if shared else MAP_INHERIT_COPY,
                     copy_on_write=not shared,
                     addr=addr,
@@ -1111,7 +1111,7 @@ def _check_page(ctx: ScenarioContext, spec: Step) -> None:
             )
     for key, want_set in (("flags_contains", True), ("flags_excludes", False)):
         for fname in spec.get(key, []):
-            flag = PG[fname.removeprefix("PG_")]
+            flag = PG.bit(fname.removeprefix("PG_"))
             if bool(need_page().flags & flag) != want_set:
                 raise ctx.fail(
                     f"{label}: {need_page()!r} {'lacks' if want_set else 'has'} "

@@ -2,22 +2,50 @@
 
 Processes map private and shared anonymous memory and private and shared
 file mappings, fork, read and write (on any CPU), unmap, change
-protections, switch CPUs and exit; files are written and read with
-write(2)/read(2) and synced.  Beside the model runs a *reference*: plain
-bytearrays per page, with the semantics a POSIX programmer expects of
+protections, wire and unwire memory (mlock/munlock), switch CPUs and exit;
+files are written (growing them) and read with write(2)/read(2), truncated
+(shrinking or growing) and synced.  Beside the model runs a *reference*:
+plain bytearrays per page, with the semantics a POSIX programmer expects of
 NetBSD:
 
 * private anonymous pages are zero at first and copied at fork;
 * shared anonymous pages are one bytearray shared by reference;
-* a shared file page *is* the file's bytes;
-* a private file page shows the file until the process first writes it,
-  then holds its own copy (taken, page by page, when the store faults);
-  fork copies that state.
+* a shared file page *is* the file's page in the page cache;
+* a private file page shows the file's page (and so every later write(2)
+  or truncate) until the process first writes it, then holds its own copy
+  (taken, page by page, when the store faults); fork copies that state;
+* a file page wholly past end of file (after a truncate, or mapped past
+  EOF) faults: SIGSEGV, unless it is a private page that already has its
+  own copy (the anon layer answers first);
+* the bytes of the last page past EOF are the page cache's: a store through
+  a mapping there is seen by every mapping of the page but not by read(2);
+  a truncate that shrinks the file zeroes them, one that grows it (or a
+  write(2) past EOF) keeps them, as ``ffs_truncate``/``ext2fs_truncate``
+  zero the tail only when shrinking;
+* mlock/munlock change no byte, but mlock resolves copy-on-write now
+  (``UVM_FAULT_WIRE|UVM_FAULT_MAXPROT``: every mapping here may become
+  writable), so a private file page that was only read gets its own copy
+  and stops showing the file.
+
+Wiring is checked against the reference too: after every step each page
+the reference calls wired is resident with ``wire_count`` equal to the
+number of wired mappings of it, every present PTE of a wired mapping has
+``PTE_WIRED`` (and no other PTE has), no other page is wired; mlock,
+munlock, fork and exit check their own effects on the spot (see the rules).
 
 Every read must return what the reference says, every access that the
 reference says is illegal must raise ``SegmentationFault``, and
 ``check_invariants`` must hold after every step.  At the end every process
-exits and every frame must be free again except the vnodes' cached pages.
+exits and every frame must be free again except the vnodes' cached pages
+(and the zero page, if the loan layer made one), and no page is wired.
+
+Truncating a file below a page that a shared mapping has wired is left out
+by default (the size is raised to keep such pages): the model keeps wired
+pages on truncate where NetBSD frees them (``genfs_do_putpages`` with
+``PGO_FREE`` frees wired pages, ``uvm_pagefree`` unwires them).  Set
+``TRUNCATE_WIRED = True`` to generate it; the exact wiring checks are then
+dropped for the rest of a run once it happens (bytes and faults are still
+checked).
 
 Use it from pytest::
 
@@ -35,6 +63,7 @@ model.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any, ClassVar
 
 import attrs
@@ -46,7 +75,18 @@ from ..errors import SegmentationFault, UVMError
 from ..invariants import check_invariants
 from ..machine import Machine
 from ..object import VnodeObject
-from ..param import ENOMEM, MAP_PRIVATE, MAP_SHARED, VM_PROT_READ, VM_PROT_WRITE
+from ..page import Page
+from ..param import (
+    EFAULT,
+    EINVAL,
+    ENOMEM,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PG,
+    VM_PROT_READ,
+    VM_PROT_WRITE,
+)
+from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
 from ..process import Process
 
 ANON_PRIVATE = "anon-private"
@@ -54,17 +94,60 @@ ANON_SHARED = "anon-shared"
 FILE_PRIVATE = "file-private"
 FILE_SHARED = "file-shared"
 KINDS = (ANON_PRIVATE, ANON_SHARED, FILE_PRIVATE, FILE_SHARED)
+PRIVATE_KINDS = (ANON_PRIVATE, FILE_PRIVATE)
 # Read/write first: hypothesis shrinks towards the first element.
 PROTS = (int(VM_PROT_READ | VM_PROT_WRITE), int(VM_PROT_READ), 0)
 MMAP_PROTS = (PROTS[0], PROTS[0], PROTS[0], PROTS[1], PROTS[2])
 
 
+def _roundup(n: int, ps: int) -> int:
+    return n + (-n) % ps
+
+
 @attrs.define(eq=False)
 class RefFile:
-    """A file: the model's vnode and what read(2) must return."""
+    """A file: the model's vnode, its size and what its pages hold.
+
+    ``mem`` is the page cache's view of the file: ``size`` bytes of file,
+    then the rest of the last page (zero, unless a store through a mapping
+    put something there).  Its length is ``size`` rounded up to a page, so
+    a file offset ``>= len(mem)`` is a page wholly past end of file.
+    """
 
     vn: VnodeObject
-    data: bytearray
+    ps: int
+    size: int
+    mem: bytearray
+
+    @classmethod
+    def new(cls, vn: VnodeObject, body: bytes, ps: int) -> RefFile:
+        mem = bytearray(body)
+        mem.extend(bytes(_roundup(len(body), ps) - len(body)))
+        return cls(vn, ps, len(body), mem)
+
+    @property
+    def data(self) -> bytes:
+        """What read(2) of the whole file returns."""
+        return bytes(self.mem[: self.size])
+
+    def write(self, off: int, payload: bytes) -> None:
+        """write(2): store, growing the file (the gap keeps the page cache's bytes)."""
+        end = off + len(payload)
+        if end > len(self.mem):
+            self.mem.extend(bytes(_roundup(end, self.ps) - len(self.mem)))
+        self.mem[off:end] = payload
+        self.size = max(self.size, end)
+
+    def truncate(self, size: int) -> None:
+        """ftruncate(2): shrinking drops whole pages and zeroes the new tail;
+        growing adds zero pages and keeps the old last page's tail bytes."""
+        keep = _roundup(size, self.ps)
+        if size < self.size:
+            del self.mem[keep:]
+            self.mem[size:keep] = bytes(keep - size)
+        else:
+            self.mem.extend(bytes(keep - len(self.mem)))
+        self.size = size
 
 
 @attrs.define(eq=False)
@@ -78,6 +161,11 @@ class RefPage:
     shared: bytearray | None = None  # anon-shared: one bytearray shared by reference
     file: RefFile | None = None
     foff: int = 0
+    wired: bool = False  # the map entry holding this page is wired (mlock)
+
+    def beyond_eof(self) -> bool:
+        """A file page wholly past end of file, with no private copy: it faults."""
+        return self.own is None and self.file is not None and self.foff >= len(self.file.mem)
 
     def view(self) -> bytearray | memoryview:
         """The bytes a load sees (and a store changes, once ``prepare_write`` ran)."""
@@ -85,14 +173,22 @@ class RefPage:
             return self.own
         if self.shared is not None:
             return self.shared
-        assert self.file is not None
-        return memoryview(self.file.data)[self.foff : self.foff + self.ps]
+        assert self.file is not None and not self.beyond_eof()
+        return memoryview(self.file.mem)[self.foff : self.foff + self.ps]
 
     def prepare_write(self) -> None:
         """The write fault of a private file page: copy the file page now."""
         if self.kind == FILE_PRIVATE and self.own is None:
-            assert self.file is not None
-            self.own = bytearray(self.file.data[self.foff : self.foff + self.ps])
+            assert self.file is not None and not self.beyond_eof()
+            self.own = bytearray(self.file.mem[self.foff : self.foff + self.ps])
+
+    def key(self) -> tuple[str, int, int]:
+        """Which physical page this is: mappings with equal keys share a page."""
+        if self.own is not None:
+            return ("own", id(self.own), 0)
+        if self.shared is not None:
+            return ("shared", id(self.shared), 0)
+        return ("file", id(self.file), self.foff)
 
     def forked(self) -> RefPage:
         own = bytearray(self.own) if self.own is not None else None
@@ -134,7 +230,7 @@ def vm_settings(profile: str | None = None, **overrides: Any) -> settings:
 
 
 class VMStateMachine(RuleBasedStateMachine):
-    """Processes, mappings, forks and accesses against a reference model."""
+    """Processes, mappings, forks, wiring and file I/O against a reference model."""
 
     NCPUS: ClassVar[int] = 2
     MEMORY: ClassVar[str] = "4M"
@@ -143,6 +239,10 @@ class VMStateMachine(RuleBasedStateMachine):
     MAX_REGIONS: ClassVar[int] = 5
     MAX_PAGES: ClassVar[int] = 4  # pages per mmap
     FILE_PAGES: ClassVar[tuple[int, ...]] = (4, 3)
+    MAX_FILE_PAGES: ClassVar[int] = 6  # write(2) and truncate stay below this size
+    # Generate truncates that cut off pages wired through a shared mapping
+    # (see the module docstring: the model keeps them, NetBSD frees them).
+    TRUNCATE_WIRED: ClassVar[bool] = False
     INJECT: ClassVar[str | None] = None
 
     def __init__(self) -> None:
@@ -159,6 +259,9 @@ class VMStateMachine(RuleBasedStateMachine):
         self.files: list[RefFile] = []
         self.nspawned = 0
         self.closed = False
+        # False once a truncate freed a wired page (TRUNCATE_WIRED): from then
+        # on the reference no longer knows the wire counts exactly.
+        self.wiring_exact = True
 
     # ------------------------------------------------------------ helpers
 
@@ -184,7 +287,7 @@ class VMStateMachine(RuleBasedStateMachine):
         need = int(VM_PROT_WRITE) if write else int(VM_PROT_READ)
         for pva in self._pages_of(va, n):
             pg = rp.pages.get(pva)
-            if pg is None or not pg.prot & need:
+            if pg is None or not pg.prot & need or pg.beyond_eof():
                 return pva
             if write:
                 pg.prepare_write()
@@ -202,6 +305,9 @@ class VMStateMachine(RuleBasedStateMachine):
     def _pick_mapped_proc(self, data: st.DataObject) -> RefProc:
         cands = [r for r in self.procs if r.regions]
         return cands[self._index(data, len(cands), "proc")]
+
+    def _pick_file(self, data: st.DataObject) -> RefFile:
+        return self.files[self._index(data, len(self.files), "file")]
 
     def _pick_span(self, data: st.DataObject, rp: RefProc) -> tuple[int, int]:
         """An address and a length: often in a page the process touched
@@ -223,10 +329,32 @@ class VMStateMachine(RuleBasedStateMachine):
             n = data.draw(st.integers(1, min(size - off, self.ps + 7)), label="n")
         return start + off, n
 
+    def _pick_range(self, data: st.DataObject, rp: RefProc) -> list[int]:
+        """The page addresses of a sub-range of one region (maybe with holes)."""
+        start, npages = data.draw(st.sampled_from(rp.regions), label="region")
+        first = data.draw(st.integers(0, npages - 1), label="first")
+        count = data.draw(st.integers(1, npages - first), label="count")
+        return [start + (first + i) * self.ps for i in range(count)]
+
     def _touch(self, rp: RefProc, va: int, n: int) -> None:
         for pva in self._pages_of(va, n):
             if pva in rp.pages and pva not in rp.touched:
                 rp.touched.append(pva)
+
+    def _model_page(self, rp: RefProc, va: int) -> Page | None:
+        """The resident page the model's map provides at ``va`` (anon first)."""
+        vmmap = rp.proc.map
+        e = vmmap.uvm_map_lookup_entry(va)
+        assert e is not None, f"{rp.proc.name}: no map entry at {va:#x}; the reference has a page"
+        return vmmap.page_at(e, va)
+
+    def _wired_page(self, rp: RefProc, va: int) -> Page:
+        mpg = self._model_page(rp, va)
+        pg = rp.pages[va]
+        assert mpg is not None, (
+            f"{rp.proc.name} {va:#x} ({pg.kind}) is wired but no page is resident there"
+        )
+        return mpg
 
     # ------------------------------------------------------------- rules
 
@@ -238,7 +366,7 @@ class VMStateMachine(RuleBasedStateMachine):
         for i, npages in enumerate(self.FILE_PAGES):
             body = bytes((i * 37 + k) % 251 + 1 for k in range(npages * self.ps))
             vn = self.m.vnode(body, name=f"file{i}")
-            self.files.append(RefFile(vn, bytearray(body)))
+            self.files.append(RefFile.new(vn, body, self.ps))
         self._spawn(0)
         rp = self.procs[0]
         for kind in KINDS:
@@ -255,15 +383,22 @@ class VMStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), kind=st.sampled_from(KINDS), prot=st.sampled_from(MMAP_PROTS))
     def mmap(self, data: st.DataObject, kind: str, prot: int) -> None:
+        """mmap(2); a file mapping mostly lies within the file, but may start
+        or run past its end (those pages fault until the file grows)."""
         rp = self._pick_proc(data)
         if len(rp.regions) >= self.MAX_REGIONS:
             return
         npages = data.draw(st.integers(1, self.MAX_PAGES), label="npages")
-        f = self.files[self._index(data, len(self.files), "file")]
-        fpages = len(f.data) // self.ps
+        f = self._pick_file(data)
+        fpages = len(f.mem) // self.ps
         if kind in (FILE_PRIVATE, FILE_SHARED):
-            npages = min(npages, fpages)
-        foff = data.draw(st.integers(0, fpages - min(npages, fpages)), label="fileoff")
+            if fpages and data.draw(st.integers(0, 3), label="past-eof") != 0:
+                npages = min(npages, fpages)
+                foff = data.draw(st.integers(0, fpages - npages), label="fileoff")
+            else:
+                foff = data.draw(st.integers(0, fpages), label="fileoff")
+        else:
+            foff = 0
         self._mmap(rp, kind, prot, npages, f, foff * self.ps)
 
     def _mmap(self, rp: RefProc, kind: str, prot: int, npages: int, f: RefFile, foff: int) -> None:
@@ -365,13 +500,34 @@ class VMStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.procs) and len(self.procs) < self.MAX_PROCS)
     @rule(data=st.data())
     def fork(self, data: st.DataObject) -> None:
+        """fork(2).  A wired private page is copied for the child at once
+        (``amap_cow_now``): the parent keeps its wired page, mapped as before
+        (still writable), and the child's copy is resident and unwired."""
         rp = self._pick_proc(data)
         cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        wired: list[tuple[int, RefPage, Page, int]] = []
+        if self.wiring_exact:
+            for va, pg in sorted(rp.pages.items()):
+                if pg.wired:
+                    wired.append((va, pg, self._wired_page(rp, va), rp.proc.pmap.pte(va)))
         self.nspawned += 1
         child = rp.proc.fork(f"p{self.nspawned}", cpu=cpu)
         pages = {va: pg.forked() for va, pg in rp.pages.items()}
         crp = RefProc(child, pages, list(rp.regions), list(rp.touched))
         self.procs.append(crp)
+        for va, pg, mpg, pte in wired:
+            who = f"fork of {rp.proc.name}: wired {pg.kind} page {va:#x}"
+            assert self._model_page(rp, va) is mpg, f"{who}: the parent's page changed"
+            now = rp.proc.pmap.pte(va)
+            assert now == pte, f"{who}: parent PTE {pte_str(pte)} became {pte_str(now)}"
+            cpg = self._model_page(crp, va)
+            if pg.kind in PRIVATE_KINDS:
+                assert cpg is not None and cpg is not mpg, (
+                    f"{who}: the child has no private copy ({cpg!r}, parent {mpg!r})"
+                )
+                assert cpg.wire_count == 0, f"{who}: the child's copy {cpg!r} is wired"
+            else:
+                assert cpg is mpg, f"{who}: the child does not share it ({cpg!r} vs {mpg!r})"
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
@@ -391,27 +547,126 @@ class VMStateMachine(RuleBasedStateMachine):
     @rule(data=st.data(), prot=st.sampled_from(MMAP_PROTS))
     def mprotect(self, data: st.DataObject, prot: int) -> None:
         rp = self._pick_mapped_proc(data)
-        start, npages = data.draw(st.sampled_from(rp.regions), label="region")
-        first = data.draw(st.integers(0, npages - 1), label="first")
-        count = data.draw(st.integers(1, npages - first), label="count")
-        va = start + first * self.ps
-        vas = [va + i * self.ps for i in range(count)]
+        vas = self._pick_range(data, rp)
         hole = any(v not in rp.pages for v in vas)
         try:
-            rp.proc.mprotect(va, count * self.ps, prot)
+            rp.proc.mprotect(vas[0], len(vas) * self.ps, prot)
         except UVMError as e:
-            assert hole and e.errno == ENOMEM, f"mprotect [{va:#x}, +{count}p) raised {e}"
+            assert hole and e.errno == ENOMEM, f"mprotect [{vas[0]:#x}, +{len(vas)}p) raised {e}"
             return
-        assert not hole, f"mprotect over a hole at [{va:#x}, +{count}p) succeeded"
+        assert not hole, f"mprotect over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
         for v in vas:
             rp.pages[v].prot = prot
+
+    @precondition(lambda self: any(rp.regions for rp in self.procs))
+    @rule(data=st.data())
+    def mlock(self, data: st.DataObject) -> None:
+        """mlock(2) of a sub-range of one region.
+
+        ENOMEM for a hole, EINVAL for a PROT_NONE page (nothing changes);
+        otherwise pages of entries not wired yet are faulted in order with
+        wiring faults, which resolve copy-on-write (a private file page gets
+        its copy); a page wholly past EOF stops it with EFAULT, undoing the
+        wiring but not the copies.  After success every page is resident
+        with ``wire_count >= 1``; each newly wired one is mapped by a present
+        ``PTE_WIRED`` PTE, writable exactly when the protection allows.
+        """
+        rp = self._pick_mapped_proc(data)
+        vas = self._pick_range(data, rp)
+        self._touch(rp, vas[0], len(vas) * self.ps)
+        want = self._expect_mlock(rp, vas)
+        newly = [v for v in vas if v in rp.pages and not rp.pages[v].wired]
+        try:
+            rp.proc.mlock(vas[0], len(vas) * self.ps)
+        except UVMError as e:
+            assert want is not None, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}"
+            assert e.errno == want, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}, want {want}"
+            return
+        assert want is None, f"mlock [{vas[0]:#x}, +{len(vas)}p) worked; want errno {want}"
+        for v in vas:
+            rp.pages[v].wired = True
+        if not self.wiring_exact:
+            return
+        for v in vas:
+            pg = rp.pages[v]
+            mpg = self._wired_page(rp, v)
+            who = f"after mlock, {rp.proc.name} {v:#x} ({pg.kind})"
+            assert mpg.wire_count >= 1, f"{who}: {mpg!r} is not wired"
+            pte = rp.proc.pmap.pte(v)
+            if v in newly:
+                assert pte & PTE_P, f"{who}: no PTE"
+                if pg.kind in PRIVATE_KINDS:
+                    assert mpg.flags & PG.ANON, f"{who}: {mpg!r} is not a private anon page"
+                assert bool(pte & PTE_W) == bool(pg.prot & VM_PROT_WRITE), (
+                    f"{who}: PTE {pte_str(pte)} for protection {pg.prot}"
+                )
+            if pte & PTE_P:
+                assert pte & PTE_WIRED, f"{who}: PTE {pte_str(pte)} lacks PTE_WIRED"
+                assert pte_frame(pte) == mpg.frame, f"{who}: PTE {pte_str(pte)} maps not {mpg!r}"
+
+    def _expect_mlock(self, rp: RefProc, vas: list[int]) -> int | None:
+        """The errno mlock must fail with (None: success), applying the
+        copy-on-write resolutions of the wiring faults it takes."""
+        if any(v not in rp.pages for v in vas):
+            return ENOMEM
+        if any(rp.pages[v].prot == 0 for v in vas):
+            return EINVAL
+        for v in vas:
+            pg = rp.pages[v]
+            if pg.wired:
+                continue  # uvm_map_pageable pass 2 faults only entries wired for the first time
+            if pg.beyond_eof():
+                return EFAULT
+            pg.prepare_write()  # cow_now: max_protection has VM_PROT_WRITE
+        return None
+
+    @precondition(lambda self: any(rp.regions for rp in self.procs))
+    @rule(data=st.data())
+    def munlock(self, data: st.DataObject) -> None:
+        """munlock(2): ENOMEM for a hole; otherwise every wired page of the
+        range loses this mapping's wiring (``wire_count`` one lower per
+        wired mapping of it in the range) and no PTE of it stays wired."""
+        rp = self._pick_mapped_proc(data)
+        vas = self._pick_range(data, rp)
+        hole = any(v not in rp.pages for v in vas)
+        before: dict[int, tuple[Page, int]] = {}
+        drops: Counter[int] = Counter()
+        if not hole and self.wiring_exact:
+            for v in vas:
+                if rp.pages[v].wired:
+                    mpg = self._wired_page(rp, v)
+                    before[mpg.frame] = (mpg, mpg.wire_count)
+                    drops[mpg.frame] += 1
+        try:
+            rp.proc.munlock(vas[0], len(vas) * self.ps)
+        except UVMError as e:
+            assert hole and e.errno == ENOMEM, f"munlock [{vas[0]:#x}, +{len(vas)}p) raised {e}"
+            return
+        assert not hole, f"munlock over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+        for v in vas:
+            rp.pages[v].wired = False
+            pte = rp.proc.pmap.pte(v)
+            assert not pte & PTE_WIRED, f"after munlock, {v:#x} has PTE {pte_str(pte)}"
+        for frame, (mpg, count) in before.items():
+            assert mpg.wire_count == count - drops[frame], (
+                f"munlock of {drops[frame]} wired mapping(s) of {mpg!r}: wire_count was {count}"
+            )
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())
     def exit(self, data: st.DataObject) -> None:
+        """exit(2); the private pages it had wired are freed."""
         rp = self._pick_proc(data)
+        frames = []
+        if self.wiring_exact:
+            for va, pg in rp.pages.items():
+                if pg.wired and pg.kind in PRIVATE_KINDS:
+                    frames.append(self._wired_page(rp, va).frame)
         rp.proc.exit()
         self.procs.remove(rp)
+        for frame in frames:
+            left = self.m.uvm.pages.get(frame)
+            assert left is None, f"exit of {rp.proc.name} left its wired page {left!r}"
 
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), cpu=st.integers(0, 7))
@@ -420,25 +675,62 @@ class VMStateMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), what=st.sampled_from(("write", "read", "fsync")))
     def file_io(self, data: st.DataObject, what: str) -> None:
-        """write(2), read(2) or fsync(2) of one of the files."""
-        f = self.files[self._index(data, len(self.files), "file")]
-        size = len(f.data)
+        """write(2) (anywhere up to a page past EOF, growing the file),
+        read(2) or fsync(2) of one of the files."""
+        f = self._pick_file(data)
+        ps = self.ps
         if what == "fsync":
             with self.m.on_cpu(0):
                 f.vn.fsync()
             assert f.vn.backing == f.data, f"fsync of {f.vn.name}: the disk differs from read(2)"
             return
-        off = data.draw(st.integers(0, size - 1), label="offset")
         if what == "read":
-            n = data.draw(st.integers(1, size - off), label="n")
-            assert f.vn.read(off, n) == bytes(f.data[off : off + n]), f"read(2) of {f.vn.name}"
+            off = data.draw(st.integers(0, f.size + 9), label="offset")
+            n = data.draw(st.integers(1, 2 * ps), label="n")
+            got = f.vn.read(off, n)
+            assert got == f.data[off : off + n], f"read(2) of {f.vn.name} at {off}, {n} bytes"
             return
-        n = data.draw(st.integers(1, min(size - off, self.ps + 9)), label="n")
+        limit = self.MAX_FILE_PAGES * ps
+        off = data.draw(st.integers(0, min(f.size + ps, limit - 1)), label="offset")
+        n = data.draw(st.integers(1, min(limit - off, ps + 9)), label="n")
         seed = data.draw(st.integers(0, 255), label="seed")
         payload = bytes((seed * 3 + i) % 256 for i in range(n))
         with self.m.on_cpu(data.draw(st.integers(0, self.NCPUS - 1), label="cpu")):
-            f.vn.write(off, payload)
-        f.data[off : off + n] = payload
+            assert f.vn.write(off, payload) == n
+        f.write(off, payload)
+        assert f.vn.size == f.size, f"write(2) left {f.vn.name} {f.vn.size} bytes, want {f.size}"
+
+    @rule(data=st.data())
+    def truncate(self, data: st.DataObject) -> None:
+        """ftruncate(2) to a page boundary or into a page, shrinking or growing.
+
+        Pages wholly past the new end fault afterwards in every mapping
+        except private pages that have their own copy; the new tail of the
+        last page reads zero.  Unless ``TRUNCATE_WIRED``, the size is raised
+        so that no page wired through a shared mapping is cut off.
+        """
+        f = self._pick_file(data)
+        ps = self.ps
+        page = data.draw(st.integers(0, self.MAX_FILE_PAGES), label="page")
+        sub = data.draw(st.sampled_from((0, 0, 1, ps // 2, ps - 1)), label="sub")
+        size = min(page * ps + sub, self.MAX_FILE_PAGES * ps)
+        wired_ends = [
+            pg.foff + 1
+            for rp in self.procs
+            for pg in rp.pages.values()
+            if pg.wired and pg.file is f and pg.own is None
+        ]
+        lowest = max(wired_ends, default=0)
+        if size < lowest:
+            if self.TRUNCATE_WIRED:
+                if _roundup(size, ps) < lowest:
+                    self.wiring_exact = False
+            else:
+                size = lowest
+        with self.m.on_cpu(data.draw(st.integers(0, self.NCPUS - 1), label="cpu")):
+            f.vn.truncate(size)
+        f.truncate(size)
+        assert f.vn.size == size, f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}"
 
     # -------------------------------------------------------- invariants
 
@@ -446,13 +738,60 @@ class VMStateMachine(RuleBasedStateMachine):
     def model_invariants(self) -> None:
         if not self.closed:
             check_invariants(self.m)
+            if self.wiring_exact:
+                self.check_wiring()
+
+    def check_wiring(self) -> None:
+        """Wire counts and wired PTEs agree with the reference's mlocks.
+
+        A page's ``wire_count`` is the number of wired mappings of it (a
+        file or shared anonymous page may be wired by several); no other
+        page is wired; a present PTE has ``PTE_WIRED`` exactly when its
+        mapping is wired, and a wired one maps the wired page.
+        """
+        want: Counter[tuple[str, int, int]] = Counter()
+        for rp in self.procs:
+            for pg in rp.pages.values():
+                if pg.wired:
+                    want[pg.key()] += 1
+        seen: set[int] = set()
+        for rp in self.procs:
+            pmap = rp.proc.pmap
+            for va, pg in rp.pages.items():
+                pte = pmap.pte(va)
+                where = f"{rp.proc.name} {va:#x} ({pg.kind})"
+                if not pg.wired:
+                    assert not pte & PTE_WIRED, f"{where} is not wired but its PTE is {pte_str(pte)}"
+                    continue
+                mpg = self._wired_page(rp, va)
+                n = want[pg.key()]
+                assert mpg.wire_count == n, (
+                    f"{where}: {mpg!r} has wire_count {mpg.wire_count}, wired by {n} mapping(s)"
+                )
+                seen.add(mpg.frame)
+                if pte & PTE_P:
+                    assert pte & PTE_WIRED, f"{where} is wired but its PTE is {pte_str(pte)}"
+                    assert pte_frame(pte) == mpg.frame, f"{where}: PTE {pte_str(pte)}, not {mpg!r}"
+        for frame, mpg in self.m.uvm.pages.items():
+            assert not mpg.wire_count or frame in seen, f"{mpg!r} is wired by no wired mapping"
 
     def check_all_memory(self) -> None:
-        """Every readable page of every process holds what the reference says."""
+        """Every readable page of every process holds what the reference says
+        (and one wholly past end of file faults)."""
         for rp in self.procs:
             for va, pg in sorted(rp.pages.items()):
                 if not pg.prot & int(VM_PROT_READ):
                     continue
+                if pg.beyond_eof():
+                    try:
+                        got = rp.proc.read(va, self.ps)
+                    except SegmentationFault as e:
+                        assert e.va == va, f"read fault at {e.va:#x}, expected at {va:#x}"
+                        continue
+                    raise AssertionError(
+                        f"{rp.proc.name} page {va:#x} ({pg.kind}) is past end of file but "
+                        f"read {got[:8]!r}..."
+                    )
                 got = rp.proc.read(va, self.ps)
                 want = bytes(pg.view())
                 if got != want:
@@ -471,19 +810,36 @@ class VMStateMachine(RuleBasedStateMachine):
             return
         try:
             self.check_all_memory()
+            for f in self.files:
+                assert f.vn.read(0, f.size + 1) == f.data, f"read(2) of all of {f.vn.name}"
             for rp in list(self.procs):
                 rp.proc.exit()
             self.procs.clear()
             check_invariants(self.m)
-            cache = sum(len(f.vn.uo_pages) for f in self.files)
             uvm = self.m.uvm
-            leftover = [pg for pg in uvm.pages.values() if not isinstance(pg.uobject, VnodeObject)]
+            zobj = uvm.zero_object
+            kept = [
+                pg
+                for pg in uvm.pages.values()
+                if isinstance(pg.uobject, VnodeObject) or (zobj is not None and pg.uobject is zobj)
+            ]
+            cache = sum(len(f.vn.uo_pages) for f in self.files)
+            leftover = [pg for pg in uvm.pages.values() if pg not in kept]
             assert not leftover, f"pages still allocated after every process exited: {leftover}"
-            assert uvm.allocated == cache, f"{uvm.allocated} pages allocated, {cache} cached"
-            assert uvm.free_count == uvm.npages - cache
+            assert len(kept) >= cache and uvm.allocated == len(kept)
+            assert uvm.free_count == uvm.npages - len(kept)
+            wired = [pg for pg in kept if pg.wire_count]
+            assert not wired, f"pages still wired after every process exited: {wired}"
         finally:
             self.closed = True
             self.m.close()
 
 
-__all__ = ["KINDS", "RefFile", "RefPage", "RefProc", "VMStateMachine", "vm_settings"]
+__all__ = [
+    "KINDS",
+    "RefFile",
+    "RefPage",
+    "RefProc",
+    "VMStateMachine",
+    "vm_settings",
+]
