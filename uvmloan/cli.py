@@ -2,6 +2,8 @@
 
 Subcommands:
 
+* ``compare``: the simulated cost of sending a buffer by copy and by page
+  loan, over sizes and CPU counts, as a table, JSON and a plot.
 * ``demo``: a process fills a buffer, the kernel borrows it by page loan,
   the process overwrites part of it, the borrower still reads the original
   bytes; prints what happened (loans, breaks, orphans, protections,
@@ -137,6 +139,79 @@ def demo(out: Path, ncpus: int, size: int) -> int:
     return 0 if ok else 1
 
 
+def _sizes(text: str) -> list[int]:
+    from .machine import parse_size
+
+    try:
+        out = [parse_size(t) for t in text.split(",") if t.strip()]
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"sizes: {e}") from None
+    if not out or any(s <= 0 for s in out):
+        raise argparse.ArgumentTypeError("sizes must be positive, e.g. 4K,64K,1M")
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of ints, got {text!r}") from None
+    if not out or any(n < 1 for n in out):
+        raise argparse.ArgumentTypeError("CPU counts must be >= 1")
+    return out
+
+
+def compare(args: argparse.Namespace) -> int:
+    import json
+
+    from . import experiments
+
+    overrides: dict[str, object] = {}
+    costs: dict[str, int] = {}
+    for item in args.cost or []:
+        name, _, value = item.partition("=")
+        try:
+            costs[name] = int(value)
+        except ValueError:
+            print(f"uvmloan compare: --cost wants NAME=INT, got {item!r}", file=sys.stderr)
+            return 2
+    if costs:
+        overrides["costs"] = costs
+    npts = len(args.cpus) * len(args.sizes) * 2
+    print(
+        f"copy vs loan: {npts} sends on profile {args.profile}"
+        + (" with buffer reuse" if args.reuse else "")
+    )
+    try:
+        pts = experiments.sweep(
+            args.sizes,
+            args.cpus,
+            reuse=args.reuse,
+            profile=args.profile,
+            profile_overrides=overrides or None,
+            progress=sys.stdout.isatty(),
+        )
+    except ValueError as e:
+        print(f"uvmloan compare: {e}", file=sys.stderr)
+        return 2
+    print(experiments.table(pts))
+    for n in args.cpus:
+        c = experiments.crossover(pts, n)
+        where = f"from {experiments._fmt_size(c)}" if c else "never, in this range"
+        print(f"  {n} CPU(s): loaning is cheaper {where}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.out / "compare.json"
+    data.write_text(json.dumps([p.as_dict() for p in pts], indent=1))
+    print(f"data: {data}")
+    if not args.no_plot:
+        try:
+            png = experiments.plot(pts, args.out / "compare.png")
+            print(f"plot: {png}")
+        except RuntimeError as e:
+            print(f"(no plot: {e})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="uvmloan", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"uvmloan {__version__}")
@@ -149,7 +224,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument(
         "--size", type=int, default=3 * 4096 + 100, help="bytes to lend (default: 12388)"
     )
+    c = sub.add_parser("compare", help="simulated cost of copying vs lending a send buffer")
+    c.add_argument("--sizes", type=_sizes, default=_sizes("4K,16K,64K,256K"), help="e.g. 4K,64K,1M")
+    c.add_argument("--cpus", type=_ints, default=[1, 2, 4], help="CPU counts, e.g. 1,2,4")
+    c.add_argument(
+        "--reuse", action="store_true", help="the sender rewrites its buffer after each send"
+    )
+    c.add_argument("--profile", default="netbsd-10")
+    c.add_argument(
+        "--cost", action="append", metavar="NAME=NS", help="override a cost, e.g. copy_bw=100"
+    )
+    c.add_argument("--out", type=Path, default=Path("out"), help="directory for compare.json/.png")
+    c.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = ap.parse_args(argv)
+    if args.cmd == "compare":
+        return compare(args)
     if args.cmd == "demo":
         if args.ncpus < 1 or args.size < 1:
             ap.error("--ncpus and --size must be positive")
