@@ -32,39 +32,19 @@ Wall-clock figures on a shared machine are noisy: compare within a run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from _common import fmt_table, machine_line, median_time, run_benchmark
 
 from uvmloan import UVM_LOAN_TOPAGE, Machine, Page, uvm_loan, uvm_unloan
 from uvmloan.testing.loan_ops import page_at
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "loan.json"
-MARKDOWN = ROOT / "BENCHMARKS.md"
 PS = 4096
 SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20]
-
-
-def _median_time(
-    fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None
-) -> float:
-    """Median wall seconds of ``fn`` over ``repeats`` runs (``setup`` untimed)."""
-    out = []
-    for _ in range(repeats):
-        if setup is not None:
-            setup()
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def _machine(ncpus: int, trace: str = "off") -> Machine:
@@ -95,7 +75,7 @@ def bench_loan_unloan(repeats: int, npages: int, trace: str) -> dict[str, float]
                 pages = uvm_loan(p.map, buf, npages * PS, UVM_LOAN_TOPAGE)
                 uvm_unloan(pages, UVM_LOAN_TOPAGE)
 
-        t = _median_time(run, repeats)
+        t = median_time(run, repeats)
         return {"pages": npages, "seconds": t, "pages_per_s": npages * rounds / t}
     finally:
         m.close()
@@ -118,7 +98,7 @@ def bench_loan_break(repeats: int, npages: int) -> dict[str, float]:
             for off in range(0, npages * PS, PS):
                 p.write(buf + off, b"!")
 
-        t = _median_time(run, repeats, setup)
+        t = median_time(run, repeats, setup)
         uvm_unloan(state["pages"], UVM_LOAN_TOPAGE)
         assert m.uvm.allocated == npages
         return {"pages": npages, "seconds": t, "breaks_per_s": npages / t}
@@ -161,8 +141,8 @@ def bench_loan_vs_copy(repeats: int, size: int, ncpus: int) -> dict[str, Any]:
             physmem.copyout_into(frames, 0, scratch)
             physmem.copyin(kframes, 0, scratch)
 
-        wall_loan = _median_time(loan, repeats, refill)
-        wall_copy = _median_time(copy, repeats)
+        wall_loan = median_time(loan, repeats, refill)
+        wall_copy = median_time(copy, repeats)
         assert physmem.copyout(kframes, 0, size) == physmem.copyout(frames, 0, size)
 
         # Simulated cost: clock deltas of one round each.
@@ -231,35 +211,10 @@ def bench(quick: bool, repeats: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ report
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"Machine: {os.cpu_count()} CPUs (nproc), {cpu}, Python "
-        f"{platform.python_version()} ({platform.machine()})"
-    )
-
-
 def _size(n: int | None) -> str:
     if n is None:
         return "none in range"
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    return "\n".join([line, sep, *body])
 
 
 def report(r: dict[str, Any]) -> str:
@@ -297,7 +252,7 @@ def report(r: dict[str, Any]) -> str:
         for x in r["loan_vs_copy"]
     ]
     out.append(
-        _table(
+        fmt_table(
             [
                 "CPUs",
                 "size",
@@ -360,57 +315,17 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_markdown(section: str, machine: str) -> None:
-    head = "## loan"
-    body = f"{head}\n\n{section.rstrip()}\n"
-    if MARKDOWN.exists():
-        text = MARKDOWN.read_text(encoding="utf-8")
-    else:
-        text = f"# Benchmarks\n\n{machine}\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == head), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-    MARKDOWN.write_text(new, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="fewer sizes and pages, fewer repeats")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per measurement")
-    ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
-    ap.add_argument(
-        "--report-only",
-        action="store_true",
-        help=f"re-render the report from {RESULTS.relative_to(ROOT)} without measuring",
+    return run_benchmark(
+        "loan",
+        __doc__,
+        bench,
+        report,
+        argv,
+        quick_help="fewer sizes and pages, fewer repeats",
+        full_repeats=7,
+        report_only=True,
     )
-    args = ap.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
-    if args.report_only:
-        r = json.loads(RESULTS.read_text(encoding="utf-8"))
-        text = report(r)
-        print(text)
-        if not args.no_markdown:
-            write_markdown(f"{r['machine']}\n\n{text}", r["machine"])
-        return 0
-    r = bench(args.quick, repeats)
-    text = report(r)
-    print(r["machine"])
-    print()
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(r, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
-    if not args.no_markdown:
-        write_markdown(f"{r['machine']}\n\n{text}", r["machine"])
-        print(f"wrote the loan section of {MARKDOWN.relative_to(ROOT)}")
-    return 0
 
 
 if __name__ == "__main__":

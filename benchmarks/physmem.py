@@ -22,29 +22,23 @@ Figures are wall-clock on a shared machine: compare ratios, not absolutes.
 
 from __future__ import annotations
 
-import argparse
 import array
 import importlib
 import importlib.util
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from _common import ROOT, fmt_table, interleaved, machine_line, run_benchmark, timed
 from cffi import FFI
 
 from uvmloan.physmem import PhysMem, available_backends
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "physmem.json"
-MARKDOWN = ROOT / "BENCHMARKS.md"
 PS = 4096
 
 BASELINE_C = r"""
@@ -126,42 +120,6 @@ def compile_baseline(tmp: Path) -> ModuleType:
         return importlib.import_module("_physmem_bench")
     finally:
         sys.path.remove(str(tmp))
-
-
-def timed(fn: Callable[[], object], number: int = 1) -> float:
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) / number
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, number: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each function, runs interleaved (after a warm-up)."""
-    for fn in fns.values():
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            samples[k].append(timed(fn, number))
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def machine_line() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"Machine: {os.cpu_count()} CPUs (nproc), {model}, "
-        f"Python {platform.python_version()} ({platform.machine()})"
-    )
 
 
 def raw_address(m: PhysMem) -> int:
@@ -351,16 +309,6 @@ def bench_c_vs_python(quick: bool, repeats: int) -> dict[str, Any]:
     return res
 
 
-def fmt_table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for k, r in enumerate(rows):
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
-        if k == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def report(r: dict[str, Any]) -> str:
     parts = [
         f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/physmem.py"
@@ -374,11 +322,11 @@ def report(r: dict[str, Any]) -> str:
         cp = r["copy_pages"]
         parts.append(f"**Batched page copy**, {cp['pages']} pages of 4 KiB ({cp['mib']:.0f} MiB):")
         parts.append("")
-        rows: list[tuple[str, ...]] = [("path", "ms", "GiB/s", "ratio to memcpy loop")]
+        rows: list[tuple[str, ...]] = []
         for k, v in cp["seconds"].items():
             ratio = cp["seconds"]["memcpy loop"] / v
             rows.append((k, f"{v * 1e3:.1f}", f"{cp['gib_per_s'][k]:.2f}", f"{ratio:.2f}"))
-        parts += [fmt_table(rows), ""]
+        parts += [fmt_table(("path", "ms", "GiB/s", "ratio to memcpy loop"), rows), ""]
         oc = r["copy_page_call"]
         parts.append(
             f"**Single-page copy call**: `PhysMem.copy_page` {oc['ns_per_call']:.0f} ns per call "
@@ -388,9 +336,8 @@ def report(r: dict[str, Any]) -> str:
         ck = r["cksum"]
         parts.append("**Checksum bandwidth** (`in_cksum` vs a plain C 32-bit-word loop):")
         parts.append("")
-        rows = [("path", "GB/s")]
-        rows += [(k, f"{v:.2f}") for k, v in ck["gb_per_s"].items()]
-        parts += [fmt_table(rows), ""]
+        rows = [(k, f"{v:.2f}") for k, v in ck["gb_per_s"].items()]
+        parts += [fmt_table(("path", "GB/s"), rows), ""]
         parts.append(
             f"Ratios, `in_cksum` end to end: 64 KiB list {ck['ratio_64k']:.2f}, "
             f"16 MiB list {ck['ratio_16m']:.2f} (against the contiguous loop: "
@@ -403,52 +350,24 @@ def report(r: dict[str, Any]) -> str:
     if r["c_vs_python"]:
         parts.append("**C backend vs pure-Python twin**:")
         parts.append("")
-        rows = [("operation", "C (µs)", "Python (µs)", "speed-up")]
-        for k, v in r["c_vs_python"].items():
-            rows.append((k, f"{v['c_us']:.2f}", f"{v['python_us']:.1f}", f"{v['speedup']:.1f}x"))
-        parts += [fmt_table(rows), ""]
+        rows = [
+            (k, f"{v['c_us']:.2f}", f"{v['python_us']:.1f}", f"{v['speedup']:.1f}x")
+            for k, v in r["c_vs_python"].items()
+        ]
+        parts += [fmt_table(("operation", "C (µs)", "Python (µs)", "speed-up"), rows), ""]
     return "\n".join(parts)
 
 
-def write_markdown(section: str, machine: str) -> None:
-    head = "## physmem"
-    body = f"{head}\n\n{section.rstrip()}\n"
-    if MARKDOWN.exists():
-        text = MARKDOWN.read_text(encoding="utf-8")
-    else:
-        text = f"# Benchmarks\n\n{machine}\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == head), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-    MARKDOWN.write_text(new, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per measurement")
-    ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
-    args = ap.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 9)
-    r = bench(args.quick, repeats)
-    text = report(r)
-    print(r["machine"])
-    print()
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(r, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
-    if not args.no_markdown:
-        write_markdown(f"{r['machine']}\n\n{text}", r["machine"])
-        print(f"wrote the physmem section of {MARKDOWN.relative_to(ROOT)}")
-    return 0
+    return run_benchmark(
+        "physmem",
+        __doc__,
+        bench,
+        report,
+        argv,
+        quick_help="smaller sizes, fewer repeats",
+        full_repeats=9,
+    )
 
 
 if __name__ == "__main__":

@@ -21,57 +21,21 @@ Figures are wall-clock on a shared machine: compare ratios, not absolutes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
 from datetime import date
-from pathlib import Path
 from typing import Any
+
+from _common import fmt_table, machine_line, median_rate, run_benchmark
 
 from uvmloan import VM_PROT_READ, VM_PROT_WRITE, Machine
 from uvmloan.param import UVM_PGA_ZERO
 from uvmloan.pmap import Pmap
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "pmap.json"
-MARKDOWN = ROOT / "BENCHMARKS.md"
 PS = 4096
 UVA = 0x10000
 RW = VM_PROT_READ | VM_PROT_WRITE
 NCPUS = 4
-
-
-def machine_line() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"Machine: {os.cpu_count()} CPUs (nproc), {model}, "
-        f"Python {platform.python_version()} ({platform.machine()})"
-    )
-
-
-def median_rate(run: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
-    """Run ``run`` (which returns how many operations it did) ``repeats``
-    times; return the median operations per second and every rate."""
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = run()
-        dt = time.perf_counter() - t0
-        rates.append(n / dt)
-    return statistics.median(rates), rates
 
 
 def new_machine(trace: str) -> tuple[Machine, Pmap]:
@@ -203,16 +167,6 @@ def bench(quick: bool, repeats: int) -> dict[str, Any]:
     return r
 
 
-def fmt_table(rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for j, row in enumerate(rows):
-        out.append("| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |")
-        if j == 0:
-            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
-
-
 def report(r: dict[str, Any]) -> str:
     parts = [
         f"Measured {r['date']} with `python benchmarks/pmap.py"
@@ -223,14 +177,11 @@ def report(r: dict[str, Any]) -> str:
         "**MMU loads** (8 bytes each, one CPU, working set vs the 64-entry TLB):",
         "",
     ]
-    rows: list[tuple[str, ...]] = [
-        ("trace", "working set", "hit fraction", "accesses/s", "ratio to 32 pages")
-    ]
     base: dict[str, float] = {}
     for x in r["mmu"]:
         if x["pages"] == 32:
             base[x["trace"]] = x["accesses_per_s"]
-    rows.extend(
+    rows: list[tuple[str, ...]] = [
         (
             x["trace"],
             f"{x['pages']} pages",
@@ -239,8 +190,15 @@ def report(r: dict[str, Any]) -> str:
             f"{x['accesses_per_s'] / base[x['trace']]:.2f}",
         )
         for x in r["mmu"]
+    ]
+    header: tuple[str, ...] = (
+        "trace",
+        "working set",
+        "hit fraction",
+        "accesses/s",
+        "ratio to 32 pages",
     )
-    parts += [fmt_table(rows), ""]
+    parts += [fmt_table(header, rows), ""]
     er = {x["trace"]: x["pairs_per_s"] for x in r["enter_remove"]}
     parts += [
         "**pmap_enter + pmap_remove** (never-accessed mappings, pmap_update per 16): "
@@ -251,12 +209,11 @@ def report(r: dict[str, Any]) -> str:
         "then pmap_tlb_shootnow: one broadcast IPI, invalidation on every CPU):",
         "",
     ]
-    rows = [("trace", "VAs", "invalidation", "rounds/s", "ratio to 1 VA", "sim ns/round")]
     one: dict[str, float] = {}
     for x in r["shootdown"]:
         if x["nva"] == 1:
             one[x["trace"]] = x["rounds_per_s"]
-    rows.extend(
+    rows = [
         (
             x["trace"],
             str(x["nva"]),
@@ -266,8 +223,9 @@ def report(r: dict[str, Any]) -> str:
             f"{x['sim_initiator_ns_per_round']:,.0f}",
         )
         for x in r["shootdown"]
-    )
-    parts += [fmt_table(rows), ""]
+    ]
+    header = ("trace", "VAs", "invalidation", "rounds/s", "ratio to 1 VA", "sim ns/round")
+    parts += [fmt_table(header, rows), ""]
     parts.append(
         "Reading: a TLB hit skips the page-table lookup and the A/D update, so the "
         "working set that fits the TLB runs faster than the one that walks on every "
@@ -283,45 +241,16 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_markdown(section: str, machine: str) -> None:
-    head = "## pmap"
-    body = f"{head}\n\n{section.rstrip()}\n"
-    if MARKDOWN.exists():
-        text = MARKDOWN.read_text(encoding="utf-8")
-    else:
-        text = f"# Benchmarks\n\n{machine}\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == head), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-    MARKDOWN.write_text(new, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="fewer operations and repeats")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per measurement")
-    ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
-    args = ap.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
-    r = bench(args.quick, repeats)
-    text = report(r)
-    print(r["machine"])
-    print()
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(r, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
-    if not args.no_markdown:
-        write_markdown(f"{r['machine']}\n\n{text}", r["machine"])
-        print(f"wrote the pmap section of {MARKDOWN.relative_to(ROOT)}")
-    return 0
+    return run_benchmark(
+        "pmap",
+        __doc__,
+        bench,
+        report,
+        argv,
+        quick_help="fewer operations and repeats",
+        full_repeats=7,
+    )
 
 
 if __name__ == "__main__":

@@ -24,23 +24,18 @@ compare within a run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from _common import fmt_table, machine_line, run_benchmark
 
 from uvmloan import Machine
 from uvmloan.process import Process
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "vm.json"
-MARKDOWN = ROOT / "BENCHMARKS.md"
 PS = 4096
 
 
@@ -60,20 +55,20 @@ def _buffer_frames(p: Process, va: int, npages: int) -> list[int]:
     return frames
 
 
-def bench_zero_fill(npages: int, repeats: int, trace: str) -> dict[str, float]:
-    walls: list[float] = []
-    sims: list[float] = []
-    for _ in range(repeats):
-        with Machine(ncpus=1, memory=f"{npages * PS // (1 << 20) + 8}M", trace=trace) as m:
-            p = m.spawn("p")
-            buf = p.mmap(npages * PS)
-            one = b"z"
-            clock0 = m.cpus[0].clock
-            t = time.perf_counter()
-            for i in range(npages):
-                p.write(buf + i * PS, one)
-            walls.append(time.perf_counter() - t)
-            sims.append((m.cpus[0].clock - clock0) / npages)
+def _store_per_page(
+    m: Machine, p: Process, buf: int, npages: int, cpu: int, one: bytes
+) -> tuple[float, float]:
+    """``p`` (running on ``cpu``) stores ``one`` into each page of the buffer:
+    the wall seconds of the stores and the simulated ns per page."""
+    clock0 = m.cpus[cpu].clock
+    t = time.perf_counter()
+    for i in range(npages):
+        p.write(buf + i * PS, one)
+    wall = time.perf_counter() - t
+    return wall, (m.cpus[cpu].clock - clock0) / npages
+
+
+def _fault_figures(npages: int, walls: list[float], sims: list[float]) -> dict[str, float]:
     w = _median(walls)
     return {
         "pages": npages,
@@ -81,6 +76,19 @@ def bench_zero_fill(npages: int, repeats: int, trace: str) -> dict[str, float]:
         "faults_per_s": npages / w,
         "sim_ns_per_fault": _median(sims),
     }
+
+
+def bench_zero_fill(npages: int, repeats: int, trace: str) -> dict[str, float]:
+    walls: list[float] = []
+    sims: list[float] = []
+    for _ in range(repeats):
+        with Machine(ncpus=1, memory=f"{npages * PS // (1 << 20) + 8}M", trace=trace) as m:
+            p = m.spawn("p")
+            buf = p.mmap(npages * PS)
+            wall, sim = _store_per_page(m, p, buf, npages, 0, b"z")
+            walls.append(wall)
+            sims.append(sim)
+    return _fault_figures(npages, walls, sims)
 
 
 def bench_cow(npages: int, repeats: int, trace: str) -> dict[str, float]:
@@ -92,21 +100,11 @@ def bench_cow(npages: int, repeats: int, trace: str) -> dict[str, float]:
             buf = p.mmap(npages * PS)
             p.write(buf, b"p" * (npages * PS))
             c = p.fork("c", cpu=1)
-            one = b"c"
-            clock0 = m.cpus[1].clock
-            t = time.perf_counter()
-            for i in range(npages):
-                c.write(buf + i * PS, one)
-            walls.append(time.perf_counter() - t)
-            sims.append((m.cpus[1].clock - clock0) / npages)
+            wall, sim = _store_per_page(m, c, buf, npages, 1, b"c")
+            walls.append(wall)
+            sims.append(sim)
             assert m.uvm.allocated == 2 * npages
-    w = _median(walls)
-    return {
-        "pages": npages,
-        "seconds": w,
-        "faults_per_s": npages / w,
-        "sim_ns_per_fault": _median(sims),
-    }
+    return _fault_figures(npages, walls, sims)
 
 
 def bench_bandwidth(nbytes: int, repeats: int) -> dict[str, float]:
@@ -145,21 +143,6 @@ def bench_bandwidth(nbytes: int, repeats: int) -> dict[str, float]:
     }
 
 
-def _machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"Machine: {os.cpu_count()} CPUs (nproc), {cpu}, Python {platform.python_version()} "
-        f"({platform.machine()})"
-    )
-
-
 def bench(quick: bool, repeats: int) -> dict[str, Any]:
     nfault = 1024 if quick else 4096
     nbytes = (16 if quick else 64) << 20
@@ -173,7 +156,7 @@ def bench(quick: bool, repeats: int) -> dict[str, Any]:
         "bandwidth": lambda: bench_bandwidth(nbytes, repeats),
     }
     out: dict[str, Any] = {
-        "machine": _machine_line(),
+        "machine": machine_line(),
         "date": started,
         "load_average": load,
         "quick": quick,
@@ -183,13 +166,6 @@ def bench(quick: bool, repeats: int) -> dict[str, Any]:
     for name, fn in runs.items():
         out[name] = fn()
     return out
-
-
-def _table(rows: list[list[str]], head: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
-    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt.format(*head), sep, *(fmt.format(*r) for r in rows)])
 
 
 def report(r: dict[str, Any]) -> str:
@@ -203,7 +179,14 @@ def report(r: dict[str, Any]) -> str:
         "",
         f"**Faults**, one 1-byte user store per page of {zf['pages']} pages:",
         "",
-        _table(
+        fmt_table(
+            [
+                "fault",
+                "faults/s (trace off)",
+                "faults/s (counters)",
+                "µs/fault",
+                "simulated ns/fault",
+            ],
             [
                 [
                     "zero fill (first touch)",
@@ -220,20 +203,14 @@ def report(r: dict[str, Any]) -> str:
                     f"{cow['sim_ns_per_fault']:,.0f}",
                 ],
             ],
-            [
-                "fault",
-                "faults/s (trace off)",
-                "faults/s (counters)",
-                "µs/fault",
-                "simulated ns/fault",
-            ],
         ),
         "",
         f"**Store bandwidth through the MMU**, one `Process.write` of "
         f"{bw['bytes'] >> 20} MiB, against `PhysMem.copyin` of the same bytes into the same "
         f"frames:",
         "",
-        _table(
+        fmt_table(
+            ["path", "ms", "MiB/s", "time / raw copyin"],
             [
                 [
                     "Process.write, first touch (every page a zero-fill fault)",
@@ -254,7 +231,6 @@ def report(r: dict[str, Any]) -> str:
                     "1.0",
                 ],
             ],
-            ["path", "ms", "MiB/s", "time / raw copyin"],
         ),
         "",
         "Reading: "
@@ -273,47 +249,16 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(section: str, machine: str) -> None:
-    """Replace (or append) the "## vm" section of BENCHMARKS.md; nothing else."""
-    head = "## vm"
-    body = f"{head}\n\n{section.rstrip()}\n"
-    text = (
-        MARKDOWN.read_text(encoding="utf-8")
-        if MARKDOWN.exists()
-        else f"# Benchmarks\n\n{machine}\n"
-    )
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == head), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-    MARKDOWN.write_text(new, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="smaller buffers, fewer repeats")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per measurement")
-    ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
-    args = ap.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 5)
-    r = bench(args.quick, repeats)
-    text = report(r)
-    print(r["machine"])
-    print()
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(r, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
-    if not args.no_markdown:
-        write_markdown(f"{r['machine']}\n\n{text}", r["machine"])
-        print(f"wrote the vm section of {MARKDOWN.relative_to(ROOT)}")
-    return 0
+    return run_benchmark(
+        "vm",
+        __doc__,
+        bench,
+        report,
+        argv,
+        quick_help="smaller buffers, fewer repeats",
+        full_repeats=5,
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ table is in ``specs/loan.md``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from helpers import PS, events, machine_fixture
 
 from uvmloan import (
     MAP_SHARED,
@@ -35,14 +34,7 @@ from uvmloan.param import EBUSY, EINVAL, ENOENT, ENOMEM
 from uvmloan.testing.loan_ops import anon_at, loan_snapshot, page_at, page_role
 from uvmloan.trace import Loan, LoanFail, PageProtect, Unloan, counters_from
 
-PS = 4096
-
-
-@pytest.fixture
-def m() -> Iterator[Machine]:
-    mach = Machine(ncpus=2, memory="2M", trace="record")
-    yield mach
-    mach.close()
+m = machine_fixture(ncpus=2, memory="2M", trace="record")
 
 
 def _pages(x: list[Page] | list[Anon]) -> list[Page]:
@@ -58,13 +50,7 @@ def _anons(x: list[Page] | list[Anon]) -> list[Anon]:
 
 
 def _protects(m: Machine, frame: int) -> list[PageProtect]:
-    return [
-        e for e in m.tracer.select(PageProtect) if isinstance(e, PageProtect) and e.frame == frame
-    ]
-
-
-def _loans(m: Machine) -> list[Loan]:
-    return [e for e in m.tracer.select(Loan) if isinstance(e, Loan)]
+    return [e for e in events(m, PageProtect) if e.frame == frame]
 
 
 def _counters_agree(m: Machine) -> None:
@@ -87,7 +73,7 @@ def test_one_anon_loan_is_a_to_k(m: Machine) -> None:
     assert page_role(pg) == "ANON" and pg.flags & PG.ANON
     assert pg.pqueue is PQ.ACTIVE
     assert m.uvm.loan_ledger == {pg: 1}
-    (ev,) = _loans(m)
+    (ev,) = events(m, Loan)
     assert (ev.kind, ev.frame, ev.va, ev.loan_count, ev.protected) == (
         "A->K",
         pg.frame,
@@ -114,7 +100,7 @@ def test_one_object_loan_is_o_to_k_and_pages_in(m: Machine) -> None:
     assert vn.uvm_pagelookup(PS) is pg and page_role(pg) == "OBJ"
     assert pg.loan_count == 1 and pg.flags & PG.FILE
     assert m.physmem.copyout([pg.frame], 0, 4) == b"FFFF"
-    assert [(e.kind, e.protected) for e in _loans(m)] == [("O->K", True)]
+    assert [(e.kind, e.protected) for e in events(m, Loan)] == [("O->K", True)]
     assert m.counters["loan.O->K"] == 1
     check_invariants(m)
 
@@ -129,8 +115,8 @@ def test_repeated_loans_protect_only_on_first(m: Machine) -> None:
     for i in range(1, 4):
         uvm_loan(p.map, buf, PS, UVM_LOAN_TOPAGE)
         assert pg.loan_count == i
-    assert [e.protected for e in _loans(m)] == [True, False, False]
-    assert [e.loan_count for e in _loans(m)] == [1, 2, 3]
+    assert [e.protected for e in events(m, Loan)] == [True, False, False]
+    assert [e.loan_count for e in events(m, Loan)] == [1, 2, 3]
     assert len(_protects(m, pg.frame)) == 1
     assert m.uvm.loan_ledger[pg] == 3
     check_invariants(m)
@@ -147,7 +133,7 @@ def test_unloan_to_zero_keeps_owned_page(m: Machine) -> None:
     for i, pages in enumerate(loans):
         uvm_unloan(pages, UVM_LOAN_TOPAGE)
         assert pg.loan_count == 2 - i
-    unl = [e for e in m.tracer.select(Unloan) if isinstance(e, Unloan)]
+    unl = events(m, Unloan)
     assert [(e.frame, e.loan_count, e.freed) for e in unl] == [
         (pg.frame, 2, False),
         (pg.frame, 1, False),
@@ -176,8 +162,8 @@ def test_loan_output_order_matches_addresses(m: Machine) -> None:
     assert pages[:2] == [page_at(p, a), page_at(p, a + PS)]
     assert pages[2] is vn.uvm_pagelookup(0)
     assert page_role(pages[3]) == "ZERO"
-    assert [e.kind for e in _loans(m)] == ["A->K", "A->K", "O->K", "zero->K"]
-    assert [e.va for e in _loans(m)] == [a, a + PS, f, h]
+    assert [e.kind for e in events(m, Loan)] == ["A->K", "A->K", "O->K", "zero->K"]
+    assert [e.va for e in events(m, Loan)] == [a, a + PS, f, h]
     check_invariants(m)
 
 
@@ -227,7 +213,7 @@ def test_zero_page_is_shared_rdonly_unprotected(m: Machine) -> None:
     assert zpg.flags & PG.RDONLY and not zpg.flags & PG.ANON
     assert zpg.loan_count == 4
     assert m.physmem.copyout([zpg.frame], 0, PS) == bytes(PS)
-    assert [(e.kind, e.protected) for e in _loans(m)] == [("zero->K", False)] * 4
+    assert [(e.kind, e.protected) for e in events(m, Loan)] == [("zero->K", False)] * 4
     assert _protects(m, zpg.frame) == []
     assert m.counters["loan.zero->K"] == 4
     # The holes stay holes: loaning did not fault anything in.
@@ -235,7 +221,7 @@ def test_zero_page_is_shared_rdonly_unprotected(m: Machine) -> None:
     uvm_unloan(a, UVM_LOAN_TOPAGE)
     uvm_unloan(b, UVM_LOAN_TOPAGE)
     assert zpg.loan_count == 0 and m.uvm.pages.get(zpg.frame) is zpg
-    assert [e.freed for e in m.tracer.select(Unloan) if isinstance(e, Unloan)] == [False] * 4
+    assert [e.freed for e in events(m, Unloan)] == [False] * 4
     # Loaning again gives the very same page.
     (again,) = _pages(uvm_loan(q.map, h2, PS, UVM_LOAN_TOPAGE))
     assert again is zpg
@@ -262,7 +248,7 @@ def test_zero_page_no_wire_check_needed(m: Machine) -> None:
     sh = p.mmap(PS, flags=MAP_SHARED)
     (pg,) = _pages(uvm_loan(p.map, sh, PS, UVM_LOAN_TOPAGE))
     assert page_role(pg) == "OBJ" and not isinstance(pg.uobject, ZeroLoanObject)
-    assert [e.kind for e in _loans(m)] == ["O->K"]
+    assert [e.kind for e in events(m, Loan)] == ["O->K"]
     check_invariants(m)
 
 
@@ -281,11 +267,9 @@ def test_hole_is_enoent_and_undoes(m: Machine) -> None:
     assert ei.value.errno == ENOENT
     assert ei.value.reason is not None and ei.value.reason.startswith("ENOENT")
     assert pg.loan_count == 0 and m.uvm.loan_ledger == {}
-    (fail,) = [e for e in m.tracer.select(LoanFail) if isinstance(e, LoanFail)]
+    (fail,) = events(m, LoanFail)
     assert (fail.errno, fail.undone) == (ENOENT, 1)
-    assert [(e.frame, e.loan_count) for e in m.tracer.select(Unloan) if isinstance(e, Unloan)] == [
-        (pg.frame, 0)
-    ]
+    assert [(e.frame, e.loan_count) for e in events(m, Unloan)] == [(pg.frame, 0)]
     assert m.counters["loan.fail"] == 1
     # NetBSD leaves the page write-protected; the next write simply re-enables W.
     p.write(buf, b"b")
@@ -298,7 +282,7 @@ def test_hole_first_page_is_enoent(m: Machine) -> None:
     with pytest.raises(UVMError) as ei:
         uvm_loan(p.map, 0x10000000, PS, UVM_LOAN_TOPAGE)
     assert ei.value.errno == ENOENT
-    (fail,) = [e for e in m.tracer.select(LoanFail) if isinstance(e, LoanFail)]
+    (fail,) = events(m, LoanFail)
     assert fail.undone == 0
 
 
@@ -365,7 +349,7 @@ def test_partial_failure_undoes_first_page(m: Machine, second: str) -> None:
         uvm_loan(p.map, buf, 2 * PS, UVM_LOAN_TOPAGE)
     assert ei.value.errno == errno
     assert first.loan_count == 0 and m.uvm.loan_ledger == {}
-    (fail,) = [e for e in m.tracer.select(LoanFail) if isinstance(e, LoanFail)]
+    (fail,) = events(m, LoanFail)
     assert fail.undone == 1
     _counters_agree(m)
     check_invariants(m)
@@ -424,7 +408,7 @@ def test_toanon_is_an_ref_increment(m: Machine) -> None:
     uvm_loan(p.map, buf, PS, UVM_LOAN_TOANON)
     assert anon.an_ref == 3
     assert len(_protects(m, pg.frame)) == 1
-    assert [(e.kind, e.protected) for e in _loans(m)] == [("A->A", True), ("A->A", False)]
+    assert [(e.kind, e.protected) for e in events(m, Loan)] == [("A->A", True), ("A->A", False)]
     assert m.counters["loan.A->A"] == 2 and m.uvm.loan_ledger == {}
     # The share is copy-on-write: the owner's write promotes, the anon keeps
     # the bytes it was lent.
@@ -502,7 +486,7 @@ def test_toanon_undo_leaks_an_ref(m: Machine) -> None:
     with pytest.raises(UVMError):
         uvm_loan(p.map, buf, 2 * PS, UVM_LOAN_TOANON)
     assert anon.an_ref == 2
-    (fail,) = [e for e in m.tracer.select(LoanFail) if isinstance(e, LoanFail)]
+    (fail,) = events(m, LoanFail)
     assert fail.undone == 0
     check_invariants(m)
 

@@ -11,9 +11,8 @@ Digest sections 2.4 (T5-T9), 2.5 and 3; sources ``uvm_fault.c`` 1.226
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from helpers import PS, events, machine_fixture
 
 from uvmloan import (
     MAP_PRIVATE,
@@ -38,26 +37,11 @@ from uvmloan.param import ENOMEM
 from uvmloan.testing.loan_ops import anon_at, loan_snapshot, page_at, page_role
 from uvmloan.trace import Adopt, LoanBreak, Orphan, PageFree, Reclaim, Unloan, counters_from
 
-PS = 4096
-
-
-@pytest.fixture
-def m() -> Iterator[Machine]:
-    mach = Machine(ncpus=2, memory="2M", trace="record")
-    yield mach
-    mach.close()
-
-
-def _breaks(m: Machine) -> list[LoanBreak]:
-    return [e for e in m.tracer.select(LoanBreak) if isinstance(e, LoanBreak)]
-
-
-def _orphans(m: Machine) -> list[Orphan]:
-    return [e for e in m.tracer.select(Orphan) if isinstance(e, Orphan)]
+m = machine_fixture(ncpus=2, memory="2M", trace="record")
 
 
 def _freed(m: Machine) -> set[int]:
-    return {e.frame for e in m.tracer.select(PageFree) if isinstance(e, PageFree)}
+    return {e.frame for e in events(m, PageFree)}
 
 
 def _one(x: Page | None) -> Page:
@@ -84,7 +68,7 @@ def test_write_after_anon_loan_breaks(m: Machine) -> None:
     assert page_role(new) == "ANON" and new.loan_count == 0 and new.flags & PG.DIRTY
     assert new.pqueue is PQ.ACTIVE and not new.flags & PG.BUSY
     assert kl.read() == b"before" and p.read(buf, 6) == b"AFTER!"
-    (br,) = _breaks(m)
+    (br,) = events(m, LoanBreak)
     assert (br.kind, br.old_frame, br.new_frame, br.loan_count, br.where) == (
         "anon",
         old.frame,
@@ -92,14 +76,14 @@ def test_write_after_anon_loan_breaks(m: Machine) -> None:
         1,
         "fault",
     )
-    (orph,) = _orphans(m)
+    (orph,) = events(m, Orphan)
     assert (orph.frame, orph.loan_count, orph.why) == (old.frame, 1, "loan break")
     assert m.counters["loan.break"] == 1 and m.counters["loan.break.anon"] == 1
     assert m.counters["loan.orphan"] == 1
     check_invariants(m)
     kl.release()
     assert old.frame in _freed(m) and m.uvm.pages.get(old.frame) is not old
-    unl = [e for e in m.tracer.select(Unloan) if isinstance(e, Unloan)]
+    unl = events(m, Unloan)
     assert [(e.frame, e.freed) for e in unl] == [(old.frame, True)]
     assert +m.counters == +counters_from(m.trace)
     check_invariants(m)
@@ -160,7 +144,7 @@ def test_write_after_object_loan_breaks(m: Machine) -> None:
     assert not old.flags & PG.TABLED and old.pqueue is PQ.NONE
     assert old.flags & PG.FILE  # uvm_pageremove_object leaves PG_FILE (3.2)
     assert kl.read(0, 4) == b"file" and vn.read(0, 4) == b"FILE"
-    (br,) = _breaks(m)
+    (br,) = events(m, LoanBreak)
     assert (br.kind, br.where) == ("object", "fault")
     assert m.counters["loan.break.object"] == 1
     check_invariants(m)
@@ -176,7 +160,7 @@ def test_write2_into_loaned_file_page_breaks(m: Machine) -> None:
     olds = list(kl.pages)
     assert [pg.loan_count for pg in olds] == [1, 1]
     vn.write(4000, b"#" * 200)  # straddles both pages
-    assert [e.where for e in _breaks(m)] == ["write(2)", "write(2)"]
+    assert [e.where for e in events(m, LoanBreak)] == ["write(2)", "write(2)"]
     assert all(page_role(pg) == "ORPHAN" for pg in olds)
     assert kl.read() == (b"0123456789" * 1000)[100:5100]
     assert vn.read(4000, 200) == b"#" * 200
@@ -278,7 +262,7 @@ def test_mlock_breaks_loan_of_writable_page(m: Machine) -> None:
     new = _one(page_at(p, buf))
     assert new is not kl.pages[0] and new.wire_count == 1 and new.loan_count == 0
     assert page_role(kl.pages[0]) == "ORPHAN"
-    assert _breaks(m)[0].kind == "anon"
+    assert events(m, LoanBreak)[0].kind == "anon"
     kl.release()
     check_invariants(m)
 
@@ -296,7 +280,7 @@ def test_exit_with_loans_leaves_orphans_freed_by_last_unloan(m: Machine) -> None
     kl2 = m.kernel_loan(p, buf, PS)
     p.exit()
     assert all(page_role(pg) == "ORPHAN" for pg in kl.pages)
-    assert [o.why.startswith("anon") for o in _orphans(m)] == [True] * 3
+    assert [o.why.startswith("anon") for o in events(m, Orphan)] == [True] * 3
     assert all(pg.pqueue is PQ.NONE and not pg.mdpage.pv for pg in kl.pages)
     assert kl.read() == b"z" * (3 * PS)
     assert m.uvm.allocated == 3
@@ -315,7 +299,7 @@ def test_exit_with_file_loans_keeps_cache_pages(m: Machine) -> None:
     fva = p.mmap(PS, flags=MAP_SHARED, obj=vn)
     kl = m.kernel_loan(p, fva, PS)
     p.exit()
-    assert page_role(kl.pages[0]) == "OBJ" and _orphans(m) == []
+    assert page_role(kl.pages[0]) == "OBJ" and events(m, Orphan) == []
     kl.release()
     assert kl.pages[0].loan_count == 0 and vn.uvm_pagelookup(0) is kl.pages[0]
     check_invariants(m)
@@ -345,9 +329,9 @@ def test_truncate_orphans_loaned_pages_and_breaks_tail(m: Machine) -> None:
     p0, p1, p2 = kl.pages
     vn.truncate(PS + 100)
     assert page_role(p2) == "ORPHAN" and p2.loan_count == 1
-    assert any(o.frame == p2.frame and "freed" in o.why for o in _orphans(m))
+    assert any(o.frame == p2.frame and "freed" in o.why for o in events(m, Orphan))
     assert page_role(p1) == "ORPHAN"  # broken: the tail is zeroed in the copy
-    assert [e.where for e in _breaks(m)] == ["write(2)"]
+    assert [e.where for e in events(m, LoanBreak)] == ["write(2)"]
     assert vn.uvm_pagelookup(0) is p0 and p0.loan_count == 1
     t = _one(vn.uvm_pagelookup(PS))
     assert m.physmem.copyout([t.frame], 100, PS - 100) == bytes(PS - 100)
@@ -392,7 +376,7 @@ def test_reclaim_loaned_anon_page(m: Machine) -> None:
     assert anon is not None
     assert m.reclaim(page=pg) == 1
     assert page_role(pg) == "ORPHAN" and anon.an_page is None and anon.an_swslot
-    (rc,) = [e for e in m.tracer.select(Reclaim) if isinstance(e, Reclaim)]
+    (rc,) = events(m, Reclaim)
     assert (rc.frame, rc.loaned, rc.result) == (pg.frame, True, "orphaned")
     assert m.counters["pdaemon.reclaim"] == 1 and m.counters["pdaemon.orphaned"] == 1
     assert kl.read() == b"reclaim"
@@ -635,7 +619,7 @@ def test_reclaim_skips_aobj_pages(m: Machine) -> None:
     kl = m.kernel_loan(p, sh, 11)
     m.reclaim()
     assert page_role(kl.pages[0]) == "OBJ" and kl.read() == b"shared anon"
-    results = [e.result for e in m.tracer.select(Reclaim) if isinstance(e, Reclaim)]
+    results = [e.result for e in events(m, Reclaim)]
     assert results and all(r.startswith("skipped") for r in results if "aobj" in r)
     kl.release()
     check_invariants(m)

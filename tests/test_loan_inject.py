@@ -10,32 +10,26 @@ borrower holds, the lender's view), with ``check_invariants`` switched off.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
+from helpers import PS, machine_fixture
 from hypothesis.errors import Flaky
 from hypothesis.stateful import RuleBasedStateMachine
 
-from uvmloan import InvariantViolation, Machine, check_invariants
+from uvmloan import InvariantViolation, KernelLoan, Machine, check_invariants
 from uvmloan.inject import BUGS, inject
 from uvmloan.testing import run_machine
 from uvmloan.testing.loan_machine import LoanRef, LoanStateMachine, no_shrink_settings
 from uvmloan.testing.loan_ops import mappings_of, page_at, release_order_problems
 from uvmloan.trace import Event, PageFree
 
-PS = 4096
-
 
 def _run(cls: type[RuleBasedStateMachine], n: int) -> None:
     run_machine(cls, settings=no_shrink_settings(n))
 
 
-@pytest.fixture
-def m() -> Iterator[Machine]:
-    mach = Machine(ncpus=3, memory="1M", trace="record")
-    yield mach
-    mach.close()
+m = machine_fixture(ncpus=3, memory="1M", trace="record")
 
 
 def test_every_switch_is_covered() -> None:
@@ -100,18 +94,25 @@ def test_skip_pmap_update_directed(m: Machine) -> None:
     assert any("CPU 2 TLB" in w for w in mappings_of(m, frame))
 
 
-def test_unloan_before_kremove_directed(m: Machine) -> None:
-    """sodoloanfree's order reversed: the orphan is freed while the kernel
-    still maps it.  The release-order check and the freed-while-mapped
-    check see it; the final state alone does not (check_invariants passes),
-    which is why the state machine reads the order from the trace."""
-    inject(m, "unloan-before-kremove")
+def _orphaned_loan(m: Machine) -> KernelLoan:
+    """A kernel loan of a page its owner wrote, read through on CPU 1; the
+    owner then exits, so the page is an orphan the release frees."""
     p = m.spawn("p", cpu=0)
     buf = p.mmap(PS)
     p.write(buf, b"order")
     kl = m.kernel_loan(p, buf, 5)
     kl.read(cpu=1)
     p.exit()
+    return kl
+
+
+def test_unloan_before_kremove_directed(m: Machine) -> None:
+    """sodoloanfree's order reversed: the orphan is freed while the kernel
+    still maps it.  The release-order check and the freed-while-mapped
+    check see it; the final state alone does not (check_invariants passes),
+    which is why the state machine reads the order from the trace."""
+    inject(m, "unloan-before-kremove")
+    kl = _orphaned_loan(m)
     frames = [pg.frame for pg in kl.pages]
     seen: list[str] = []
 
@@ -129,12 +130,7 @@ def test_unloan_before_kremove_directed(m: Machine) -> None:
 
 
 def test_correct_release_has_no_order_problem(m: Machine) -> None:
-    p = m.spawn("p", cpu=0)
-    buf = p.mmap(PS)
-    p.write(buf, b"order")
-    kl = m.kernel_loan(p, buf, 5)
-    kl.read(cpu=1)
-    p.exit()
+    kl = _orphaned_loan(m)
     n = len(m.trace)
     kl.release()
     assert release_order_problems(m.trace[n:], kl.kva, PS, [pg.frame for pg in kl.pages]) == []

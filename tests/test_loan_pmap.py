@@ -14,9 +14,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from helpers import PS, machine_fixture
 
 from uvmloan import (
     MAP_SHARED,
@@ -42,14 +41,7 @@ from uvmloan.trace import (
     Unloan,
 )
 
-PS = 4096
-
-
-@pytest.fixture
-def m4() -> Iterator[Machine]:
-    mach = Machine(ncpus=4, memory="2M", trace="record")
-    yield mach
-    mach.close()
+m4 = machine_fixture(ncpus=4, memory="2M", trace="record")
 
 
 def _since(m: Machine, n: int) -> list[Event]:

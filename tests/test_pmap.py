@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import PS, RW, UVA, R, user_pmap, zeroed_page
 
 from uvmloan import (
     UVM_LOAN_TOPAGE,
     VM_PROT_ALL,
     VM_PROT_NONE,
-    VM_PROT_READ,
     VM_PROT_WRITE,
     KernelAssertion,
     Machine,
@@ -28,7 +28,6 @@ from uvmloan import (
 )
 from uvmloan.invariants import check_invariants
 from uvmloan.page import Page
-from uvmloan.param import UVM_PGA_ZERO
 from uvmloan.pmap import (
     PMAP_WIRED,
     PTE_A,
@@ -44,11 +43,6 @@ from uvmloan.pmap import (
     pte_frame,
 )
 from uvmloan.trace import ShootdownRound, counters_from
-
-R = VM_PROT_READ
-RW = VM_PROT_READ | VM_PROT_WRITE
-PS = 4096
-UVA = 0x10000
 
 MachineFactory = Callable[..., Machine]
 
@@ -69,22 +63,8 @@ def mk() -> Iterator[MachineFactory]:
         m.close()
 
 
-def alloc(m: Machine) -> Page:
-    pg = m.uvm.uvm_pagealloc(None, 0, None, UVM_PGA_ZERO)
-    assert pg is not None
-    return pg
-
-
 def kva(m: Machine, i: int = 0) -> int:
     return m.profile.vm_min_kernel_address + 0x100000 + i * PS
-
-
-def user_pmap(m: Machine, cpus: tuple[int, ...], name: str = "p") -> Pmap:
-    pm = m.pmap.pmap_create(name)
-    for c in cpus:
-        with m.on_cpu(c):
-            m.pmap.pmap_activate(pm, m.cpu(c))
-    return pm
 
 
 def delta(m: Machine, before: Counter[str]) -> Counter[str]:
@@ -122,7 +102,7 @@ def rounds(m: Machine) -> list[ShootdownRound]:
 def test_enter_maps_a_managed_page_and_records_pv(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (0,))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg, RW)
     pte = pm.pte(UVA)
     assert pte & (PTE_P | PTE_W | PTE_U | PTE_PVLIST) == PTE_P | PTE_W | PTE_U | PTE_PVLIST
@@ -146,7 +126,7 @@ def test_enter_access_type_presets_a_and_d(mk: MachineFactory, flags: int, bits:
     """pmap_enter_ma: an access type in flags pre-sets A (and D for a write)."""
     m = mk(1)
     pm = user_pmap(m, (0,))
-    enter(m, pm, UVA, alloc(m), RW, flags)
+    enter(m, pm, UVA, zeroed_page(m), RW, flags)
     assert pm.pte(UVA) & (PTE_A | PTE_D | PTE_WIRED) == bits
     assert pm.wired_count == (1 if flags & PMAP_WIRED else 0)
 
@@ -155,7 +135,7 @@ def test_enter_access_type_must_fit_the_protection(mk: MachineFactory) -> None:
     m = mk(1)
     pm = user_pmap(m, (0,))
     with pytest.raises(ValueError, match="access type"):
-        enter(m, pm, UVA, alloc(m), R, int(RW))
+        enter(m, pm, UVA, zeroed_page(m), R, int(RW))
 
 
 @pytest.mark.parametrize("accessed", [False, True])
@@ -165,7 +145,7 @@ def test_enter_of_a_different_frame_queues_only_over_an_accessed_pte(
     """pmap_enter_ma: shootdown iff the old PTE had P|A and the frame or W changes."""
     m = mk(3)
     pm = user_pmap(m, (0, 1, 2))
-    a, b = alloc(m), alloc(m)
+    a, b = zeroed_page(m), zeroed_page(m)
     enter(m, pm, UVA, a)
     update(m, pm)
     if accessed:
@@ -197,7 +177,7 @@ def test_enter_of_the_same_frame_with_w_changed(
     """A change of W in either direction over an accessed PTE queues ENTER (x86 XOR)."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg, old)
     update(m, pm)
     if accessed:
@@ -217,7 +197,7 @@ def test_enter_with_no_change_over_an_accessed_pte_queues_nothing_and_keeps_a_d(
     """pmap_enter_ma: "if the same page, inherit PTE_A and PTE_D"; no shootdown."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     update(m, pm)
     m.mmu.store(m.cpu(1), UVA, b"x")
@@ -235,7 +215,7 @@ def test_reentered_page_is_still_write_protected_everywhere(mk: MachineFactory) 
     to write through its cached dirty entry (a broken loan write-protect)."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     update(m, pm)
     m.mmu.store(m.cpu(1), UVA, b"a")  # CPU 1 caches W|D
@@ -257,7 +237,7 @@ def test_reentered_page_is_still_write_protected_everywhere(mk: MachineFactory) 
 def test_remove_queues_only_accessed_ptes(mk: MachineFactory, accessed: bool) -> None:
     m = mk(3)
     pm = user_pmap(m, (0, 1, 2))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     update(m, pm)
     if accessed:
@@ -293,7 +273,7 @@ def test_protect_w_only_downgrade_of_a_clean_pte_needs_no_shootdown(mk: MachineF
     entry must re-walk to set D and then sees W gone (x86 SDM; digest 4.4)."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     update(m, pm)
     m.mmu.load(m.cpu(1), UVA, 1)
@@ -321,7 +301,7 @@ def test_protect_w_only_downgrade_of_a_clean_pte_needs_no_shootdown(mk: MachineF
 def test_protect_of_a_dirty_pte_is_deferred_until_pmap_update(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     update(m, pm)
     m.mmu.store(m.cpu(1), UVA, b"1")
@@ -344,7 +324,7 @@ def test_protect_keeps_d_and_shoots_down_again_if_asked_again(mk: MachineFactory
     """pmap_write_protect tests the old D bit only, even on a read-only PTE."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    enter(m, pm, UVA, alloc(m))
+    enter(m, pm, UVA, zeroed_page(m))
     update(m, pm)
     m.mmu.store(m.cpu(1), UVA, b"1")
     before = m.counters.copy()
@@ -359,7 +339,7 @@ def test_protect_keeps_d_and_shoots_down_again_if_asked_again(mk: MachineFactory
 def test_protect_with_write_in_prot_does_nothing(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    enter(m, pm, UVA, alloc(m), VM_PROT_ALL, int(RW))
+    enter(m, pm, UVA, zeroed_page(m), VM_PROT_ALL, int(RW))
     pte = pm.pte(UVA)
     before = m.counters.copy()
     with m.on_cpu(0):
@@ -370,7 +350,7 @@ def test_protect_with_write_in_prot_does_nothing(mk: MachineFactory) -> None:
 def test_protect_to_none_is_a_remove(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg, RW, int(R))
     before = m.counters.copy()
     with m.on_cpu(0):
@@ -389,7 +369,7 @@ def _shared_page(m: Machine) -> tuple[Pmap, Pmap, Page, int]:
     also maps it with pmap_kenter_pa (a loan mapping)."""
     pm = user_pmap(m, tuple(range(m.ncpus)), "p")
     pm2 = m.pmap.pmap_create("q")
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     enter(m, pm2, UVA + PS, pg)
     k = kva(m)
@@ -444,7 +424,7 @@ def test_page_protect_read_of_an_already_read_only_pte_does_nothing(mk: MachineF
     neither changed nor shot down."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     update(m, pm)
     m.mmu.store(m.cpu(1), UVA, b"x")
@@ -493,7 +473,7 @@ def test_page_protect_none_of_an_unmapped_page_does_not_flush_the_packet(
     queued earlier on this CPU stays queued (unlike the READ case)."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    a, b = alloc(m), alloc(m)
+    a, b = zeroed_page(m), zeroed_page(m)
     enter(m, pm, UVA, a, RW, int(R))
     with m.on_cpu(0):
         m.pmap.pmap_remove(pm, UVA, UVA + PS)
@@ -521,7 +501,7 @@ def test_page_protect_with_write_does_nothing(mk: MachineFactory) -> None:
 
 def test_kenter_of_fresh_kva_queues_nothing(mk: MachineFactory) -> None:
     m = mk(3)
-    pg = alloc(m)
+    pg = zeroed_page(m)
     k = kva(m)
     before = m.counters.copy()
     with m.on_cpu(0):
@@ -541,7 +521,7 @@ def test_kenter_of_fresh_kva_queues_nothing(mk: MachineFactory) -> None:
 def test_kenter_without_pge_has_no_global_bit(mk: MachineFactory) -> None:
     m = mk(1, kernel_global=False)
     with m.on_cpu(0):
-        m.pmap.pmap_kenter_pa(kva(m), alloc(m).pa, R, 0)
+        m.pmap.pmap_kenter_pa(kva(m), zeroed_page(m).pa, R, 0)
     assert not m.pmap_kernel().pte(kva(m)) & PTE_G
 
 
@@ -550,7 +530,7 @@ def test_kremove_queues_only_pages_the_cpus_touched(mk: MachineFactory, touched:
     """pmap_kremove1: shootdown iff the old PTE had P and A (a page only DMA'd
     by physical address needs none)."""
     m = mk(3)
-    pg = alloc(m)
+    pg = zeroed_page(m)
     k = kva(m)
     with m.on_cpu(0):
         m.pmap.pmap_kenter_pa(k, pg.pa, R, 0)
@@ -588,7 +568,7 @@ def test_kremove_of_unmapped_kva_is_harmless(mk: MachineFactory) -> None:
 def test_kernel_read_only_mapping_refuses_kernel_writes(mk: MachineFactory) -> None:
     """A kernel write through a read-only loan mapping is fatal (uvm_loan.c header)."""
     m = mk(1)
-    pg = alloc(m)
+    pg = zeroed_page(m)
     with m.on_cpu(0):
         m.pmap.pmap_kenter_pa(kva(m), pg.pa, R, 0)
     with pytest.raises(KernelAssertion, match="read-only kernel mapping"):
@@ -604,7 +584,7 @@ def _touch_kernel_pages(m: Machine, n: int, cpus: tuple[int, ...]) -> list[int]:
     kvas = [kva(m, i) for i in range(n)]
     with m.on_cpu(0):
         for k in kvas:
-            m.pmap.pmap_kenter_pa(k, alloc(m).pa, R, 0)
+            m.pmap.pmap_kenter_pa(k, zeroed_page(m).pa, R, 0)
     for c in cpus:
         for k in kvas:
             m.mmu.load(m.cpu(c), k, 1, user=False)
@@ -630,7 +610,7 @@ def test_user_only_full_flush_keeps_global_kernel_entries(mk: MachineFactory) ->
     pm = user_pmap(m, (0, 1, 2))
     (k,) = _touch_kernel_pages(m, 1, (1,))
     for i in range(17):
-        enter(m, pm, UVA + i * PS, alloc(m))
+        enter(m, pm, UVA + i * PS, zeroed_page(m))
     update(m, pm)
     for i in range(17):
         m.mmu.load(m.cpu(1), UVA + i * PS, 1)
@@ -652,7 +632,7 @@ def test_one_global_request_makes_the_full_flush_global(mk: MachineFactory) -> N
     pm = user_pmap(m, (0, 1))
     (k,) = _touch_kernel_pages(m, 1, (1,))
     for i in range(17):
-        enter(m, pm, UVA + i * PS, alloc(m), RW, int(R))
+        enter(m, pm, UVA + i * PS, zeroed_page(m), RW, int(R))
     before = m.counters.copy()
     with m.on_cpu(0):
         m.pmap.pmap_kremove(k, PS)
@@ -669,7 +649,7 @@ def test_one_global_request_makes_the_full_flush_global(mk: MachineFactory) -> N
 def _remove_n_accessed(m: Machine, n: int) -> Counter[str]:
     pm = user_pmap(m, (0, 1, 2))
     for i in range(n):
-        enter(m, pm, UVA + i * PS, alloc(m))
+        enter(m, pm, UVA + i * PS, zeroed_page(m))
     update(m, pm)
     for i in range(n):
         m.mmu.load(m.cpu(1), UVA + i * PS, 1)
@@ -713,7 +693,7 @@ def test_requests_not_distinct_vas_fill_the_packet(mk: MachineFactory) -> None:
     """x86_tlb.c records every request: 9 VAs asked twice is 18 requests."""
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pages = [alloc(m) for _ in range(18)]
+    pages = [zeroed_page(m) for _ in range(18)]
     for i in range(9):
         enter(m, pm, UVA + i * PS, pages[i], RW, int(R))  # A pre-set
     before = m.counters.copy()
@@ -732,10 +712,20 @@ def test_requests_not_distinct_vas_fill_the_packet(mk: MachineFactory) -> None:
 
 
 def _accessed_mapping(m: Machine, pm: Pmap, by: int, va: int = UVA) -> Page:
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, va, pg)
     m.mmu.load(m.cpu(by), va, 1)
     return pg
+
+
+def _remove_first_page(m: Machine, pm: Pmap) -> Counter[str]:
+    """pmap_remove of the page at UVA and pmap_update, on CPU 0: the counters
+    that changed."""
+    before = m.counters.copy()
+    with m.on_cpu(0):
+        m.pmap.pmap_remove(pm, UVA, UVA + PS)
+        m.pmap.pmap_update(pm)
+    return delta(m, before)
 
 
 def test_user_pmap_on_two_of_four_cpus_gets_two_unicast_ipis_one_round(
@@ -745,11 +735,7 @@ def test_user_pmap_on_two_of_four_cpus_gets_two_unicast_ipis_one_round(
     pm = user_pmap(m, (1, 2))
     _accessed_mapping(m, pm, 1)
     clock3 = m.cpu(3).clock
-    before = m.counters.copy()
-    with m.on_cpu(0):
-        m.pmap.pmap_remove(pm, UVA, UVA + PS)
-        m.pmap.pmap_update(pm)
-    d = delta(m, before)
+    d = _remove_first_page(m, pm)
     assert d["ipi unicast"] == 2 and d["ipi broadcast"] == 0 and d["ipi sent"] == 2
     assert d["ipi delivered"] == 2
     assert d["TLB shootdown"] == 1 and d["tlbshoot local-only round"] == 0
@@ -775,29 +761,23 @@ def test_kernel_pmap_shootdown_is_one_broadcast_ipi(mk: MachineFactory) -> None:
     assert rnd.targets == (0, 1, 2, 3) and rnd.broadcast
 
 
-def test_user_pmap_active_everywhere_is_also_a_broadcast(mk: MachineFactory) -> None:
-    m = mk(3)
-    pm = user_pmap(m, (0, 1, 2))
-    _accessed_mapping(m, pm, 2)
-    before = m.counters.copy()
-    with m.on_cpu(0):
-        m.pmap.pmap_remove(pm, UVA, UVA + PS)
-        m.pmap.pmap_update(pm)
-    d = delta(m, before)
-    assert d["ipi broadcast"] == 1 and d["ipi unicast"] == 0 and d["TLB shootdown"] == 1
-
-
-def test_every_cpu_but_the_initiator_is_unicast(mk: MachineFactory) -> None:
+@pytest.mark.parametrize(
+    ("ncpus", "active", "broadcast", "unicast"),
+    [
+        pytest.param(3, (0, 1, 2), 1, 0, id="active-everywhere-is-a-broadcast"),
+        pytest.param(4, (1, 2, 3), 0, 3, id="every-cpu-but-the-initiator-is-unicast"),
+    ],
+)
+def test_broadcast_only_when_the_targets_are_every_cpu(
+    mk: MachineFactory, ncpus: int, active: tuple[int, ...], broadcast: int, unicast: int
+) -> None:
     """processpacket broadcasts only when the target set equals every attached CPU."""
-    m = mk(4)
-    pm = user_pmap(m, (1, 2, 3))
-    _accessed_mapping(m, pm, 3)
-    before = m.counters.copy()
-    with m.on_cpu(0):
-        m.pmap.pmap_remove(pm, UVA, UVA + PS)
-        m.pmap.pmap_update(pm)
-    d = delta(m, before)
-    assert d["ipi unicast"] == 3 and d["ipi broadcast"] == 0 and d["TLB shootdown"] == 1
+    m = mk(ncpus)
+    pm = user_pmap(m, active)
+    _accessed_mapping(m, pm, active[-1])
+    d = _remove_first_page(m, pm)
+    assert d["ipi broadcast"] == broadcast and d["ipi unicast"] == unicast
+    assert d["TLB shootdown"] == 1
 
 
 def test_local_only_round_sends_no_ipi_and_counts_no_shootdown(mk: MachineFactory) -> None:
@@ -805,11 +785,7 @@ def test_local_only_round_sends_no_ipi_and_counts_no_shootdown(mk: MachineFactor
     pm = user_pmap(m, (0,))
     _accessed_mapping(m, pm, 0)
     clock0 = m.cpu(0).clock
-    before = m.counters.copy()
-    with m.on_cpu(0):
-        m.pmap.pmap_remove(pm, UVA, UVA + PS)
-        m.pmap.pmap_update(pm)
-    d = delta(m, before)
+    d = _remove_first_page(m, pm)
     assert d["ipi sent"] == 0 and d["TLB shootdown"] == 0
     assert d["tlbshoot local-only round"] == 1 and d["tlb invlpg"] == 1
     assert d["tlbshoot local REMOVE_PTE"] == 1 and d["tlbshoot remote REMOVE_PTE"] == 0
@@ -824,13 +800,9 @@ def test_empty_target_set_still_invalidates_locally(mk: MachineFactory) -> None:
     pmap_tlb_invalidate on the initiator, even if it is not a target."""
     m = mk(2)
     pm = m.pmap.pmap_create("idle")  # active nowhere
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg, RW, int(R))  # A pre-set
-    before = m.counters.copy()
-    with m.on_cpu(0):
-        m.pmap.pmap_remove(pm, UVA, UVA + PS)
-        m.pmap.pmap_update(pm)
-    d = delta(m, before)
+    d = _remove_first_page(m, pm)
     assert d["tlbshoot local-only round"] == 1 and d["tlb invlpg"] == 1 and d["ipi sent"] == 0
     assert rounds(m)[-1].targets == ()
 
@@ -881,11 +853,7 @@ def test_lazy_cpu_leaves_pm_cpus_at_its_first_user_shootdown(mk: MachineFactory)
     with m.on_cpu(2):
         m.pmap.pmap_deactivate(m.cpu(2))
     assert m.cpu(2).tlbstate is TLBState.LAZY and 2 in pm.cpus
-    before = m.counters.copy()
-    with m.on_cpu(0):
-        m.pmap.pmap_remove(pm, UVA, UVA + PS)
-        m.pmap.pmap_update(pm)
-    assert delta(m, before)["ipi unicast"] == 2
+    assert _remove_first_page(m, pm)["ipi unicast"] == 2
     assert m.cpu(2).tlbstate is TLBState.STALE and pm.cpus == {0, 1}
     before = m.counters.copy()
     with m.on_cpu(0):
@@ -1012,7 +980,7 @@ def test_pmap_update_with_nothing_queued_is_free(mk: MachineFactory) -> None:
 
 
 def _dirty_mapping(m: Machine, pm: Pmap, data: bytes) -> Page:
-    pg = alloc(m)
+    pg = zeroed_page(m)
     enter(m, pm, UVA, pg)
     update(m, pm)
     m.mmu.store(m.cpu(1), UVA, data)
@@ -1052,7 +1020,7 @@ def test_stale_window_after_entering_a_different_frame(mk: MachineFactory) -> No
     m = mk(2)
     pm = user_pmap(m, (0, 1))
     old = _dirty_mapping(m, pm, b"old!")
-    new = alloc(m)
+    new = zeroed_page(m)
     m.physmem.copyin([new.frame], 0, b"new!")
     enter(m, pm, UVA, new)
     assert m.mmu.load(m.cpu(1), UVA, 4) == b"old!"
@@ -1070,7 +1038,7 @@ def test_stale_window_after_entering_a_different_frame(mk: MachineFactory) -> No
 def test_no_window_for_a_mapping_nobody_cached(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    enter(m, pm, UVA, alloc(m))
+    enter(m, pm, UVA, zeroed_page(m))
     with m.on_cpu(0):
         m.pmap.pmap_remove(pm, UVA, UVA + PS)
     assert m.cpu(0).packet.empty
@@ -1085,7 +1053,7 @@ def test_no_window_for_a_mapping_nobody_cached(mk: MachineFactory) -> None:
 def test_referenced_and_modified_follow_the_mmu(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    pg = alloc(m)
+    pg = zeroed_page(m)
     pmm = m.pmap
     enter(m, pm, UVA, pg)
     update(m, pm)
@@ -1161,7 +1129,7 @@ def test_activating_the_loaded_pmap_again_is_free(mk: MachineFactory) -> None:
 def test_pmap_destroy(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (1,))
-    enter(m, pm, UVA, alloc(m))
+    enter(m, pm, UVA, zeroed_page(m))
     with pytest.raises(KernelAssertion, match="mappings"):
         m.pmap.pmap_destroy(pm)
     with m.on_cpu(0):
@@ -1173,7 +1141,7 @@ def test_pmap_destroy(mk: MachineFactory) -> None:
     m.pmap.pmap_destroy(pm)
     assert pm not in m.pmap.pmaps
     with pytest.raises(ValueError, match="destroyed"):
-        enter(m, pm, UVA, alloc(m))
+        enter(m, pm, UVA, zeroed_page(m))
     with pytest.raises(KernelAssertion, match="kernel pmap"):
         m.pmap.pmap_destroy(m.pmap_kernel())
 

@@ -9,24 +9,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import PS, RW, UVA, R, user_pmap, zeroed_page
 
 from uvmloan import (
-    VM_PROT_READ,
-    VM_PROT_WRITE,
     KernelAssertion,
     Machine,
     SegmentationFault,
 )
 from uvmloan.invariants import check_invariants
-from uvmloan.page import Page
-from uvmloan.param import UVM_PGA_ZERO
 from uvmloan.pmap import Pmap
 from uvmloan.testing.pmap_machine import pmap_state_snapshot
-
-R = VM_PROT_READ
-RW = VM_PROT_READ | VM_PROT_WRITE
-PS = 4096
-UVA = 0x10000
 
 
 class Rig:
@@ -42,11 +34,8 @@ class Rig:
         self.mach: Any = m
         self.pmm: Any = m.pmap
         self.mmu: Any = m.mmu
-        self.pm = m.pmap.pmap_create("p")
-        for c in (0, 1, 2):
-            with m.on_cpu(c):
-                m.pmap.pmap_activate(self.pm, m.cpu(c))
-        self.pages = [self._alloc() for _ in range(3)]
+        self.pm = user_pmap(m, (0, 1, 2))
+        self.pages = [zeroed_page(m) for _ in range(3)]
         self.kva = m.profile.vm_min_kernel_address + 0x100000
         with m.on_cpu(0):
             for i, pg in enumerate(self.pages[:2]):
@@ -59,11 +48,6 @@ class Rig:
         m.mmu.load(m.cpu(2), self.kva, 1, user=False)
         with m.on_cpu(0):
             m.pmap.pmap_remove(self.pm, UVA + PS, UVA + 2 * PS)  # queued, not updated
-
-    def _alloc(self) -> Page:
-        pg = self.m.uvm.uvm_pagealloc(None, 0, None, UVM_PGA_ZERO)
-        assert pg is not None
-        return pg
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from helpers import PS, RW, UVA, R, user_pmap, zeroed_page
 
 from uvmloan import (
-    VM_PROT_READ,
     VM_PROT_WRITE,
     KernelAssertion,
     Machine,
@@ -17,14 +17,8 @@ from uvmloan import (
 )
 from uvmloan.mmu import MAX_FAULT_RETRIES
 from uvmloan.page import Page
-from uvmloan.param import UVM_PGA_ZERO
 from uvmloan.pmap import CPU, PTE_A, PTE_D, PTE_G, TLB, Pmap
 from uvmloan.trace import Fault
-
-R = VM_PROT_READ
-RW = VM_PROT_READ | VM_PROT_WRITE
-PS = 4096
-UVA = 0x10000
 
 # ----------------------------------------------------------------------------
 # TLB
@@ -112,15 +106,10 @@ class Rig:
             ncpus=ncpus, memory="1M", profile_overrides=dict(overrides), trace="record"
         )
         self.m.platform.fault_handler = None
-        self.pm = self.m.pmap.pmap_create("p")
-        for c in range(ncpus):
-            with self.m.on_cpu(c):
-                self.m.pmap.pmap_activate(self.pm, self.m.cpu(c))
+        self.pm = user_pmap(self.m, range(ncpus))
 
     def page(self) -> Page:
-        pg = self.m.uvm.uvm_pagealloc(None, 0, None, UVM_PGA_ZERO)
-        assert pg is not None
-        return pg
+        return zeroed_page(self.m)
 
     def map(self, va: int, prot: int = RW, pm: Pmap | None = None) -> Page:
         pg = self.page()

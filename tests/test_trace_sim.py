@@ -11,9 +11,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from helpers import PS, RW, UVA, user_pmap, zeroed_page
 
-from uvmloan import VM_PROT_READ, VM_PROT_WRITE, Machine, SegmentationFault
-from uvmloan.param import UVM_PGA_ZERO
+from uvmloan import VM_PROT_READ, Machine, SegmentationFault
 from uvmloan.sim import Scheduler
 from uvmloan.trace import (
     Event,
@@ -27,10 +27,6 @@ from uvmloan.trace import (
     counters_from,
     write_jsonl,
 )
-
-RW = VM_PROT_READ | VM_PROT_WRITE
-UVA = 0x10000
-PS = 4096
 
 # ----------------------------------------------------------------------------
 # Scheduler
@@ -115,14 +111,10 @@ def test_scheduler_argument_errors() -> None:
 
 def _workload(m: Machine) -> None:
     """Some pmap work with shootdowns, IPIs, flushes and a fault."""
-    pm = m.pmap.pmap_create("w")
-    for c in range(m.ncpus):
-        with m.on_cpu(c):
-            m.pmap.pmap_activate(pm, m.cpu(c))
+    pm = user_pmap(m, range(m.ncpus), "w")
     pages = []
     for i in range(18):
-        pg = m.uvm.uvm_pagealloc(None, 0, None, UVM_PGA_ZERO)
-        assert pg is not None
+        pg = zeroed_page(m)
         pages.append(pg)
         with m.on_cpu(0):
             m.pmap.pmap_enter(pm, UVA + i * PS, pg.pa, RW, 0)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from helpers import PS, machine_fixture
 
 from uvmloan import (
     MAP_PRIVATE,
@@ -16,20 +15,11 @@ from uvmloan import (
 )
 from uvmloan.errors import SegmentationFault
 from uvmloan.fault import uvm_fault
-from uvmloan.invariants import check_invariants
 from uvmloan.param import EACCES, EFAULT, ENOMEM, PG
 from uvmloan.pmap.pte import PTE_W, PTE_WIRED, pte_frame
 from uvmloan.process import Process
 
-PS = 4096
-
-
-@pytest.fixture
-def m() -> Iterator[Machine]:
-    mach = Machine(ncpus=2, memory="1M")
-    yield mach
-    check_invariants(mach)
-    mach.close()
+m = machine_fixture(ncpus=2, memory="1M", check=True)
 
 
 def pte(p: Process, va: int) -> int:

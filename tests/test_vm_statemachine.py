@@ -3,19 +3,24 @@
 The default run takes well under a minute; ``UVMLOAN_HYPOTHESIS_PROFILE=deep``
 runs it much longer.  The bug-injection tests break the model on purpose and
 assert that hypothesis finds a failure: an oracle that cannot fail is worth
-nothing.
+nothing.  Besides the copy-on-write and TLB bugs there are two wiring bugs
+(wiring faults that never enter PMAP_WIRED mappings; a fork that shares a
+wired entry's pages instead of copying them now).  More wiring tests, and
+the truncate bug the machine found, are in ``test_vm_statemachine_wiring.py``.
 """
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import Phase
-from hypothesis.stateful import run_state_machine_as_test
 
+import uvmloan.fault as fault_mod
+import uvmloan.map as map_mod
 import uvmloan.process as process_mod
 from uvmloan.anon import Amap
 from uvmloan.map import MapEntry, VMMap
 from uvmloan.pmap.pmap import Pmap, PmapModule
+from uvmloan.testing import run_machine
 from uvmloan.testing.vm_machine import VMStateMachine, vm_settings
 
 TestVMStateMachine = VMStateMachine.TestCase
@@ -29,10 +34,17 @@ def _found(exc: BaseException) -> bool:
     return isinstance(exc, AssertionError)
 
 
+def _messages(exc: BaseException) -> str:
+    """The messages of a failure (of every failure in a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "\n".join(_messages(e) for e in exc.exceptions)
+    return str(exc)
+
+
 def _hunt(machine: type[VMStateMachine]) -> BaseException:
     """Run ``machine`` until hypothesis finds a failure (no shrinking)."""
     with pytest.raises(BaseException) as info:
-        run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        run_machine(
             machine,
             settings=vm_settings(
                 "default",
@@ -92,9 +104,34 @@ def test_injected_skip_pmap_update_is_found() -> None:
     _hunt(Broken)
 
 
+def test_injected_wiring_fault_without_wire_mapping_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Wiring faults (and faults on wired entries) that never set wire_mapping:
+    mlock wires the pages but enters plain PTEs, without PTE_WIRED."""
+    real_check = fault_mod.uvm_fault_check
+
+    def check_without_wire_mapping(flt: fault_mod.FaultCtx) -> int:
+        err = real_check(flt)
+        flt.wire_mapping = False
+        return err
+
+    monkeypatch.setattr(fault_mod, "uvm_fault_check", check_without_wire_mapping)
+    msg = _messages(_hunt(VMStateMachine))
+    assert "PTE_WIRED" in msg or "is wired but its PTE" in msg, msg
+
+
+def test_injected_fork_without_cow_now_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvmspace_fork that skips amap_cow_now for a wired entry: parent and child
+    share the wired pages, writable in the parent, so its stores reach the child."""
+    monkeypatch.setattr(map_mod, "amap_cow_now", lambda m, e: None)
+    msg = _messages(_hunt(VMStateMachine))
+    assert "wired" in msg or "the reference says" in msg, msg
+
+
 def test_state_machine_passes_without_injection() -> None:
     """The same bounded run as the hunts, on the correct model, finds nothing."""
-    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+    run_machine(
         VMStateMachine,
         settings=vm_settings("default", max_examples=40, derandomize=True, database=None),
     )

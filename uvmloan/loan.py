@@ -439,6 +439,23 @@ def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
 # ------------------------------------------------------------ loan breaking
 
 
+def _trace_break(
+    old: Page, newpg: Page, kind: str, where: str, va: int, space: str, *, orphan: bool
+) -> None:
+    """Trace a loan break of ``kind`` ("object" or "anon"): a LoanBreak and,
+    when the old page is left without an owner (``orphan``) but with loans,
+    an Orphan."""
+    plat = old.allocator.platform
+    tr = plat.tracer
+    tr.emit(
+        LoanBreak(
+            plat.now(), plat.cur, space, kind, old.frame, newpg.frame, old.loan_count, where, va
+        )
+    )
+    if orphan and old.loan_count:
+        tr.emit(Orphan(plat.now(), plat.cur, "-", old.frame, old.loan_count, "loan break"))
+
+
 def uvm_loanbreak(
     uobjpage: Page, where: str = "fault", va: int = -1, space: str = "-"
 ) -> Page | None:
@@ -466,26 +483,8 @@ def uvm_loanbreak(
     uvm.uvm_pagereplace(uobjpage, newpg)
     uvm.uvm_pageactivate(newpg)
     newpg.flags &= ~PG.BUSY
-    plat = uvm.platform
-    tr = plat.tracer
-    if tr.on:
-        tr.emit(
-            LoanBreak(
-                plat.now(),
-                plat.cur,
-                space,
-                "object",
-                uobjpage.frame,
-                newpg.frame,
-                uobjpage.loan_count,
-                where,
-                va,
-            )
-        )
-        if uobjpage.loan_count and uobjpage.uanon is None:
-            tr.emit(
-                Orphan(plat.now(), plat.cur, "-", uobjpage.frame, uobjpage.loan_count, "loan break")
-            )
+    if uvm.platform.tracer.on:
+        _trace_break(uobjpage, newpg, "object", where, va, space, orphan=uobjpage.uanon is None)
     return newpg
 
 
@@ -523,24 +522,8 @@ def uvm_loanbreak_anon(
     newpg.flags |= PG.ANON
     uvm.uvm_pageactivate(newpg)
     newpg.flags &= ~(PG.BUSY | PG.FAKE)
-    plat = uvm.platform
-    tr = plat.tracer
-    if tr.on:
-        tr.emit(
-            LoanBreak(
-                plat.now(),
-                plat.cur,
-                space,
-                "anon",
-                old.frame,
-                newpg.frame,
-                old.loan_count,
-                where,
-                va,
-            )
-        )
-        if old.loan_count and old.uobject is None:
-            tr.emit(Orphan(plat.now(), plat.cur, "-", old.frame, old.loan_count, "loan break"))
+    if uvm.platform.tracer.on:
+        _trace_break(old, newpg, "anon", where, va, space, orphan=old.uobject is None)
     return 0
 
 

@@ -106,7 +106,9 @@ class UVMObject:
 
         Freeing removes every user mapping first (``pmap_page_protect(NONE)``),
         as ``genfs_putpages``/``uao_put`` do; a loaned page then takes the loan
-        branch of ``uvm_pagefree``.  Wired pages are skipped.  Returns the
+        branch of ``uvm_pagefree``.  Wired pages are freed too (and unwired),
+        as ``genfs_do_putpages`` does; callers that must keep them (the
+        pagedaemon) skip them before calling.  Returns the
         number of pages freed.
         """
         uvm = self.uvm
@@ -124,9 +126,9 @@ class UVMObject:
                 pmap.pmap_clear_modify(pg)
                 pg.flags = (pg.flags & ~PG.DIRTY) | PG.CLEAN
             if flags & PGO_FREE:
-                if pg.wire_count:
-                    continue
-                # Without PGO_CLEANIT dirty data is discarded, as truncate does.
+                # genfs_do_putpages frees wired pages too (only PGO_DEACTIVATE
+                # looks at wire_count); uvm_pagefree unwires them.  Without
+                # PGO_CLEANIT dirty data is discarded, as truncate does.
                 pmap.pmap_page_protect(pg, VM_PROT_NONE)
                 uvm.uvm_pagefree(pg)
                 freed += 1

@@ -200,7 +200,8 @@ class PageAllocator:
             self._pagefree_loaned(pg)
             return
         if pg.wire_count:
-            raise KernelAssertion(f"uvm_pagefree: {pg!r} is wired")
+            # uvm_page.c 1.246: "if the page was wired, unwire it now".
+            pg.wire_count = 0
         if pg.mdpage.pv:
             raise KernelAssertion(
                 f"uvm_pagefree: {pg!r} still has {len(pg.mdpage.pv)} managed mappings"

@@ -34,7 +34,10 @@ class _Bits:
         parts = [
             name
             for name, bit in vars(cls).items()
-            if name.isupper() and isinstance(bit, int) and bit and bit & (bit - 1) == 0
+            if name.isupper()
+            and isinstance(bit, int)
+            and bit
+            and bit & (bit - 1) == 0
             and value & bit
         ]
         return "|".join(parts) if parts else "0"

@@ -734,6 +734,33 @@ class PmapModule:
             if tr.on:
                 tr.emit(TLBInvalidate(cpu.clock, cpu.index, "-", va))
 
+    def _trace_round(
+        self,
+        cpu: CPU,
+        start: int,
+        targets: tuple[int, ...],
+        nva: int,
+        *,
+        allva: bool = False,
+        global_flush: bool = False,
+        broadcast: bool = False,
+    ) -> None:
+        """The ShootdownRound event of a round ``cpu`` began at time ``start``
+        and has just finished."""
+        self.platform.tracer.emit(
+            ShootdownRound(
+                cpu.clock,
+                cpu.index,
+                "-",
+                targets,
+                nva,
+                allva,
+                global_flush,
+                broadcast,
+                cpu.clock - start,
+            )
+        )
+
     def pmap_tlb_shootnow(self) -> None:
         """x86_tlb.c ``pmap_tlb_shootnow``: process this CPU's packet.
 
@@ -790,18 +817,14 @@ class PmapModule:
         if acks:
             cpu.clock = max(cpu.clock, *acks)
         if tr.on:
-            tr.emit(
-                ShootdownRound(
-                    cpu.clock,
-                    me,
-                    "-",
-                    targets,
-                    0 if allva else len(vas),
-                    allva,
-                    allva and glob,
-                    broadcast,
-                    cpu.clock - start,
-                )
+            self._trace_round(
+                cpu,
+                start,
+                targets,
+                0 if allva else len(vas),
+                allva=allva,
+                global_flush=allva and glob,
+                broadcast=broadcast,
             )
 
     def _mi_shootnow(self) -> None:
@@ -857,19 +880,7 @@ class PmapModule:
                         tr.emit(ASIDReset(cpu.clock, me, pm.name, other.index))
         pkt.clear()
         if tr.on:
-            tr.emit(
-                ShootdownRound(
-                    cpu.clock,
-                    me,
-                    "-",
-                    tuple(sorted(targets | {me})),
-                    len(vas),
-                    False,
-                    False,
-                    False,
-                    cpu.clock - start,
-                )
-            )
+            self._trace_round(cpu, start, tuple(sorted(targets | {me})), len(vas))
 
     def _mi_handler(self, target: CPU, pm: Pmap, source: int) -> Callable[[], None]:
         def run() -> None:

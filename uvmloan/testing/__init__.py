@@ -7,6 +7,8 @@
 * ``loan_machine.LoanStateMachine``: loans, breaks, orphans and releases,
   checked for observational equivalence with copying.
 * ``scenario``: the runner of the TOML scenarios under ``specs/scenarios``.
+* ``profiles``: the machines' hypothesis settings profiles ("ci", "deep"),
+  chosen by ``$UVMLOAN_HYPOTHESIS_PROFILE``.
 
 Subclass a machine to add rules or switch on an injected bug, and run it
 with :func:`run_machine`.

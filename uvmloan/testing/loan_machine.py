@@ -60,14 +60,12 @@ and friends, and ``@invariant`` methods for your own properties.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
-from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ..borrow import KernelLoan
@@ -88,6 +86,7 @@ from ..param import (
 from ..process import Process
 from ..trace import Event, PageFree
 from .loan_ops import leaked_pages, mappings_of, release_order_problems
+from .profiles import PROFILE_ENV, machine_settings
 
 __all__ = [
     "PROFILE_ENV",
@@ -99,32 +98,15 @@ __all__ = [
     "loan_settings",
 ]
 
-PROFILE_ENV = "UVMLOAN_HYPOTHESIS_PROFILE"
+# Short profile name -> (max_examples, stateful_step_count).
+LOAN_SIZES = {"ci": (150, 50), "deep": (2000, 100)}
 
 IDX = st.integers(min_value=0, max_value=1 << 16)
 
 
 def loan_settings(name: str | None = None) -> settings:
     """ "loan-ci" (default) or "loan-deep" (``UVMLOAN_HYPOTHESIS_PROFILE=deep``)."""
-    common: dict[str, Any] = {
-        "deadline": None,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
-    }
-    wanted = {
-        "loan-ci": {"max_examples": 150, "stateful_step_count": 50, **common},
-        "loan-deep": {"max_examples": 2000, "stateful_step_count": 100, **common},
-    }
-    for prof, kw in wanted.items():
-        try:
-            settings.get_profile(prof)
-        except InvalidArgument:
-            settings.register_profile(prof, **kw)
-    chosen = name or os.environ.get(PROFILE_ENV) or "ci"
-    if not chosen.startswith("loan-"):
-        chosen = "loan-" + chosen
-    if chosen not in wanted:
-        chosen = "loan-ci"
-    return settings.get_profile(chosen)
+    return machine_settings("loan", LOAN_SIZES, name)
 
 
 def _pattern(seed: int, n: int) -> bytes:

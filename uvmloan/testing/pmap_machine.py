@@ -55,14 +55,12 @@ returns the "ci" (default) or "deep" settings profile (registered as
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 from ..errors import KernelAssertion, SegmentationFault
@@ -74,6 +72,7 @@ from ..pmap.cpu import CPU, TLBState
 from ..pmap.pmap import PMAP_WIRED, Pmap
 from ..pmap.pte import PTE_D, PTE_P, PTE_U, PTE_W, pte_frame
 from ..trace import counters_from
+from .profiles import PROFILE_ENV, machine_settings, register_profiles
 
 __all__ = [
     "PROFILE_ENV",
@@ -83,7 +82,8 @@ __all__ = [
     "register_hypothesis_profiles",
 ]
 
-PROFILE_ENV = "UVMLOAN_HYPOTHESIS_PROFILE"
+# Short profile name -> (max_examples, stateful_step_count).
+PMAP_SIZES = {"ci": (150, 30), "deep": (1500, 80)}
 
 R = VMProt.READ
 RW = VMProt.READ | VMProt.WRITE
@@ -96,19 +96,7 @@ WINDOW = 16
 
 def register_hypothesis_profiles() -> None:
     """Register the "pmap-ci" and "pmap-deep" settings profiles (once)."""
-    common: dict[str, Any] = {
-        "deadline": None,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
-    }
-    wanted = {
-        "pmap-ci": {"max_examples": 150, "stateful_step_count": 30, **common},
-        "pmap-deep": {"max_examples": 1500, "stateful_step_count": 80, **common},
-    }
-    for name, kw in wanted.items():
-        try:
-            settings.get_profile(name)
-        except InvalidArgument:
-            settings.register_profile(name, **kw)
+    register_profiles("pmap", PMAP_SIZES)
 
 
 def hypothesis_settings(name: str | None = None) -> settings:
@@ -119,13 +107,7 @@ def hypothesis_settings(name: str | None = None) -> settings:
     other machines' profiles of the same short name cannot collide.  An
     unknown name means "ci".
     """
-    register_hypothesis_profiles()
-    chosen = name or os.environ.get(PROFILE_ENV) or "ci"
-    if not chosen.startswith("pmap-"):
-        chosen = "pmap-" + chosen
-    if chosen not in ("pmap-ci", "pmap-deep"):
-        chosen = "pmap-ci"
-    return settings.get_profile(chosen)
+    return machine_settings("pmap", PMAP_SIZES, name)
 
 
 def pmap_state_snapshot(m: Machine) -> dict[str, Any]:
@@ -476,9 +458,7 @@ class PmapStateMachine(RuleBasedStateMachine):
         if self.at_barrier:
             check_invariants(self.machine)
 
-    def _check_page_protected(
-        self, pg: Page, mappings: list[tuple[Pmap, int]], prot: int
-    ) -> None:
+    def _check_page_protected(self, pg: Page, mappings: list[tuple[Pmap, int]], prot: int) -> None:
         """x86 pmap_page_protect is synchronous: no CPU may still write (or, for
         NONE, use at all) a managed mapping of ``pg`` that the call covered --
         even though the calling CPU's own earlier deferred work is pending."""

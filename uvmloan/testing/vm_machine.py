@@ -39,13 +39,13 @@ reference says is illegal must raise ``SegmentationFault``, and
 exits and every frame must be free again except the vnodes' cached pages
 (and the zero page, if the loan layer made one), and no page is wired.
 
-Truncating a file below a page that a shared mapping has wired is left out
-by default (the size is raised to keep such pages): the model keeps wired
-pages on truncate where NetBSD frees them (``genfs_do_putpages`` with
-``PGO_FREE`` frees wired pages, ``uvm_pagefree`` unwires them).  Set
-``TRUNCATE_WIRED = True`` to generate it; the exact wiring checks are then
-dropped for the rest of a run once it happens (bytes and faults are still
-checked).
+Truncating a file below a page that a shared mapping has wired frees that
+page, as NetBSD does (``genfs_do_putpages`` with ``PGO_FREE`` frees wired
+pages, ``uvm_pagefree`` unwires them).  It is left out by default (the size
+is raised to keep such pages) because the reference then no longer knows the
+wire counts exactly; set ``TRUNCATE_WIRED = True`` to generate it: the exact
+wiring checks are dropped for the rest of a run once it happens (bytes and
+faults are still checked).
 
 Use it from pytest::
 
@@ -62,12 +62,13 @@ model.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from typing import Any, ClassVar
 
 import attrs
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -102,6 +103,12 @@ MMAP_PROTS = (PROTS[0], PROTS[0], PROTS[0], PROTS[1], PROTS[2])
 
 def _roundup(n: int, ps: int) -> int:
     return n + (-n) % ps
+
+
+@functools.cache
+def _file_body(i: int, size: int) -> bytes:
+    """The initial contents of file ``i``: no zero byte, a period of 251."""
+    return bytes((i * 37 + k) % 251 + 1 for k in range(size))
 
 
 @attrs.define(eq=False)
@@ -330,11 +337,20 @@ class VMStateMachine(RuleBasedStateMachine):
         return start + off, n
 
     def _pick_range(self, data: st.DataObject, rp: RefProc) -> list[int]:
-        """The page addresses of a sub-range of one region (maybe with holes)."""
-        start, npages = data.draw(st.sampled_from(rp.regions), label="region")
-        first = data.draw(st.integers(0, npages - 1), label="first")
+        """The page addresses of a sub-range of one region (maybe with holes):
+        half the time, if the process has wired pages, one starting at one of
+        them (so that munlock, mprotect and munmap meet wired memory)."""
+        ps = self.ps
+        wired = sorted(va for va, pg in rp.pages.items() if pg.wired)
+        if bool(wired) and data.draw(st.booleans(), label="at wired"):
+            va = data.draw(st.sampled_from(wired), label="wired page")
+            start, npages = next(r for r in rp.regions if r[0] <= va < r[0] + r[1] * ps)
+            first = (va - start) // ps
+        else:
+            start, npages = data.draw(st.sampled_from(rp.regions), label="region")
+            first = data.draw(st.integers(0, npages - 1), label="first")
         count = data.draw(st.integers(1, npages - first), label="count")
-        return [start + (first + i) * self.ps for i in range(count)]
+        return [start + (first + i) * ps for i in range(count)]
 
     def _touch(self, rp: RefProc, va: int, n: int) -> None:
         for pva in self._pages_of(va, n):
@@ -364,7 +380,7 @@ class VMStateMachine(RuleBasedStateMachine):
         first page of each already touched: every run starts where fork,
         copy-on-write and sharing have something to work on."""
         for i, npages in enumerate(self.FILE_PAGES):
-            body = bytes((i * 37 + k) % 251 + 1 for k in range(npages * self.ps))
+            body = _file_body(i, npages * self.ps)
             vn = self.m.vnode(body, name=f"file{i}")
             self.files.append(RefFile.new(vn, body, self.ps))
         self._spawn(0)
@@ -436,6 +452,9 @@ class VMStateMachine(RuleBasedStateMachine):
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
         cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        self._read_checked(rp, va, n, cpu)
+
+    def _read_checked(self, rp: RefProc, va: int, n: int, cpu: int) -> None:
         bad = self._expect_access(rp, va, n, write=False)
         self._touch(rp, va, n)
         if bad is not None:
@@ -443,18 +462,38 @@ class VMStateMachine(RuleBasedStateMachine):
                 got = rp.proc.read(va, n, cpu=cpu)
             except SegmentationFault as e:
                 assert e.va == bad, f"read fault at {e.va:#x}, expected at {bad:#x}"
+                if rp.pages.get(bad) is not None and rp.pages[bad].beyond_eof():
+                    event("read: SIGSEGV past EOF")
                 return
             raise AssertionError(
                 f"read of {n} bytes at {va:#x} gave {got[:8]!r}...; expected SIGSEGV at {bad:#x}"
             )
         got = rp.proc.read(va, n, cpu=cpu)
         want = self._ref_bytes(rp, va, n)
+        for pva in self._pages_of(va, n):
+            pg = rp.pages[pva]
+            if pg.file is not None and pg.foff >= len(pg.file.mem):
+                event("read: a private copy past EOF")
         if got != want:
             i = next(i for i in range(n) if got[i] != want[i])
             raise AssertionError(
                 f"{rp.proc.name} read {n} bytes at {va:#x} on CPU {cpu}: byte {i} "
                 f"(va {va + i:#x}) is {got[i]:#x}, the reference says {want[i]:#x}"
             )
+
+    def _probe_file(self, data: st.DataObject, f: RefFile) -> None:
+        """Now and then read a page that maps ``f`` (file I/O just changed it)."""
+        cands = [
+            (rp, va)
+            for rp in self.procs
+            for va, pg in sorted(rp.pages.items())
+            if pg.file is f and pg.prot & int(VM_PROT_READ)
+        ]
+        if not cands or not data.draw(st.booleans(), label="probe"):
+            return
+        rp, va = cands[self._index(data, len(cands), "probe page")]
+        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        self._read_checked(rp, va, self.ps, cpu)
 
     def _ref_bytes(self, rp: RefProc, va: int, n: int) -> bytes:
         out = bytearray()
@@ -500,9 +539,10 @@ class VMStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.procs) and len(self.procs) < self.MAX_PROCS)
     @rule(data=st.data())
     def fork(self, data: st.DataObject) -> None:
-        """fork(2).  A wired private page is copied for the child at once
-        (``amap_cow_now``): the parent keeps its wired page, mapped as before
-        (still writable), and the child's copy is resident and unwired."""
+        """fork(2).  The parent's private pages are write-protected (the next
+        store on either side copies), except wired ones: those are copied for
+        the child at once (``amap_cow_now``), the parent keeps its wired page
+        mapped as before (still writable), the child's copy is unwired."""
         rp = self._pick_proc(data)
         cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
         wired: list[tuple[int, RefPage, Page, int]] = []
@@ -515,6 +555,16 @@ class VMStateMachine(RuleBasedStateMachine):
         pages = {va: pg.forked() for va, pg in rp.pages.items()}
         crp = RefProc(child, pages, list(rp.regions), list(rp.touched))
         self.procs.append(crp)
+        for va, pg in sorted(rp.pages.items()):
+            pte = rp.proc.pmap.pte(va)
+            # uvmspace_fork write-protects the parent's copy-on-write ranges
+            # (a wired one is copied instead), so the next store copies.
+            assert pg.wired or pg.kind not in PRIVATE_KINDS or not pte & PTE_W, (
+                f"fork of {rp.proc.name}: private page {va:#x} ({pg.kind}) is still "
+                f"writable in the parent: {pte_str(pte)}"
+            )
+        if wired:
+            event("fork: with wired pages")
         for va, pg, mpg, pte in wired:
             who = f"fork of {rp.proc.name}: wired {pg.kind} page {va:#x}"
             assert self._model_page(rp, va) is mpg, f"{who}: the parent's page changed"
@@ -533,30 +583,49 @@ class VMStateMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def munmap(self, data: st.DataObject) -> None:
         rp = self._pick_mapped_proc(data)
-        start, npages = data.draw(st.sampled_from(rp.regions), label="region")
-        first = data.draw(st.integers(0, npages - 1), label="first")
-        count = data.draw(st.integers(1, npages - first), label="count")
-        va = start + first * self.ps
-        rp.proc.munmap(va, count * self.ps)
-        for i in range(count):
-            rp.pages.pop(va + i * self.ps, None)
-        if not any(start + i * self.ps in rp.pages for i in range(npages)):
-            rp.regions.remove((start, npages))
+        vas = self._pick_range(data, rp)
+        rp.proc.munmap(vas[0], len(vas) * self.ps)
+        for va in vas:
+            rp.pages.pop(va, None)
+        ps = self.ps
+        rp.regions = [
+            (start, n)
+            for start, n in rp.regions
+            if any(start + i * ps in rp.pages for i in range(n))
+        ]
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data(), prot=st.sampled_from(MMAP_PROTS))
     def mprotect(self, data: st.DataObject, prot: int) -> None:
+        """mprotect(2) of a sub-range of one region; now and then a round trip
+        (lower, then back to read/write) followed by an access to its first
+        page, which faults it in again -- through a wired entry, if wired."""
         rp = self._pick_mapped_proc(data)
         vas = self._pick_range(data, rp)
         hole = any(v not in rp.pages for v in vas)
-        try:
-            rp.proc.mprotect(vas[0], len(vas) * self.ps, prot)
-        except UVMError as e:
-            assert hole and e.errno == ENOMEM, f"mprotect [{vas[0]:#x}, +{len(vas)}p) raised {e}"
-            return
-        assert not hole, f"mprotect over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
-        for v in vas:
-            rp.pages[v].prot = prot
+        prots = [prot]
+        if prot != PROTS[0] and data.draw(st.booleans(), label="and back"):
+            prots.append(PROTS[0])
+        for pr in prots:
+            try:
+                rp.proc.mprotect(vas[0], len(vas) * self.ps, pr)
+            except UVMError as e:
+                assert hole and e.errno == ENOMEM, (
+                    f"mprotect [{vas[0]:#x}, +{len(vas)}p) raised {e}"
+                )
+                return
+            assert not hole, f"mprotect over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+            for v in vas:
+                rp.pages[v].prot = pr
+        if len(prots) > 1:
+            # Use the first page again, as a program that dropped write
+            # access for a while would.
+            cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+            if data.draw(st.booleans(), label="store"):
+                seed = data.draw(st.integers(0, 255), label="seed")
+                self._write_checked(rp, vas[0], bytes([seed]) * 16, cpu)
+            else:
+                self._read_checked(rp, vas[0], 16, cpu)
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
@@ -567,9 +636,11 @@ class VMStateMachine(RuleBasedStateMachine):
         otherwise pages of entries not wired yet are faulted in order with
         wiring faults, which resolve copy-on-write (a private file page gets
         its copy); a page wholly past EOF stops it with EFAULT, undoing the
-        wiring but not the copies.  After success every page is resident
-        with ``wire_count >= 1``; each newly wired one is mapped by a present
-        ``PTE_WIRED`` PTE, writable exactly when the protection allows.
+        wiring but not the copies.  (The model's errno for a fault past EOF is
+        EFAULT; NetBSD's pager says EINVAL and ``sys_mlock`` returns that.)
+        After success every page is resident with ``wire_count >= 1``; each
+        newly wired one is mapped by a present ``PTE_WIRED`` PTE, writable
+        exactly when the protection allows.
         """
         rp = self._pick_mapped_proc(data)
         vas = self._pick_range(data, rp)
@@ -579,10 +650,12 @@ class VMStateMachine(RuleBasedStateMachine):
         try:
             rp.proc.mlock(vas[0], len(vas) * self.ps)
         except UVMError as e:
+            event(f"mlock: errno {e.errno}")
             assert want is not None, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}"
             assert e.errno == want, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}, want {want}"
             return
         assert want is None, f"mlock [{vas[0]:#x}, +{len(vas)}p) worked; want errno {want}"
+        event("mlock: wired" + (" (some already)" if len(newly) < len(vas) else ""))
         for v in vas:
             rp.pages[v].wired = True
         if not self.wiring_exact:
@@ -647,6 +720,8 @@ class VMStateMachine(RuleBasedStateMachine):
             rp.pages[v].wired = False
             pte = rp.proc.pmap.pte(v)
             assert not pte & PTE_WIRED, f"after munlock, {v:#x} has PTE {pte_str(pte)}"
+        if before:
+            event("munlock: unwired pages")
         for frame, (mpg, count) in before.items():
             assert mpg.wire_count == count - drops[frame], (
                 f"munlock of {drops[frame]} wired mapping(s) of {mpg!r}: wire_count was {count}"
@@ -662,6 +737,8 @@ class VMStateMachine(RuleBasedStateMachine):
             for va, pg in rp.pages.items():
                 if pg.wired and pg.kind in PRIVATE_KINDS:
                     frames.append(self._wired_page(rp, va).frame)
+        if frames:
+            event("exit: with wired private pages")
         rp.proc.exit()
         self.procs.remove(rp)
         for frame in frames:
@@ -699,6 +776,7 @@ class VMStateMachine(RuleBasedStateMachine):
             assert f.vn.write(off, payload) == n
         f.write(off, payload)
         assert f.vn.size == f.size, f"write(2) left {f.vn.name} {f.vn.size} bytes, want {f.size}"
+        self._probe_file(data, f)
 
     @rule(data=st.data())
     def truncate(self, data: st.DataObject) -> None:
@@ -722,15 +800,18 @@ class VMStateMachine(RuleBasedStateMachine):
         ]
         lowest = max(wired_ends, default=0)
         if size < lowest:
+            event("truncate: below a wired shared page")
             if self.TRUNCATE_WIRED:
                 if _roundup(size, ps) < lowest:
                     self.wiring_exact = False
             else:
                 size = lowest
+        event("truncate: " + ("shrink" if size < f.size else "grow or keep"))
         with self.m.on_cpu(data.draw(st.integers(0, self.NCPUS - 1), label="cpu")):
             f.vn.truncate(size)
         f.truncate(size)
         assert f.vn.size == size, f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}"
+        self._probe_file(data, f)
 
     # -------------------------------------------------------- invariants
 
@@ -761,7 +842,9 @@ class VMStateMachine(RuleBasedStateMachine):
                 pte = pmap.pte(va)
                 where = f"{rp.proc.name} {va:#x} ({pg.kind})"
                 if not pg.wired:
-                    assert not pte & PTE_WIRED, f"{where} is not wired but its PTE is {pte_str(pte)}"
+                    assert not pte & PTE_WIRED, (
+                        f"{where} is not wired but its PTE is {pte_str(pte)}"
+                    )
                     continue
                 mpg = self._wired_page(rp, va)
                 n = want[pg.key()]
