@@ -372,22 +372,33 @@ def _walk(a: Arena, frames: list[int], offset: int, length: int) -> list[tuple[i
     return out
 
 
-def pm_copyin(
-    a: Arena | None, frames: Sequence[Any], nframes: Any, offset: Any, src: memoryview, length: Any
-) -> int:
+def _copy_range(
+    a: Arena | None, frames: Sequence[Any], nframes: Any, offset: Any, buf: memoryview, length: Any
+) -> tuple[int, list[tuple[int, int, int]]]:
+    """The checks pm_copyin and pm_copyout share; the pieces to move if OK."""
     nframes = i64(nframes)
     fl = _i64_list(frames, max(nframes, 0))
     offset = i64(offset)
     length = i64(length)
     if a is None or a.mv is None:
-        return PM_EINVAL
+        return PM_EINVAL, []
     rc = _check_range(a, fl, nframes, offset, length)
     if rc != PM_OK:
+        return rc, []
+    if length > len(buf):
+        return PM_EINVAL, []
+    return PM_OK, _walk(a, fl, offset, length)
+
+
+def pm_copyin(
+    a: Arena | None, frames: Sequence[Any], nframes: Any, offset: Any, src: memoryview, length: Any
+) -> int:
+    rc, pieces = _copy_range(a, frames, nframes, offset, src, length)
+    if rc != PM_OK:
         return rc
-    if length > len(src):
-        return PM_EINVAL
+    assert a is not None and a.mv is not None
     mv = a.mv
-    for start, pos, size in _walk(a, fl, offset, length):
+    for start, pos, size in pieces:
         mv[start : start + size] = src[pos : pos + size]
     return PM_OK
 
@@ -395,19 +406,12 @@ def pm_copyin(
 def pm_copyout(
     a: Arena | None, frames: Sequence[Any], nframes: Any, offset: Any, dst: memoryview, length: Any
 ) -> int:
-    nframes = i64(nframes)
-    fl = _i64_list(frames, max(nframes, 0))
-    offset = i64(offset)
-    length = i64(length)
-    if a is None or a.mv is None:
-        return PM_EINVAL
-    rc = _check_range(a, fl, nframes, offset, length)
+    rc, pieces = _copy_range(a, frames, nframes, offset, dst, length)
     if rc != PM_OK:
         return rc
-    if length > len(dst):
-        return PM_EINVAL
+    assert a is not None and a.mv is not None
     mv = a.mv
-    for start, pos, size in _walk(a, fl, offset, length):
+    for start, pos, size in pieces:
         dst[pos : pos + size] = mv[start : start + size]
     return PM_OK
 
