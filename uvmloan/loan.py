@@ -77,7 +77,7 @@ class ZeroLoanObject(UVMObject):
         return 0
 
     def _last_detach(self) -> None:
-        pass
+        """The zero-loan object lives as long as the machine: nothing to free."""
 
 
 def _check_flags(flags: object, who: str) -> int:

@@ -681,7 +681,7 @@ class PmapModule:
             if va != ALLVA:
                 pkt.vas.append(va)
         elif pkt.allva:
-            pass
+            pass  # already flushing everything (x86_tlb.c: tp_count == -1)
         elif len(pkt.vas) < plat.profile.tp_maxva and va != ALLVA:
             pkt.vas.append(va)
         else:
