@@ -525,6 +525,39 @@ sum_native(const unsigned char *p, size_t n)
     return acc;
 }
 
+/*
+ * Copy n bytes (n at most one page) and return their native-order partial
+ * sum, as sum_native would: one pass over the source, each word loaded once,
+ * stored and added.  Compilers vectorise it like sum_native.
+ */
+PM_MULTIVERSION static uint64_t
+copy_sum_native(unsigned char *restrict d, const unsigned char *restrict p, size_t n)
+{
+    uint64_t acc = 0;
+    size_t words = n / 4;
+    for (size_t i = 0; i < words; i++) {
+        uint32_t w;
+        memcpy(&w, p + 4 * i, 4);
+        memcpy(d + 4 * i, &w, 4);
+        acc += w;
+    }
+    size_t done = 4 * words;
+    if (n - done >= 2) {
+        uint16_t w;
+        memcpy(&w, p + done, 2);
+        memcpy(d + done, &w, 2);
+        acc += w;
+        done += 2;
+    }
+    if (n - done) {
+        uint16_t w = 0;
+        memcpy(&w, p + done, 1);
+        d[done] = p[done];
+        acc += w;
+    }
+    return acc;
+}
+
 #define SUM_CHUNK ((size_t)1 << 30)
 
 /* folded native-order sum of any number of bytes */
@@ -572,6 +605,45 @@ pm_cksum(const pm_arena *a, const pm_piece *pieces, int64_t n, uint64_t initial,
         if (acc >> 62)
             acc = fold16(acc);
     }
+    *sum = finish(acc, initial);
+    return PM_OK;
+}
+
+int
+pm_gather_cksum(const pm_arena *a, const pm_piece *pieces, int64_t n, char *dst, int64_t dstlen,
+                uint64_t initial, int64_t *written, uint32_t *sum)
+{
+    if (a == NULL || sum == NULL)
+        return PM_EINVAL;
+    if (dstlen < 0)
+        return PM_ENEGLEN;
+    int64_t total = 0;
+    int rc = check_pieces(a, pieces, n, &total);
+    if (rc != PM_OK)
+        return rc;
+    if (total > dstlen)
+        return PM_EBUFSIZE;
+    if (total > 0 && dst == NULL)
+        return PM_EINVAL;
+    unsigned char *d = (unsigned char *)dst;
+    uint64_t acc = 0;
+    int odd = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const pm_piece *p = &pieces[i];
+        if (p->length == 0)
+            continue;
+        /* A piece is at most one page (< 2^34 bytes), so one pass cannot
+         * overflow the 64-bit partial sum; fold it as sum_native_any does. */
+        uint64_t s = fold16(copy_sum_native(d, frame_ptr(a, p->frame) + p->offset,
+                                            (size_t)p->length));
+        acc += odd ? swap16(s) : s;
+        odd ^= (int)(p->length & 1);
+        if (acc >> 62)
+            acc = fold16(acc);
+        d += p->length;
+    }
+    if (written != NULL)
+        *written = total;
     *sum = finish(acc, initial);
     return PM_OK;
 }

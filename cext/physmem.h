@@ -104,6 +104,12 @@ int pm_cksum(const pm_arena *a, const pm_piece *pieces, int64_t n, uint64_t init
              uint32_t *sum);
 /* The same over a plain caller buffer (headers). */
 int pm_cksum_buf(const char *buf, int64_t len, uint64_t initial, uint32_t *sum);
+/* A NIC without checksum offload: gather the pieces into dst (as pm_gather)
+ * and compute their folded sum (as pm_cksum) in the same pass, each piece
+ * summed from dst while it is still in cache.  *written and *sum are set
+ * only on success; on error nothing is written. */
+int pm_gather_cksum(const pm_arena *a, const pm_piece *pieces, int64_t n, char *dst,
+                    int64_t dstlen, uint64_t initial, int64_t *written, uint32_t *sum);
 /* END CDEF */
 
 #endif /* UVMLOAN_PHYSMEM_H */

@@ -86,5 +86,17 @@ class _Lib:
         self, a: FFI.CData, pieces: _Pieces, n: int, initial: int, sum: FFI.CData, /
     ) -> int: ...
     def pm_cksum_buf(self, buf: _InBuf, len: int, initial: int, sum: FFI.CData, /) -> int: ...
+    def pm_gather_cksum(
+        self,
+        a: FFI.CData,
+        pieces: _Pieces,
+        n: int,
+        dst: FFI.CData,
+        dstlen: int,
+        initial: int,
+        written: FFI.CData,
+        sum: FFI.CData,
+        /,
+    ) -> int: ...
 
 lib: _Lib

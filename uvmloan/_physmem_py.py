@@ -568,6 +568,47 @@ def pm_cksum(
     return PM_OK
 
 
+def pm_gather_cksum(
+    a: Arena | None,
+    pieces: Sequence[Any],
+    n: Any,
+    dst: memoryview,
+    dstlen: Any,
+    initial: Any,
+    written: list[Any] | None,
+    sum_out: list[Any],
+) -> int:
+    """pm_gather and pm_cksum in one pass; on error nothing is written."""
+    n = i64(n)
+    pl = _pieces(pieces, max(n, 0))
+    dstlen = i64(dstlen)
+    initial = u64(initial)
+    if a is None or a.mv is None:
+        return PM_EINVAL
+    if dstlen < 0 or n < 0:
+        return PM_ENEGLEN
+    rc, total = _check_pieces(a, pl)
+    if rc != PM_OK:
+        return rc
+    if total > dstlen:
+        return PM_EBUFSIZE
+    if total > len(dst):
+        return PM_EINVAL
+    mv = a.mv
+    sh = a.shift
+    s = _Sum()
+    pos = 0
+    for f, off, ln in pl:
+        start = (f << sh) + off
+        dst[pos : pos + ln] = mv[start : start + ln]
+        s.add(dst[pos : pos + ln])
+        pos += ln
+    if written is not None:
+        written[0] = total
+    sum_out[0] = s.finish(initial)
+    return PM_OK
+
+
 def pm_cksum_buf(buf: memoryview | bytes, length: Any, initial: Any, sum_out: list[Any]) -> int:
     length = i64(length)
     initial = u64(initial)

@@ -72,6 +72,9 @@ POISON_BYTE: Final[int] = _py.PM_POISON_BYTE
 Piece: TypeAlias = tuple[int, int, int]
 """A scatter/gather piece: (frame, offset, length), within one page."""
 
+PieceArray: TypeAlias = "array.array[int]"
+"""Pieces as one flat ``array('q')`` of (frame, offset, length) triples."""
+
 BufferLike: TypeAlias = "bytes | bytearray | memoryview | array.array[Any] | mmap.mmap"
 WritableBuffer: TypeAlias = "bytearray | memoryview | array.array[Any] | mmap.mmap"
 
@@ -119,6 +122,14 @@ def _c_destroyer(lib: Any, h: Any) -> Any:
     return destroy
 
 
+@attrs.define(slots=True)
+class _Cells:
+    """Result cells reused by the hot C calls (one arena, one thread)."""
+
+    written: Any
+    sum: Any
+
+
 @attrs.define(slots=True, init=False, eq=False, repr=False)
 class PhysMem:
     """The physical memory of one machine: ``npages`` frames of ``page_size`` bytes.
@@ -147,6 +158,7 @@ class PhysMem:
     _ffi: Any
     _shift: int
     _closed: bool
+    _cells: _Cells
 
     def __init__(
         self,
@@ -214,6 +226,7 @@ class PhysMem:
             view = memoryview(ffi.buffer(keep, nbytes)).toreadonly()
             self._c = True
             self._ffi = ffi
+            self._cells = _Cells(ffi.new("int64_t *"), ffi.new("uint32_t *"))
             self._lib = lib
         else:
             out: list[Any] = [None]
@@ -469,11 +482,11 @@ class PhysMem:
 
     # -- scatter / gather -------------------------------------------------------
 
-    def gather(self, pieces: Iterable[Piece]) -> bytes:
+    def gather(self, pieces: Iterable[Piece] | PieceArray) -> bytes:
         """The concatenation of the (frame, offset, length) pieces (a NIC's DMA read)."""
         p = self._piece_seq(pieces)
         try:
-            total = sum(map(_LENGTH, p))
+            total = sum(p[2::3]) if type(p) is array.array else sum(map(_LENGTH, p))
         except (TypeError, IndexError, KeyError):
             total = -1
         if type(total) is not int or not 0 <= total <= len(p) << self._shift:
@@ -495,7 +508,7 @@ class PhysMem:
                 return bytes(out)
         raise self._diag_pieces("gather", rc, p)
 
-    def gather_into(self, pieces: Iterable[Piece], out: WritableBuffer) -> int:
+    def gather_into(self, pieces: Iterable[Piece] | PieceArray, out: WritableBuffer) -> int:
         """Gather the pieces into the start of ``out``; returns the number of bytes."""
         p = self._piece_seq(pieces)
         if self._c:
@@ -517,7 +530,79 @@ class PhysMem:
                 return int(cell[0])
         raise self._diag_pieces("gather_into", rc, p, bufsize=n)
 
-    def scatter(self, pieces: Iterable[Piece], data: BufferLike) -> None:
+    def gather_cksum(
+        self, pieces: Iterable[Piece] | PieceArray, out: WritableBuffer, offset: int = 0,
+        initial: int = 0,
+    ) -> tuple[int, int]:
+        """Gather the pieces into ``out`` at ``offset`` and sum them, in one pass.
+
+        What a NIC without checksum offload costs the CPU: the payload is read
+        once, copied into the frame and summed while it is in cache.  Returns
+        ``(nbytes, sum)``, the sum folded and not inverted as :meth:`cksum_sum`
+        (``initial`` is added in: a pseudo-header sum, say).  ``pieces`` may be
+        a flat ``array('q')`` of triples, the form that builds no Python object
+        per piece.  On error nothing is written.
+        """
+        if type(offset) is not int:
+            offset = _as_int("gather_cksum: offset", offset)
+        if self._c:
+            # The per-segment path of a NIC without offload: a flat piece
+            # array and a bytearray frame go straight to C, with result cells
+            # kept on the arena (the model is single threaded).
+            if type(pieces) is array.array and type(out) is bytearray and pieces.typecode == "q":
+                size = len(out)
+                if 0 <= offset <= size and not len(pieces) % 3:
+                    ffi = self._ffi
+                    cells = self._cells
+                    rc = self._lib.pm_gather_cksum(
+                        self._h,
+                        ffi.from_buffer("pm_piece[]", pieces),
+                        len(pieces) // 3,
+                        ffi.from_buffer(out) + offset,
+                        size - offset,
+                        initial,
+                        cells.written,
+                        cells.sum,
+                    )
+                    if rc == 0:
+                        return int(cells.written[0]), int(cells.sum[0])
+            p = self._piece_seq(pieces)
+            buf = self._c_outbuf(out, "out")
+            size = len(buf)
+            if not 0 <= offset <= size:
+                raise PhysMemValueError(
+                    f"gather_cksum: offset {offset} is outside out ({size} bytes)"
+                )
+            n = size - offset
+            written = self._ffi.new("int64_t *")
+            res = self._ffi.new("uint32_t *")
+            rc = self._c_pieces_call(
+                self._lib.pm_gather_cksum, p, buf + offset, n, initial, written, res
+            )
+            if rc == 0:
+                return int(written[0]), int(res[0])
+        else:
+            p = self._piece_seq(pieces)
+            mv = self._py_outbuf(out, "out")
+            size = len(mv)
+            if not 0 <= offset <= size:
+                raise PhysMemValueError(
+                    f"gather_cksum: offset {offset} is outside out ({size} bytes)"
+                )
+            n = size - offset
+            cell: list[Any] = [None]
+            sum_cell: list[Any] = [None]
+            try:
+                rc = _py.pm_gather_cksum(
+                    self._h, p, len(p), mv[offset:], n, initial, cell, sum_cell
+                )
+            except (TypeError, OverflowError, ValueError, IndexError):
+                rc = None
+            if rc == 0:
+                return int(cell[0]), int(sum_cell[0])
+        raise self._diag_pieces("gather_cksum", rc, p, bufsize=n, initial=initial)
+
+    def scatter(self, pieces: Iterable[Piece] | PieceArray, data: BufferLike) -> None:
         """Write ``data`` over the pieces in order; ``len(data)`` must equal their total."""
         p = self._piece_seq(pieces)
         if self._c:
@@ -540,7 +625,7 @@ class PhysMem:
 
     # -- Internet checksum --------------------------------------------------------
 
-    def cksum_sum(self, pieces: Iterable[Piece], initial: int = 0) -> int:
+    def cksum_sum(self, pieces: Iterable[Piece] | PieceArray, initial: int = 0) -> int:
         """Folded 16-bit ones'-complement sum (RFC 1071, not inverted) of the pieces.
 
         The sum is over the byte stream the pieces form when concatenated, so
@@ -561,7 +646,7 @@ class PhysMem:
             raise self._diag_pieces("cksum_sum", rc, p, initial=initial)
         return int(out[0])
 
-    def in_cksum(self, pieces: Iterable[Piece], initial: int = 0) -> int:
+    def in_cksum(self, pieces: Iterable[Piece] | PieceArray, initial: int = 0) -> int:
         """The Internet checksum of the pieces: ``~cksum_sum(pieces, initial) & 0xffff``."""
         return ~self.cksum_sum(pieces, initial) & 0xFFFF
 
@@ -656,10 +741,26 @@ class PhysMem:
                 return seq  # let the call fail and the diagnosis explain
         return seq
 
-    def _piece_seq(self, pieces: Any) -> list[Any] | tuple[Any, ...]:
+    def _piece_seq(self, pieces: Any) -> Any:
+        """Pieces as a list/tuple of triples, or (C backend) a flat int64 array.
+
+        A flat ``array('q')`` of (frame, offset, length) triples is the fast
+        form: the C backend passes its buffer as ``pm_piece[]`` with no Python
+        object per piece.  The twin takes it as a list of triples.
+        """
         t = type(pieces)
         if t is list or t is tuple:
-            return pieces  # type: ignore[no-any-return]
+            return pieces
+        if t is array.array and pieces.typecode in "ql" and pieces.itemsize == 8:
+            if len(pieces) % 3:
+                raise PhysMemValueError(
+                    f"a piece array holds (frame, offset, length) triples: its length "
+                    f"{len(pieces)} is not a multiple of 3"
+                )
+            if self._c:
+                return pieces
+            it = iter(pieces)
+            return list(zip(it, it, it, strict=True))
         if isinstance(pieces, (str, bytes, bytearray, memoryview)) or not isinstance(
             pieces, Iterable
         ):
@@ -669,8 +770,14 @@ class PhysMem:
             )
         return list(pieces)
 
-    def _c_pieces_call(self, fn: Any, p: list[Any] | tuple[Any, ...], *rest: Any) -> int | None:
+    def _c_pieces_call(self, fn: Any, p: Any, *rest: Any) -> int | None:
         """Call a pm_* entry point that takes a piece list; None if the list is malformed."""
+        if type(p) is array.array:  # flat triples, laid out as pm_piece[] already
+            try:
+                rc0: int = fn(self._h, self._ffi.from_buffer("pm_piece[]", p), len(p) // 3, *rest)
+            except (TypeError, OverflowError):
+                return None
+            return rc0
         n = len(p)
         if n > _BIG_PIECES:
             # packing the triples with struct is ~3x faster than cffi's
@@ -846,6 +953,9 @@ class PhysMem:
                 f"{op}: pieces must be a sequence of (frame, offset, length) triples, "
                 f"not {_tname(pieces)}"
             )
+        if isinstance(pieces, array.array):
+            it = iter(pieces)
+            pieces = list(zip(it, it, it, strict=True))
         checked: list[tuple[int, int, int]] = []
         for i, p in enumerate(pieces):
             if not isinstance(p, (tuple, list)) or len(p) != 3:
@@ -857,7 +967,7 @@ class PhysMem:
                 for k, v in zip(("frame", "offset", "length"), p, strict=True)
             )
             checked.append((f, o, n))
-        if op == "cksum_sum":
+        if op in ("cksum_sum", "gather_cksum"):
             init = _as_int(f"{op}: initial", initial)
             if not 0 <= init <= _UINT64_MAX:
                 return PhysMemValueError(f"{op}: initial sum {init} is not in 0..2**64-1")
@@ -883,9 +993,9 @@ class PhysMem:
                 return PhysMemValueError(
                     f"scatter: data has {bufsize} bytes but the pieces cover {total}"
                 )
-            if op == "gather_into" and bufsize < total:
+            if op in ("gather_into", "gather_cksum") and bufsize < total:
                 return PhysMemValueError(
-                    f"gather_into: out has {bufsize} bytes but the pieces hold {total}"
+                    f"{op}: out has {bufsize} bytes but the pieces hold {total}"
                 )
         return self._fallback(op, rc)
 
