@@ -220,6 +220,10 @@ def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Ano
         err = uvmfault_anonget(FaultCtx(map, va, VM_PROT_READ, False), anon)
         if err:
             raise _LoanFailure(f"cannot page in {anon!r}", err)
+    elif anon.an_page.loan_count:
+        # uvmfault_anonget runs for a resident page too: a loaned page may be
+        # a disowned O->A page, which the anon adopts first (T7).
+        uvm_anon_lockloanpg(anon)
     pg = anon.an_page
     assert pg is not None
     if pg.wire_count:
