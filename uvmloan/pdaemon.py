@@ -17,11 +17,12 @@ swap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import KernelAssertion
+from .errors import KernelAssertion, UVMError
 from .object import PGO_CLEANIT, PGO_FREE, AnonObject
-from .param import PG, VM_PROT_NONE
+from .param import ENOMEM, PG, VM_PROT_NONE
 from .trace import Adopt, Reclaim
 
 if TYPE_CHECKING:
@@ -113,3 +114,27 @@ def uvmpd_scan(uvm: PageAllocator, target: int) -> int:
         for pg in list(uvm.active):
             uvm.uvm_pagedeactivate(pg)
     return taken
+
+
+def uvm_wait(uvm: PageAllocator, need: Callable[[], int], what: str) -> None:
+    """Reserve before changing: make sure ``need()`` pages can be allocated.
+
+    Every multi-step operation that allocates (write(2), truncate, fork,
+    mlock, ``uvm_loan``) calls this before it changes anything, so it either
+    completes or fails with the model unchanged.  NetBSD never fails there
+    half done: it sleeps in ``uvm_wait()`` until the pagedaemon freed pages
+    and retries (``ubc_fault``'s loan break, ``amap_cow_now``'s
+    "cownowpage", the fault handler's "flt_noram").  With
+    ``on_shortage="reclaim"`` the model runs the pagedaemon and counts again
+    (its work can change what is needed); it raises ENOMEM when the
+    pagedaemon frees nothing more, or at once with ``on_shortage="raise"``.
+    """
+    n = avail = 0
+    for _ in range(64):
+        n = need()
+        avail = uvm._available(0)
+        if n <= avail:
+            return
+        if uvm.on_shortage != "reclaim" or uvmpd_scan(uvm, n - avail) == 0:
+            break
+    raise UVMError(ENOMEM, f"{what}: needs {n} free pages, {max(avail, 0)} available")
