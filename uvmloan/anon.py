@@ -92,6 +92,8 @@ def uvm_anfree(uvm: PageAllocator, anon: Anon) -> None:
     if pg is not None:
         if pg.uobject is not None:
             # O->A receiver: the object keeps its page.
+            if pg.loan_count <= 0:
+                raise KernelAssertion(f"uvm_anfree: object page {pg!r} of {anon!r} has no loan")
             pg.loan_count -= 1
             pg.uanon = None
         else:

@@ -4,9 +4,13 @@ What ``sosend_loan`` and ``nfsrv_read`` do with loaned pages
 (``sys/kern/uipc_socket.c``, ``sys/nfs/nfs_serv.c``), factored for every
 borrower of the model:
 
-* reserve kernel VA (``uvm_km_alloc(kernel_map, ..., UVM_KMF_VAONLY)``);
-* ``uvm_loan(..., UVM_LOAN_TOPAGE)`` (which already write-protected every
-  user mapping and shot it down);
+* reserve kernel VA first (``sokvaalloc`` -> ``uvm_km_alloc(kernel_map,
+  ..., UVM_KMF_VAONLY)``): both ``sosend_loan`` and ``nfsrv_read`` do this
+  *before* lending, so running out of kernel VA fails before any user
+  mapping is write-protected or shot down;
+* ``uvm_loan(..., UVM_LOAN_TOPAGE)`` (which write-protects every user
+  mapping and shoots it down); if it fails the VA is given back
+  (``sokvafree``);
 * ``pmap_kenter_pa(va, pa, VM_PROT_READ, 0)`` per page, then one
   ``pmap_update(pmap_kernel())`` before the data is published;
 * release strictly as ``sodoloanfree``: ``pmap_kremove`` ->
@@ -135,14 +139,22 @@ class KernelLoan:
         m.kernel_loans.pop(self, None)
 
 
-def _map_loaned(m: Machine, pages: list[Page], data_off: int, length: int) -> KernelLoan:
-    ps = m.page_size
-    size = len(pages) * ps
+def _reserve_kva(m: Machine, npages: int, max_pages: int | None, who: str) -> int:
+    """``sokvaalloc``: kernel VA for ``npages`` pages, before anything is lent.
+
+    ``max_pages`` is the borrower's ``KASSERT(npgs <= M_EXT_MAXPAGES)``
+    (sosend_loan, nfsrv_read): a request the borrower never makes.
+    """
+    if max_pages is not None and npages > max_pages:
+        raise KernelAssertion(f"{who}: {npages} pages > M_EXT_MAXPAGES ({max_pages})")
     try:
-        kva = uvm_km_alloc_vaonly(m, size)
+        return uvm_km_alloc_vaonly(m, npages * m.page_size)
     except UVMError:
-        uvm_unloan(pages, UVM_LOAN_TOPAGE)
-        raise UVMError(ENOMEM, "no kernel VA for the loan") from None
+        raise UVMError(ENOMEM, f"{who}: no kernel VA for {npages} pages") from None
+
+
+def _map_loaned(m: Machine, kva: int, pages: list[Page], data_off: int, length: int) -> KernelLoan:
+    ps = m.page_size
     for i, pg in enumerate(pages):
         m.pmap.pmap_kenter_pa(kva + i * ps, pg.pa, VM_PROT_READ, 0)
     m.pmap.pmap_update(m.pmap.kernel)
@@ -151,28 +163,44 @@ def _map_loaned(m: Machine, pages: list[Page], data_off: int, length: int) -> Ke
     return kl
 
 
-def kernel_loan(m: Machine, map: VMMap, va: int, length: int) -> KernelLoan:
-    """Borrow the user bytes [va, va+length) of ``map`` the way sosend_loan does."""
-    if not isinstance(length, int) or length <= 0:
+def kernel_loan(
+    m: Machine, map: VMMap, va: int, length: int, max_pages: int | None = None
+) -> KernelLoan:
+    """Borrow the user bytes [va, va+length) of ``map`` the way sosend_loan does:
+    kernel VA first, then ``uvm_loan``, then the read-only kernel mappings."""
+    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         raise ValueError(f"kernel_loan: length must be a positive int, got {length!r}")
-    if not isinstance(va, int) or va < 0:
+    if not isinstance(va, int) or isinstance(va, bool) or va < 0:
         raise ValueError(f"kernel_loan: va must be a non-negative int, got {va!r}")
     ps = m.page_size
     sva = va - va % ps
     eva = va + length + (-(va + length)) % ps
-    pages = uvm_loan(map, sva, eva - sva, UVM_LOAN_TOPAGE)
-    return _map_loaned(m, pages, va - sva, length)  # type: ignore[arg-type]
+    kva = _reserve_kva(m, (eva - sva) // ps, max_pages, "kernel_loan")
+    try:
+        pages = uvm_loan(map, sva, eva - sva, UVM_LOAN_TOPAGE)
+    except BaseException:
+        uvm_km_free_vaonly(m, kva, eva - sva)  # sokvafree
+        raise
+    return _map_loaned(m, kva, pages, va - sva, length)  # type: ignore[arg-type]
 
 
-def kernel_loan_uobj(m: Machine, uobj: UVMObject, offset: int, length: int) -> KernelLoan:
-    """Borrow file bytes the way nfsrv_read does (``uvm_loanuobjpages``)."""
-    if not isinstance(length, int) or length <= 0:
+def kernel_loan_uobj(
+    m: Machine, uobj: UVMObject, offset: int, length: int, max_pages: int | None = None
+) -> KernelLoan:
+    """Borrow file bytes the way nfsrv_read does: kernel VA first, then
+    ``uvm_loanuobjpages``."""
+    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         raise ValueError(f"kernel_loan_uobj: length must be positive, got {length!r}")
     ps = m.page_size
     soff = offset - offset % ps
     eoff = offset + length + (-(offset + length)) % ps
-    pages = uvm_loanuobjpages(uobj, soff, (eoff - soff) // ps)
-    return _map_loaned(m, pages, offset - soff, length)
+    kva = _reserve_kva(m, (eoff - soff) // ps, max_pages, "kernel_loan_uobj")
+    try:
+        pages = uvm_loanuobjpages(uobj, soff, (eoff - soff) // ps)
+    except BaseException:
+        uvm_km_free_vaonly(m, kva, eoff - soff)
+        raise
+    return _map_loaned(m, kva, pages, offset - soff, length)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ import attrs
 
 from .anon import Anon, anon_unref, uvm_analloc
 from .errors import KernelAssertion, UVMError
-from .loan import uvm_loanbreak, uvm_loanbreak_anon
+from .loan import uvm_anon_lockloanpg, uvm_loanbreak, uvm_loanbreak_anon
 from .param import EACCES, EFAULT, ENOMEM, ERESTART, PG, VM_PROT_WRITE, VMProt
 from .pmap.pmap import PMAP_WIRED
 
@@ -141,6 +141,10 @@ def uvm_fault_upper(flt: FaultCtx, anon: Anon) -> int:
             return err
         pg = anon.an_page
         assert pg is not None
+    elif pg.loan_count:
+        # uvmfault_anonget (1.226) also runs for a resident page: a loaned
+        # one may be a disowned O->A page the anon adopts first (T7).
+        uvm_anon_lockloanpg(anon)
     if pg.loan_count:
         err = uvm_fault_upper_loan(flt, anon)
         if err:

@@ -61,14 +61,21 @@ class _LoanFailure(Exception):
 class ZeroLoanObject(UVMObject):
     """``uvm_loanzero_object``: owns the one zero page every COW hole is lent as.
 
-    Its pager (``ulz_put``) never frees the page: asked to free it, it
-    re-activates or dequeues it, so the page outlives every unloan.
+    Its pager (``ulz_put``) never frees the page: without ``PGO_FREE`` it
+    does nothing; asked to free the page, it re-activates or dequeues it, so
+    the page outlives every unloan.
     """
 
     pgflag: int = PG.NONE
 
     def pgo_put(self, start: int, end: int, flags: int) -> int:
+        from .object import PGO_FREE
+
+        if not flags & PGO_FREE:
+            return 0  # ulz_put: "Don't need to do any work here if we're not freeing pages."
         uvm = self.uvm
+        if self.uvm_pagelookup(0) is None:
+            raise KernelAssertion("ulz_put: uvm_loanzero_object has no page")
         for pg in list(self.uo_pages.values()):
             if pg.uanon is not None:
                 uvm.uvm_pageactivate(pg)
@@ -149,6 +156,7 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
     va = start
     end = start + len
     try:
+        _reserve_loan(map, start, end, flags)
         while va < end:
             entry = map.uvm_map_lookup_entry(va)
             if entry is None:
@@ -182,6 +190,58 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
 
 
 len_ = len  # uvm_loan's parameter shadows the builtin, as in NetBSD's C.
+
+
+def _reserve_loan(map: VMMap, start: int, end: int, flags: int) -> None:
+    """Reserve the pages ``uvm_loan`` will allocate before it lends any.
+
+    NetBSD's helpers sleep for memory (``uvmfault_anonget``, ``pgo_get``,
+    ``uvm_wait("loanzero")``) and never fail with ENOMEM; the model counts
+    what the range needs first (a swapped-out anon for TOPAGE, a file page
+    not resident within EOF, the zero page on its first use), up to the
+    first hole, and waits for it (``pdaemon.uvm_wait``) or fails with
+    nothing changed.
+    """
+    from .pdaemon import uvm_wait
+
+    uvm = map.uvm
+    ps = map.page_size
+    fresh = uvm.platform.profile.zero_loan_style == "fresh"
+    topage = bool(flags & UVM_LOAN_TOPAGE)
+
+    def need() -> int:
+        n = 0
+        zero = False
+        va = start
+        while va < end:
+            e = map.uvm_map_lookup_entry(va)
+            if e is None:
+                break
+            for a in range(va, min(end, e.end), ps):
+                anon = e.amap.lookup(e.slot(a)) if e.amap is not None else None
+                if anon is not None:
+                    n += topage and anon.an_page is None
+                elif e.object is not None:
+                    off = e.objoff(a)
+                    size = getattr(e.object, "size", None)
+                    if size is not None and off >= size + (-size) % ps:
+                        continue  # refused by genfs_getpages, nothing allocated
+                    n += e.object.uvm_pagelookup(off) is None
+                elif e.copy_on_write and not e.vaonly:
+                    if fresh:
+                        n += topage
+                    else:
+                        zero = True
+            va = min(end, e.end)
+        zobj = uvm.zero_object
+        if zero and (zobj is None or zobj.uvm_pagelookup(0) is None):
+            n += 1
+        return n
+
+    try:
+        uvm_wait(uvm, need, "uvm_loan")
+    except UVMError as e:
+        raise _LoanFailure(e.message, ENOMEM) from None
 
 
 def _loan_one(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page | Anon:
@@ -220,6 +280,10 @@ def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Ano
         err = uvmfault_anonget(FaultCtx(map, va, VM_PROT_READ, False), anon)
         if err:
             raise _LoanFailure(f"cannot page in {anon!r}", err)
+    elif anon.an_page.loan_count:
+        # uvmfault_anonget runs for a resident page too: a loaned page may be
+        # a disowned O->A page, which the anon adopts first (T7).
+        uvm_anon_lockloanpg(anon)
     pg = anon.an_page
     assert pg is not None
     if pg.wire_count:
@@ -280,6 +344,12 @@ def uvm_loanpage(uvm: PageAllocator, pages: Sequence[Page], va: int = -1, space:
     after undoing the loans made so far."""
     done: list[Page] = []
     for pg in pages:
+        # uvm_loanpage's KASSERTs: an object page of the first page's object,
+        # neither being released nor being paged out.
+        if pg.uobject is None or pg.uobject is not pages[0].uobject:
+            raise KernelAssertion(f"uvm_loanpage: {pg!r} is not a page of {pages[0].uobject!r}")
+        if pg.flags & (PG.RELEASED | PG.PAGEOUT):
+            raise KernelAssertion(f"uvm_loanpage: {pg!r} is PG_RELEASED or PG_PAGEOUT")
         if pg.wire_count:
             uvm_unloanpage(uvm, done)
             raise _LoanFailure(f"object page {pg!r} is wired", EBUSY)
@@ -420,6 +490,7 @@ def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
     if not isinstance(npages, int) or npages <= 0:
         raise ValueError(f"uvm_loanuobjpages: npages must be positive, got {npages!r}")
     uvm = uobj.uvm
+    _reserve_uobjpages(uobj, pgoff, npages)
     out: list[Page] = []
     for chunk in range(0, npages, UVM_LOAN_GET_CHUNK):
         n = min(UVM_LOAN_GET_CHUNK, npages - chunk)
@@ -434,6 +505,26 @@ def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
             raise
         out.extend(pages)
     return out
+
+
+def _reserve_uobjpages(uobj: UVMObject, pgoff: int, npages: int) -> None:
+    """Reserve a page for every page of the request not resident (within
+    EOF) before lending any (``genfs_getpages`` waits for memory)."""
+    from .pdaemon import uvm_wait
+
+    ps = uobj.page_size
+    size = getattr(uobj, "size", None)
+    limit = size + (-size) % ps if size is not None else None
+
+    def need() -> int:
+        return sum(
+            1
+            for i in range(npages)
+            if (limit is None or pgoff + i * ps < limit)
+            and uobj.uvm_pagelookup(pgoff + i * ps) is None
+        )
+
+    uvm_wait(uobj.uvm, need, "uvm_loanuobjpages")
 
 
 # ------------------------------------------------------------ loan breaking

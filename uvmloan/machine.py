@@ -117,7 +117,7 @@ class Machine:
         self.tracer, self._sink = _make_tracer(trace)
         self.physmem = PhysMem(npages, ps)
         self.platform = Platform.build(prof, self.physmem, self.tracer, ncpus)
-        self.uvm = PageAllocator(self.platform, npages, ps)
+        self.uvm = PageAllocator(self.platform, npages, ps, on_shortage=on_shortage)
         self.pmap = PmapModule(self.platform, self.uvm.phys_to_page)
         self.uvm.pmap = self.pmap
         self.mmu = MMU(self.platform, self.pmap)
@@ -232,6 +232,17 @@ class Machine:
             raise
 
     def _mlock(self, proc: Process, start: int, end: int) -> None:
+        """``uvm_map_pageable`` (wire): validate, pass 1 (clip, private
+        amaps), reserve the pages the wiring faults will take, pass 2.
+
+        NetBSD's wiring faults wait for memory (``uvm_wait``) and restart, so
+        mlock never fails half done for want of pages; the model reserves
+        them first (``pdaemon.uvm_wait``: the pagedaemon runs with
+        ``on_shortage="reclaim"``) and, failing that, undoes pass 1 and
+        raises ENOMEM with the map as it was.
+        """
+        from .pdaemon import uvm_wait
+
         m = proc.map
         ents = m.entries_in(start, end)
         m._check_covered(start, end, ents, "mlock")
@@ -239,13 +250,16 @@ class Machine:
             if ent.protection == VMProt.NONE:
                 # uvm_map_pageable: an entry without access cannot be wired.
                 raise UVMError(EINVAL, f"mlock: {ent!r} has protection VM_PROT_NONE")
-        ents = m.clip_range(start, end)
+        m.wire_check_eof(start, end)
         # uvm_map_pageable pass 1: entries that may become writable, or have
         # no object, get their private amap now; the wiring faults below
         # never see needs-copy (uvm_fault_check KASSERTs !maxprot there).
-        for ent in ents:
-            if ent.needs_copy and (ent.max_protection & VMProt.WRITE or ent.object is None):
-                m.amap_copy(ent)
+        ents, undo = m.wire_prepare(start, end)
+        try:
+            uvm_wait(self.uvm, lambda: m.wire_need(ents), "mlock")
+        except UVMError:
+            undo()
+            raise
         done: list[int] = []
         try:
             # uvm_map_pageable pass 2: only entries wired for the first time

@@ -10,7 +10,7 @@ TLB entry for a freed frame.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import attrs
@@ -19,7 +19,7 @@ from sortedcontainers import SortedDict
 from .anon import Amap, amap_unref_slots, uvm_analloc
 from .errors import KernelAssertion, UVMError
 from .object import UVMObject
-from .param import EACCES, EINVAL, ENOMEM, PG, VM_PROT_ALL, VM_PROT_WRITE, VMProt
+from .param import EACCES, EFAULT, EINVAL, ENOMEM, PG, VM_PROT_ALL, VM_PROT_WRITE, VMProt
 
 if TYPE_CHECKING:
     from .page import Page, PageAllocator
@@ -344,6 +344,122 @@ class VMMap:
         e.slotoff = 0
         e.needs_copy = False
 
+    # ---------------------------------------------------- mlock's passes
+
+    def wire_prepare(self, start: int, end: int) -> tuple[list[MapEntry], Callable[[], None]]:
+        """``uvm_map_pageable``'s pass 1 for [start, end): clip, and give every
+        entry that may become writable (or has no object) its private amap.
+
+        Returns the entries and a function that undoes exactly this (the
+        model's mlock undoes it when the pages cannot be had, so that a
+        failed mlock leaves the map as it was).
+        """
+        clips: list[tuple[MapEntry, MapEntry]] = []
+        ents = self.entries_in(start, end)
+        if ents and ents[0].start < start:
+            lower = ents[0]
+            ents[0] = self._clip(lower, start)
+            clips.append((lower, ents[0]))
+        if ents and ents[-1].end > end:
+            lower = ents[-1]
+            clips.append((lower, self._clip(lower, end)))
+        copies = [
+            self._amap_copy_undoable(e)
+            for e in ents
+            if e.needs_copy and (e.max_protection & VMProt.WRITE or e.object is None)
+        ]
+
+        def undo() -> None:
+            for u in reversed(copies):
+                u()
+            for lower, upper in reversed(clips):
+                self._unclip(lower, upper)
+
+        return ents, undo
+
+    def _unclip(self, lower: MapEntry, upper: MapEntry) -> None:
+        if lower.end != upper.start or self.entries.get(upper.start) is not upper:
+            raise KernelAssertion(f"unclip of {lower!r} and {upper!r}")
+        del self.entries[upper.start]
+        lower.end = upper.end
+        if upper.amap is not None:
+            del upper.amap.refs[upper]
+        if upper.object is not None:
+            upper.object.uo_refs -= 1  # the reference _clip took; lower keeps one
+
+    def _amap_copy_undoable(self, e: MapEntry) -> Callable[[], None]:
+        old, slotoff = e.amap, e.slotoff
+        self.amap_copy(e)
+        new = e.amap
+
+        def undo() -> None:
+            if new is not old:
+                assert new is not None
+                for slot, anon in list(new.slots.items()):
+                    if old is not None and old.slots.get(slot + slotoff) is anon:
+                        anon.an_ref -= 1  # still in the old amap: drop the copy's ref
+                    elif old is not None:
+                        old.slots[slot + slotoff] = anon  # amap_unref_slots moved it
+                    else:
+                        raise KernelAssertion(f"undo of amap_copy: {anon!r} has no home")
+                del new.refs[e]
+                if old is not None:
+                    old.refs[e] = None
+                e.amap, e.slotoff = old, slotoff
+            e.needs_copy = True
+
+        return undo
+
+    def wire_need(self, ents: list[MapEntry]) -> int:
+        """Pages the wiring faults of ``ents`` will allocate (pass 2 of
+        ``uvm_map_pageable``, after ``wire_prepare``): an anon paged in, a
+        copy-on-write promote or a loan break when the maximum protection
+        allows writing (``cow_now``), a zero fill, an object page brought
+        in."""
+        n = 0
+        ps = self.page_size
+        for e in ents:
+            if e.wired_count:
+                continue
+            cow_now = bool(e.max_protection & VM_PROT_WRITE)
+            for va in range(e.start, e.end, ps):
+                anon = e.amap.lookup(e.slot(va)) if e.amap is not None else None
+                if anon is not None:
+                    pg = anon.an_page
+                    if pg is None:
+                        n += 1 + (cow_now and anon.an_ref > 1)
+                    else:
+                        # An unadopted O->A page's count includes the anon's loan.
+                        unadopted = pg.uobject is None and not pg.flags & PG.ANON
+                        loans = pg.loan_count - unadopted
+                        n += cow_now and (anon.an_ref > 1 or loans > 0)
+                elif e.object is None:
+                    n += e.amap is not None  # zero fill
+                else:
+                    opg = e.object.uvm_pagelookup(e.objoff(va))
+                    n += opg is None
+                    if cow_now and e.copy_on_write:
+                        n += 1  # promote into a new anon
+                    elif cow_now and opg is not None and opg.loan_count:
+                        n += 1  # uvm_loanbreak
+        return n
+
+    def wire_check_eof(self, start: int, end: int) -> None:
+        """A wiring fault past the end of a file fails (EFAULT, as the fault
+        handler's bounds check): refuse before anything changes."""
+        ps = self.page_size
+        for e in self.entries_in(start, end):
+            if e.wired_count or e.object is None:
+                continue
+            size = getattr(e.object, "size", None)
+            if size is None:
+                continue
+            for va in range(max(start, e.start), min(end, e.end), ps):
+                if e.amap is not None and e.amap.lookup(e.slot(va)) is not None:
+                    continue
+                if e.objoff(va) >= size + (-size) % ps:
+                    raise UVMError(EFAULT, f"mlock: {va:#x} is past the end of {e.object.name}")
+
     def check(self) -> None:
         """Map invariants: ordered, non-overlapping, aligned, amap back-references."""
         prev_end = self.minva
@@ -366,13 +482,39 @@ def uvmspace_fork(parent: VMMap, child: VMMap) -> None:
     copies.  A wired COPY entry with an amap is copied at once instead
     (``amap_copy`` of the child's entry, then ``amap_cow_now``, as
     uvm_map.c does): the wired parent takes no fault and keeps its wired
-    pages.  ENOMEM there propagates; ``Process.fork`` tears the child down.
+    pages.  The pages those copies take are reserved before any entry is
+    touched (``uvm_wait``; NetBSD's ``amap_cow_now`` sleeps in
+    ``uvm_wait("cownowpage")`` and never fails), so ENOMEM leaves the parent
+    as it was; ``Process.fork`` then tears the child down.
     """
+    uvmspace_fork_reserve(parent)
     pmod = parent.pmap.module
     try:
         _uvmspace_fork_entries(parent, child)
     finally:
         pmod.pmap_update(parent.pmap)
+
+
+def uvmspace_fork_reserve(parent: VMMap) -> None:
+    """Wait for (or fail without) the pages fork's ``amap_cow_now`` copies
+    will take; ``Process.fork`` calls it before it makes the child."""
+    from .pdaemon import uvm_wait
+
+    uvm_wait(parent.uvm, lambda: _fork_need(parent), f"fork of {parent.name}")
+
+
+def _fork_need(parent: VMMap) -> int:
+    """Pages ``amap_cow_now`` will take: one per resident, unloaned anon page
+    of every wired copy-inherited entry (the child's ``amap_copy`` leaves
+    each of them shared)."""
+    n = 0
+    for e in parent.entries.values():
+        if e.inheritance != MAP_INHERIT_COPY or not e.wired_count or e.amap is None:
+            continue
+        for slot in e.amap.slots.irange(e.slotoff, e.slotoff + e.npages, inclusive=(True, False)):
+            pg = e.amap.slots[slot].an_page
+            n += pg is not None and not pg.loan_count
+    return n
 
 
 def _uvmspace_fork_entries(parent: VMMap, child: VMMap) -> None:
@@ -456,4 +598,5 @@ __all__ = [
     "amap_cow_now",
     "check_map_args",
     "uvmspace_fork",
+    "uvmspace_fork_reserve",
 ]

@@ -210,8 +210,10 @@ class VnodeObject(UVMObject):
 
         A page that is loaned is broken first (``ubc_fault_page`` calls
         ``uvm_loanbreak`` for a write access), so a borrower keeps the bytes
-        it was lent.  Grows the file as needed.  All pages are obtained
-        before any byte is written, so ENOMEM changes nothing.
+        it was lent.  Grows the file as needed.  The pages it needs (one per
+        page not resident, one per loan to break) are reserved first
+        (``uvm_wait``), so ENOMEM changes nothing; NetBSD's ``ubc_fault``
+        waits for memory and retries instead of failing.
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"write: data must be bytes-like, not {type(data).__name__}")
@@ -223,7 +225,9 @@ class VnodeObject(UVMObject):
         first = offset - offset % ps
         last = (offset + n - 1) - (offset + n - 1) % ps
         old_size = self.size
-        pages = [self.pgo_get(off) for off in range(first, last + 1, ps)]
+        offs = range(first, last + 1, ps)
+        self._reserve(offs, f"write to {self.name}")
+        pages = [self.pgo_get(off) for off in offs]
         for i, pg in enumerate(pages):
             if pg.loan_count:
                 pages[i] = self._ubc_loanbreak(pg)
@@ -236,11 +240,27 @@ class VnodeObject(UVMObject):
             self.backing.extend(bytes(offset + n - old_size))
         return n
 
+    def _reserve(self, offs: range, what: str, page_in: bool = True) -> None:
+        """``uvm_wait`` for the pages UBC will take at ``offs``: one per loaned
+        page (its break) and, with ``page_in``, one per page not resident
+        (``pgo_get``)."""
+        from .pdaemon import uvm_wait
+
+        def need() -> int:
+            n = 0
+            for off in offs:
+                pg = self.uo_pages.get(off)
+                if (pg is None and page_in) or (pg is not None and pg.loan_count):
+                    n += 1
+            return n
+
+        uvm_wait(self.uvm, need, what)
+
     def _ubc_loanbreak(self, pg: Page) -> Page:
         """``ubc_fault_page`` (uvm_bio.c): a write access breaks the loan first.
 
-        Pages are broken one at a time; ENOMEM after some breaks leaves those
-        (harmless: a break is invisible to both sides) and writes nothing.
+        Callers reserve the pages first (``_reserve``), so this cannot fail
+        half way through a write or truncate.
         """
         from .loan import uvm_loanbreak
 
@@ -278,23 +298,32 @@ class VnodeObject(UVMObject):
         self.pgo_put(0, 0, PGO_ALLPAGES | PGO_CLEANIT)
 
     def truncate(self, size: int) -> None:
-        """ftruncate(2): pages wholly past the new end are freed (loaned ones
-        become orphans through ``uvm_pagefree``); the tail of a partial last
-        page is zeroed in the page and the backing store."""
+        """ftruncate(2): the tail of a partial last page is zeroed in the page
+        and the backing store, then pages wholly past the new end are freed
+        (loaned ones become orphans through ``uvm_pagefree``).
+
+        Zeroing a loaned tail page breaks its loan first (``ubc_zerorange``
+        -> ``ubc_fault``); the page for that copy is reserved before anything
+        changes (``uvm_wait``), so ENOMEM leaves the file as it was.  NetBSD
+        waits for memory there and never fails half done.
+        """
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError(f"truncate: size must be a non-negative int, got {size!r}")
         ps = self.page_size
         if size < self.size:
-            keep = size + (-size) % ps
-            self.pgo_put(keep, self.size + ps, PGO_FREE)
             tail = size % ps
             if tail:
+                self._reserve(
+                    range(size - tail, size - tail + 1), f"truncate of {self.name}", page_in=False
+                )
                 pg = self.uo_pages.get(size - tail)
                 if pg is not None:
                     if pg.loan_count:
                         pg = self._ubc_loanbreak(pg)
                     phys = self.uvm.platform.physmem
                     phys.copyin([pg.frame], tail, bytes(ps - tail))
+            keep = size + (-size) % ps
+            self.pgo_put(keep, self.size + ps, PGO_FREE)
             del self.backing[size:]
         else:
             self.backing.extend(bytes(size - self.size))

@@ -96,6 +96,9 @@ class PageAllocator:
     page_size: int
     limit: int | None = None
     reserve: int = 0
+    # What a multi-step operation does when it is short of pages (the
+    # Machine's on_shortage): "raise" ENOMEM, or "reclaim" and retry.
+    on_shortage: str = "raise"
     # The MD layer, reached only through pmap(9) operations.
     pmap: PmapModule | None = None
     pages: dict[int, Page] = attrs.field(factory=dict)

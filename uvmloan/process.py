@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import KernelAssertion, SegmentationFault, UVMError
-from .map import MAP_INHERIT_COPY, MAP_INHERIT_SHARE, VMMap, check_map_args, uvmspace_fork
+from .map import (
+    MAP_INHERIT_COPY,
+    MAP_INHERIT_SHARE,
+    VMMap,
+    check_map_args,
+    uvmspace_fork,
+    uvmspace_fork_reserve,
+)
 from .object import UVMObject, VnodeObject
 from .param import (
     MAP_ANON,
@@ -213,7 +220,11 @@ class Process:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"fork: name must be a non-empty string, got {name!r}")
         m = self.machine
-        child = Process(m, name or f"{self.name}-child", self._cpu_arg(cpu))
+        cpu_index = self._cpu_arg(cpu)
+        # The pages fork will copy are had before the child exists, so
+        # ENOMEM leaves everything as it was (uvmspace_fork_reserve).
+        self._run_kernel(lambda: uvmspace_fork_reserve(self.map))
+        child = Process(m, name or f"{self.name}-child", cpu_index)
         try:
             self._run_kernel(lambda: uvmspace_fork(self.map, child.map))
         except BaseException:

@@ -57,7 +57,7 @@ from ..anon import Anon
 from ..borrow import KernelLoan
 from ..loan import ZeroLoanObject
 from ..map import VMMap
-from ..object import VnodeObject
+from ..object import UVMObject, VnodeObject
 from ..page import Page
 from ..param import PG, UVM_LOAN_TOANON, UVM_LOAN_TOPAGE
 from ..pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_W, pte_frame
@@ -237,10 +237,13 @@ def loan_snapshot(m: Machine) -> dict[str, Any]:
     }
 
 
-def machine_snapshot(m: Machine) -> dict[str, Any]:
+def machine_snapshot(m: Machine, objects: Iterable[UVMObject] = ()) -> dict[str, Any]:
     """Everything a rejected call must leave alone: :func:`loan_snapshot`
     plus page tables, pv lists, every TLB, pending shootdowns, map entries
-    and processes (clocks and counters excluded)."""
+    (every field), amaps (slots and references), objects (pages, references
+    and, for files, size and contents), swap and processes (clocks,
+    counters and trace excluded).  ``objects`` adds objects no map or page
+    reaches (an unmapped file without resident pages)."""
     snap = loan_snapshot(m)
     snap["ptes"] = {pm.name: dict(pm.ptes) for pm in m.pmap.pmaps}
     snap["pv"] = {
@@ -251,9 +254,51 @@ def machine_snapshot(m: Machine) -> dict[str, Any]:
         (list(c.packet.vas), c.packet.allva, sorted(c.packet.targets)) for c in m.cpus
     ]
     snap["maps"] = {
-        vm.name: [(e.start, e.end, int(e.protection), e.wired_count) for e in vm]
+        vm.name: [
+            (
+                e.id,
+                e.start,
+                e.end,
+                int(e.protection),
+                int(e.max_protection),
+                e.inheritance,
+                e.copy_on_write,
+                e.needs_copy,
+                e.wired_count,
+                e.vaonly,
+                getattr(e.amap, "name", None),
+                e.slotoff,
+                getattr(e.object, "name", None),
+                e.offset,
+            )
+            for e in vm
+        ]
         for vm in m._maps.values()
     }
+    amaps: dict[str, Any] = {}
+    objs: dict[str, UVMObject] = {o.name: o for o in objects}
+    for vm in m._maps.values():
+        for e in vm:
+            if e.amap is not None:
+                amaps[e.amap.name] = (
+                    sorted((slot, a.name) for slot, a in e.amap.slots.items()),
+                    sorted(r.id for r in e.amap.refs),
+                )
+            if e.object is not None:
+                objs[e.object.name] = e.object
+    for pg in m.uvm.pages.values():
+        if isinstance(pg.uobject, UVMObject):
+            objs[pg.uobject.name] = pg.uobject
+    snap["amaps"] = amaps
+    snap["objects"] = {
+        name: (
+            o.uo_refs,
+            sorted((off, pg.frame) for off, pg in o.uo_pages.items()),
+            (o.size, zlib.crc32(o.backing)) if isinstance(o, VnodeObject) else None,
+        )
+        for name, o in sorted(objs.items())
+    }
+    snap["swap"] = sorted((slot, zlib.crc32(data)) for slot, data in m.uvm.swap.items())
     snap["procs"] = sorted((p.name, p.alive) for p in m.processes)
     return snap
 
