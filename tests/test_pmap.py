@@ -42,7 +42,7 @@ from uvmloan.pmap import (
     TLBState,
     pte_frame,
 )
-from uvmloan.trace import ShootdownRound, counters_from
+from uvmloan.trace import ShootdownRound
 
 MachineFactory = Callable[..., Machine]
 
@@ -1144,12 +1144,6 @@ def test_pmap_destroy(mk: MachineFactory) -> None:
         enter(m, pm, UVA, zeroed_page(m))
     with pytest.raises(KernelAssertion, match="kernel pmap"):
         m.pmap.pmap_destroy(m.pmap_kernel())
-
-
-def test_counters_are_derived_from_the_trace(mk: MachineFactory) -> None:
-    m = mk(3)
-    _remove_n_accessed(m, 17)
-    assert m.counters == counters_from(m.trace)
 
 
 # ----------------------------------------------------------------------------
