@@ -31,7 +31,7 @@ from uvmloan import (
 from uvmloan.loan import UVM_LOAN_GET_CHUNK, ZeroLoanObject
 from uvmloan.page import PQ
 from uvmloan.param import EBUSY, EINVAL, ENOENT, ENOMEM
-from uvmloan.testing.loan_ops import anon_at, loan_snapshot, page_at, page_role
+from uvmloan.testing.loan_ops import anon_at, machine_snapshot, page_at, page_role
 from uvmloan.trace import Loan, LoanFail, PageProtect, Unloan
 
 m = machine_fixture(ncpus=2, memory="2M", trace="record")
@@ -310,13 +310,14 @@ def test_wired_anon_page_is_einval_reason_ebusy(m: Machine) -> None:
     p.mlock(buf, PS)
     pg = page_at(p, buf)
     assert pg is not None and pg.wire_count == 1
-    before = loan_snapshot(m)
+    before = machine_snapshot(m, allow=["loan.fail"])
     with pytest.raises(UVMError) as ei:
         uvm_loan(p.map, buf, PS, UVM_LOAN_TOPAGE)
     assert ei.value.errno == EINVAL
     assert ei.value.reason is not None and ei.value.reason.startswith("EBUSY")
     assert "wired" in ei.value.reason
-    assert loan_snapshot(m) == before
+    assert machine_snapshot(m, allow=["loan.fail"]) == before
+    assert m.counters["loan.fail"] == 1
     assert pg.wire_count == 1 and pg.loan_count == 0
     check_invariants(m)
 
@@ -521,9 +522,9 @@ def test_unloan_toanon_is_a_no_op(m: Machine) -> None:
     buf = p.mmap(PS)
     p.write(buf, b"a")
     anons = _anons(uvm_loan(p.map, buf, PS, UVM_LOAN_TOANON))
-    before = loan_snapshot(m)
+    before = machine_snapshot(m)
     uvm_unloan(anons, UVM_LOAN_TOANON)
-    assert loan_snapshot(m) == before and anons[0].an_ref == 2
+    assert machine_snapshot(m) == before and anons[0].an_ref == 2
     assert m.counters["unloan"] == 0
 
 

@@ -237,12 +237,23 @@ def loan_snapshot(m: Machine) -> dict[str, Any]:
     }
 
 
-def machine_snapshot(m: Machine) -> dict[str, Any]:
+def machine_snapshot(m: Machine, *, allow: Iterable[str] = ()) -> dict[str, Any]:
     """Everything a rejected call must leave alone: :func:`loan_snapshot`
-    plus page tables, pv lists, every TLB, pending shootdowns, map entries
-    and processes (clocks and counters excluded)."""
+    plus page tables, pv lists, every TLB, pending shootdowns, map entries,
+    amaps, objects, processes, each CPU's pmap and TLB state and the
+    counters (clocks excluded).  ``allow``
+    names the counters the call may change (a failure's own, e.g.
+    ``"loan.fail"``); they are left out of the comparison."""
     snap = loan_snapshot(m)
     snap["ptes"] = {pm.name: dict(pm.ptes) for pm in m.pmap.pmaps}
+    # pmaps in creation order (names may repeat): resident/wired counts, pm_cpus
+    snap["pmaps"] = [
+        (pm.name, pm.resident_count, pm.wired_count, sorted(pm.cpus), sorted(pm.kernel_cpus))
+        for pm in m.pmap.pmaps
+    ]
+    snap["cpus"] = [
+        (getattr(c.curpmap, "name", None), c.tlbstate.name, len(c.pending_ipis)) for c in m.cpus
+    ]
     snap["pv"] = {
         frame: sorted((pm.name, va) for pm, va in pg.mdpage.pv) for frame, pg in m.uvm.pages.items()
     }
@@ -254,7 +265,44 @@ def machine_snapshot(m: Machine) -> dict[str, Any]:
         vm.name: [(e.start, e.end, int(e.protection), e.wired_count) for e in vm]
         for vm in m._maps.values()
     }
+    # what each entry maps and how (a failed fault or loan must not, e.g.,
+    # clear needs_copy or attach an amap)
+    snap["entries"] = {
+        vm.name: [
+            (
+                e.start,
+                getattr(e.object, "name", None) if e.object is not None else None,
+                e.offset,
+                e.amap.name if e.amap is not None else None,
+                e.slotoff,
+                e.copy_on_write,
+                e.needs_copy,
+            )
+            for e in vm
+        ]
+        for vm in m._maps.values()
+    }
+    amaps = {id(e.amap): e.amap for vm in m._maps.values() for e in vm if e.amap is not None}
+    snap["amaps"] = {
+        a.name: (sorted((slot, an.name) for slot, an in a.slots.items()), len(a.refs))
+        for a in amaps.values()
+    }
+    objs = {id(e.object): e.object for vm in m._maps.values() for e in vm if e.object is not None}
+    for pg in m.uvm.pages.values():
+        if pg.uobject is not None:
+            objs[id(pg.uobject)] = pg.uobject
+    snap["objects"] = {
+        k: (
+            o.name,
+            o.uo_refs,
+            sorted((off, pg.frame) for off, pg in o.uo_pages.items()),
+            zlib.crc32(o.backing) if isinstance(o, VnodeObject) else None,
+        )
+        for k, o in objs.items()
+    }
     snap["procs"] = sorted((p.name, p.alive) for p in m.processes)
+    skip = set(allow)
+    snap["counters"] = {k: v for k, v in m.counters.items() if v and k not in skip}
     return snap
 
 
