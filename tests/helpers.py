@@ -49,6 +49,12 @@ def events(m: Machine, kind: type[E]) -> list[E]:
     return [e for e in m.tracer.select(kind) if isinstance(e, kind)]
 
 
+def counted(m: Machine, *prefixes: str) -> dict[str, int]:
+    """The non-zero counters whose names start with one of ``prefixes``
+    (e.g. ``counted(m, "loan", "unloan")``: every loan, break and orphan count)."""
+    return {k: v for k, v in m.counters.items() if v and k.startswith(prefixes)}
+
+
 def zeroed_page(m: Machine) -> Page:
     """A freshly allocated zero-filled page, owned by no object or anon."""
     pg = m.uvm.uvm_pagealloc(None, 0, None, UVM_PGA_ZERO)

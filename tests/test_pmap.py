@@ -42,7 +42,8 @@ from uvmloan.pmap import (
     TLBState,
     pte_frame,
 )
-from uvmloan.trace import ShootdownRound, counters_from
+from uvmloan.testing.loan_ops import machine_snapshot
+from uvmloan.trace import ShootdownRound
 
 MachineFactory = Callable[..., Machine]
 
@@ -258,10 +259,13 @@ def test_remove_queues_only_accessed_ptes(mk: MachineFactory, accessed: bool) ->
 def test_remove_of_an_empty_range_does_nothing(mk: MachineFactory) -> None:
     m = mk(2)
     pm = user_pmap(m, (0, 1))
-    before = m.counters.copy()
+    # accessed mappings just outside the range must keep PTEs and TLB entries
+    _accessed_mapping(m, pm, 1, UVA - PS)
+    _accessed_mapping(m, pm, 1, UVA + 16 * PS)
+    before = machine_snapshot(m)
     with m.on_cpu(0):
         m.pmap.pmap_remove(pm, UVA, UVA + 16 * PS)
-    assert delta(m, before) == Counter()
+    assert machine_snapshot(m) == before
 
 
 # ----------------------------------------------------------------------------
@@ -341,10 +345,10 @@ def test_protect_with_write_in_prot_does_nothing(mk: MachineFactory) -> None:
     pm = user_pmap(m, (0, 1))
     enter(m, pm, UVA, zeroed_page(m), VM_PROT_ALL, int(RW))
     pte = pm.pte(UVA)
-    before = m.counters.copy()
+    before = machine_snapshot(m)
     with m.on_cpu(0):
         m.pmap.pmap_protect(pm, UVA, UVA + PS, RW)  # would drop EXECUTE, but pmap.h skips it
-    assert pm.pte(UVA) == pte and delta(m, before) == Counter()
+    assert pm.pte(UVA) == pte and machine_snapshot(m) == before
 
 
 def test_protect_to_none_is_a_remove(mk: MachineFactory) -> None:
@@ -433,12 +437,12 @@ def test_page_protect_read_of_an_already_read_only_pte_does_nothing(mk: MachineF
         m.pmap.pmap_update(pm)
     pte = pm.pte(UVA)
     assert pte & (PTE_A | PTE_D) == PTE_A | PTE_D
-    before = m.counters.copy()
+    before = machine_snapshot(m, allow=["pmap page_protect"])
     with m.on_cpu(0):
         m.pmap.pmap_page_protect(pg, R)
-    d = delta(m, before)
-    assert d["tlbshoot request"] == 0 and d["TLB shootdown"] == 0
     assert pm.pte(UVA) == pte
+    # PTEs, pv, TLBs, packets and every counter but the call's own
+    assert machine_snapshot(m, allow=["pmap page_protect"]) == before
 
 
 def test_page_protect_none_removes_every_managed_mapping_but_not_kenter(mk: MachineFactory) -> None:
@@ -477,7 +481,9 @@ def test_page_protect_none_of_an_unmapped_page_does_not_flush_the_packet(
     enter(m, pm, UVA, a, RW, int(R))
     with m.on_cpu(0):
         m.pmap.pmap_remove(pm, UVA, UVA + PS)
+        before = machine_snapshot(m, allow=["pmap page_protect"])
         m.pmap.pmap_page_protect(b, VM_PROT_NONE)
+        assert machine_snapshot(m, allow=["pmap page_protect"]) == before
     assert m.cpu(0).packet.vas == [UVA]
     with m.on_cpu(0):
         m.pmap.pmap_page_protect(b, R)
@@ -487,11 +493,12 @@ def test_page_protect_none_of_an_unmapped_page_does_not_flush_the_packet(
 def test_page_protect_with_write_does_nothing(mk: MachineFactory) -> None:
     m = mk(2)
     pm, _pm2, pg, _k = _shared_page(m)
-    before = m.counters.copy()
+    m.mmu.store(m.cpu(1), UVA, b"x")  # cached W|D: a downgrade would need a shootdown
+    before = machine_snapshot(m)
     with m.on_cpu(0):
         m.pmap.pmap_page_protect(pg, RW)
         m.pmap.pmap_page_protect(pg, VM_PROT_ALL)
-    assert delta(m, before) == Counter()
+    assert machine_snapshot(m) == before
     assert pm.pte(UVA) & PTE_W
 
 
@@ -513,7 +520,9 @@ def test_kenter_of_fresh_kva_queues_nothing(mk: MachineFactory) -> None:
     assert m.cpu(0).packet.empty
     update(m, m.pmap_kernel())
     d = delta(m, before)
-    assert d["tlbshoot round"] == 0 and d["ipi sent"] == 0
+    # no round of either kind (S5: nothing queued), no IPI
+    assert d["TLB shootdown"] == 0 and d["tlbshoot local-only round"] == 0
+    assert d["ipi sent"] == 0
     assert d["pmap kenter_pa"] == 1
     check_invariants(m)
 
@@ -970,8 +979,10 @@ def test_pmap_update_with_nothing_queued_is_free(mk: MachineFactory) -> None:
     m = mk(3)
     t = m.cpu(0).clock
     before = m.counters.copy()
+    snap = machine_snapshot(m, allow=["pmap update"])
     update(m, m.pmap_kernel())
     assert delta(m, before) == Counter({"pmap update": 1})
+    assert machine_snapshot(m, allow=["pmap update"]) == snap
     assert m.cpu(0).clock == t
 
 
@@ -1120,10 +1131,12 @@ def test_context_switch_without_pge_flushes_kernel_entries_too(mk: MachineFactor
 def test_activating_the_loaded_pmap_again_is_free(mk: MachineFactory) -> None:
     m = mk(1)
     pm = user_pmap(m, (0,))
-    before = m.counters.copy()
+    enter(m, pm, UVA, zeroed_page(m))
+    m.mmu.load(m.cpu(0), UVA, 1)  # a cached entry a CR3 reload would flush
+    before = machine_snapshot(m)
     with m.on_cpu(0):
         m.pmap.pmap_activate(pm, m.cpu(0))
-    assert delta(m, before) == Counter()
+    assert machine_snapshot(m) == before
 
 
 def test_pmap_destroy(mk: MachineFactory) -> None:
@@ -1144,12 +1157,6 @@ def test_pmap_destroy(mk: MachineFactory) -> None:
         enter(m, pm, UVA, zeroed_page(m))
     with pytest.raises(KernelAssertion, match="kernel pmap"):
         m.pmap.pmap_destroy(m.pmap_kernel())
-
-
-def test_counters_are_derived_from_the_trace(mk: MachineFactory) -> None:
-    m = mk(3)
-    _remove_n_accessed(m, 17)
-    assert m.counters == counters_from(m.trace)
 
 
 # ----------------------------------------------------------------------------

@@ -30,9 +30,14 @@ from uvmloan import (
 from uvmloan.invariants import check_invariants
 from uvmloan.object import VnodeObject
 from uvmloan.process import Process
+from uvmloan.testing.loan_ops import machine_snapshot
 from uvmloan.testing.scenario import ASPECTS, diff_snapshots, state_snapshot
 
 PS = 4096
+
+
+# what a user fault that ends in SIGSEGV may count (trace.py Fault)
+FAULT_COUNTERS = ("fault", "fault EFAULT")
 
 
 @attrs.define
@@ -269,6 +274,8 @@ def test_user_access_to_kernel_address_is_sigsegv(env: Env) -> None:
     kva = env.m.kernel_map.uvm_map(PS, ao, 0, VM_PROT_READ)
     env.p.read(env.anon, 1)  # the process is current on its CPU
     before = state_snapshot(env.m, ASPECTS)
+    snap = machine_snapshot(env.m, allow=FAULT_COUNTERS)
+    counters = env.m.counters.copy()
     with pytest.raises(SegmentationFault, match="kernel address"):
         env.p.read(kva, 1)
     with pytest.raises(SegmentationFault, match="kernel address"):
@@ -278,6 +285,9 @@ def test_user_access_to_kernel_address_is_sigsegv(env: Env) -> None:
         {k: v for k, v in before.items() if k != "counters"},
         {k: v for k, v in after.items() if k != "counters"},
     )
+    # everything else, and of the counters only the two faults' own
+    assert machine_snapshot(env.m, allow=FAULT_COUNTERS) == snap
+    assert env.m.counters - counters == {"fault": 2, "fault EFAULT": 2}
     check_invariants(env.m)
 
 
@@ -286,9 +296,14 @@ def test_segv_leaves_the_model_unchanged(env: Env) -> None:
     and changes nothing but the fault counters."""
     env.p.read(env.anon, 1)
     before = state_snapshot(env.m, ASPECTS)
+    snap = machine_snapshot(env.m, allow=FAULT_COUNTERS)
+    counters = env.m.counters.copy()
     with pytest.raises(SegmentationFault):
         env.p.write(env.anon + 3 * PS, b"x")
     after = state_snapshot(env.m, ASPECTS)
     diffs = diff_snapshots(before, after)
     assert all(d.startswith("counters") for d in diffs), diffs
+    # of the counters only the fault's own: one fault, EFAULT (no entry)
+    assert machine_snapshot(env.m, allow=FAULT_COUNTERS) == snap
+    assert env.m.counters - counters == {"fault": 1, "fault EFAULT": 1}
     check_invariants(env.m)

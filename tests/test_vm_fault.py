@@ -18,6 +18,7 @@ from uvmloan.fault import uvm_fault
 from uvmloan.param import EACCES, EFAULT, ENOMEM, PG
 from uvmloan.pmap.pte import PTE_W, PTE_WIRED, pte_frame
 from uvmloan.process import Process
+from uvmloan.testing.loan_ops import machine_snapshot
 
 m = machine_fixture(ncpus=2, memory="1M", check=True)
 
@@ -114,12 +115,25 @@ def test_upper_promote_enomem_changes_no_page(m: Machine) -> None:
     va = p.mmap(PS)
     p.write(va, b"x")
     c = p.fork("c", cpu=1)
+    pe0 = p.map.uvm_map_lookup_entry(va)
+    assert pe0 is not None and pe0.amap is not None
+    old_anon = pe0.amap.lookup(0)
+    assert old_anon is not None and old_anon.an_ref == 1
     m.uvm.limit = m.uvm.allocated
-    frames = sorted(m.uvm.pages)
+    c.run_on(1)  # scheduled first: that context switch is not the fault's
+    before = machine_snapshot(m)
     with pytest.raises(UVMError) as e:
         c.write(va, b"c")
     assert e.value.errno == ENOMEM
-    assert sorted(m.uvm.pages) == frames
+    # uvm_fault_check (uvm_fault.c 1.226) resolves needs-copy with amap_copy
+    # before the promotion fails, and that stays: c has its own amap holding
+    # the same anon (an_ref 2).  Nothing else changes, counters included.
+    after = machine_snapshot(m)
+    assert {k for k in before if after[k] != before[k]} == {"anons", "entries", "amaps"}
+    ce, pe = c.map.uvm_map_lookup_entry(va), p.map.uvm_map_lookup_entry(va)
+    assert ce is not None and pe is not None and ce.amap is not None and pe.amap is not None
+    assert not ce.needs_copy and ce.amap is not pe.amap
+    assert ce.amap.lookup(0) is pe.amap.lookup(0) is old_anon and old_anon.an_ref == 2
     m.uvm.limit = None
     c.write(va, b"c")
     assert p.read(va, 1) == b"x" and c.read(va, 1) == b"c"
@@ -179,10 +193,12 @@ def test_file_page_shortage_is_enomem(m: Machine) -> None:
     p = m.spawn("p")
     va = p.mmap(PS, flags=MAP_SHARED, obj=vn)
     m.uvm.limit = m.uvm.allocated
+    p.run_on(0)  # scheduled first: that context switch is not the fault's
+    before = machine_snapshot(m)
     with pytest.raises(UVMError) as e:
         p.read(va, 1)
     assert e.value.errno == ENOMEM
-    assert not vn.uo_pages
+    assert not vn.uo_pages and machine_snapshot(m) == before
     m.uvm.limit = None
     assert p.read(va, 1) == b"x"
 

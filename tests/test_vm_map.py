@@ -22,6 +22,7 @@ from uvmloan.map import MAP_INHERIT_NONE, MAP_INHERIT_SHARE, uvmspace_fork
 from uvmloan.object import PGO_ALLPAGES, PGO_CLEANIT, PGO_FREE
 from uvmloan.param import EACCES, EINVAL, ENOMEM, PG, VMProt
 from uvmloan.pmap.pte import PTE_W, PTE_WIRED
+from uvmloan.testing.loan_ops import machine_snapshot
 
 m = machine_fixture(ncpus=2, memory="1M", check=True)
 
@@ -104,10 +105,16 @@ def test_mprotect_over_a_hole_is_enomem_and_changes_nothing(m: Machine) -> None:
     p = m.spawn("p")
     va = p.mmap(3 * PS)
     p.munmap(va + PS, PS)
+    # resident, written pages on both sides: a partial downgrade would show
+    # in their PTEs, pv lists, TLB entries and shootdown packets
+    p.write(va, b"a")
+    p.write(va + 2 * PS, b"c")
+    before = machine_snapshot(m)
     with pytest.raises(UVMError) as e:
         p.mprotect(va, 3 * PS, VM_PROT_READ)
     assert e.value.errno == ENOMEM
     assert all(x.protection == VMProt.READ | VMProt.WRITE for x in p.map.entries.values())
+    assert machine_snapshot(m) == before
 
 
 # -------------------------------------------------------------- amap_copy
@@ -202,6 +209,18 @@ def test_fork_of_a_wired_entry_copies_now(m: Machine) -> None:
     assert m.uvm.allocated == 0
 
 
+# what building and tearing down the child may count
+FORK_TEARDOWN = (
+    "page alloc",
+    "page free",
+    "pmap page_protect",
+    "pmap update",
+    "context switch",
+    "tlb flush",
+    "tlb flush nonglobal",
+)
+
+
 def test_fork_enomem_tears_the_child_down(m: Machine) -> None:
     p = m.spawn("p")
     va = p.mmap(2 * PS)
@@ -209,10 +228,17 @@ def test_fork_enomem_tears_the_child_down(m: Machine) -> None:
     p.mlock(va, 2 * PS)
     m.uvm.limit = m.uvm.allocated + 1
     pmaps, procs, pages = len(m.pmap.pmaps), list(m.processes), dict(m.uvm.pages)
+    before = machine_snapshot(m, allow=FORK_TEARDOWN)
+    counters = m.counters.copy()
     with pytest.raises(UVMError) as e:
         p.fork("c", cpu=1)
     assert e.value.errno == ENOMEM
     assert len(m.pmap.pmaps) == pmaps and m.processes == procs and m.uvm.pages == pages
+    assert machine_snapshot(m, allow=FORK_TEARDOWN) == before
+    # the one page the limit let through (the first wired page's copy) was
+    # allocated and freed again; the child ran on CPU 1 only to be torn down
+    d = m.counters - counters
+    assert (d["page alloc"], d["page free"], d["context switch"]) == (1, 1, 1)
     m.uvm.limit = None
 
 
@@ -252,9 +278,12 @@ def test_mlock_twice_then_one_munlock_unwires(m: Machine) -> None:
 def test_mlock_of_prot_none_is_einval(m: Machine) -> None:
     p = m.spawn("p")
     va = p.mmap(PS, prot=0)
+    p.run_on(0)  # scheduled first: that context switch is not mlock's
+    before = machine_snapshot(m)
     with pytest.raises(UVMError) as e:
         p.mlock(va, PS)
     assert e.value.errno == EINVAL and m.uvm.allocated == 0 and not p.map.pmap.ptes
+    assert machine_snapshot(m) == before
 
 
 def test_mlock_enomem_undoes_the_wiring(m: Machine) -> None:

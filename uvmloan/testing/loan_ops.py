@@ -237,15 +237,27 @@ def loan_snapshot(m: Machine) -> dict[str, Any]:
     }
 
 
-def machine_snapshot(m: Machine, objects: Iterable[UVMObject] = ()) -> dict[str, Any]:
+def machine_snapshot(
+    m: Machine, objects: Iterable[UVMObject] = (), *, allow: Iterable[str] = ()
+) -> dict[str, Any]:
     """Everything a rejected call must leave alone: :func:`loan_snapshot`
     plus page tables, pv lists, every TLB, pending shootdowns, map entries
     (every field), amaps (slots and references), objects (pages, references
-    and, for files, size and contents), swap and processes (clocks,
-    counters and trace excluded).  ``objects`` adds objects no map or page
-    reaches (an unmapped file without resident pages)."""
+    and, for files, size and contents), swap, processes, each CPU's pmap and
+    TLB state and the counters (clocks and trace excluded).  ``objects`` adds
+    objects no map or page reaches (an unmapped file without resident
+    pages); ``allow`` names the counters the call may change (a failure's
+    own, e.g. ``"loan.fail"``), which are left out of the comparison."""
     snap = loan_snapshot(m)
     snap["ptes"] = {pm.name: dict(pm.ptes) for pm in m.pmap.pmaps}
+    # pmaps in creation order (names may repeat): resident/wired counts, pm_cpus
+    snap["pmaps"] = [
+        (pm.name, pm.resident_count, pm.wired_count, sorted(pm.cpus), sorted(pm.kernel_cpus))
+        for pm in m.pmap.pmaps
+    ]
+    snap["cpus"] = [
+        (getattr(c.curpmap, "name", None), c.tlbstate.name, len(c.pending_ipis)) for c in m.cpus
+    ]
     snap["pv"] = {
         frame: sorted((pm.name, va) for pm, va in pg.mdpage.pv) for frame, pg in m.uvm.pages.items()
     }
@@ -300,6 +312,8 @@ def machine_snapshot(m: Machine, objects: Iterable[UVMObject] = ()) -> dict[str,
     }
     snap["swap"] = sorted((slot, zlib.crc32(data)) for slot, data in m.uvm.swap.items())
     snap["procs"] = sorted((p.name, p.alive) for p in m.processes)
+    skip = set(allow)
+    snap["counters"] = {k: v for k, v in m.counters.items() if v and k not in skip}
     return snap
 
 
