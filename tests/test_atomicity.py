@@ -266,6 +266,9 @@ def _build_random(setup: tuple[list[str], str, bool, int, int]) -> Build:
                 m.kernel_loan_file(vn, i * PS, 10)
         if not shared and "dirty" in states:
             p.write(va, b"p")  # a private anon copy of page 0
+        # the operation is a system call of p: p is on its CPU when it starts
+        # (kernel_loan_file above ran as kernel work and switched it out)
+        p.run_on(p.cpu)
         ops: dict[str, Op] = {
             "write": lambda: vn.write(a, b"n" * b),
             "truncate": lambda: vn.truncate(a),
