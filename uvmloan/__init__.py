@@ -6,6 +6,8 @@ VM, ``uvm_loan`` and (in ``netstack``) a simulated TCP/UDP stack whose send
 buffers borrow user pages.
 """
 
+from . import experiments, inject, trace
+from ._version import __version__
 from .anon import Amap, Anon, uvm_anfree
 from .borrow import KernelLoan
 from .errors import (
@@ -17,7 +19,6 @@ from .errors import (
     UVMError,
     UVMLoanError,
 )
-from .fault import uvm_fault
 from .invariants import check_invariants
 from .kernapi import (
     pmap_clear_modify,
@@ -29,17 +30,18 @@ from .kernapi import (
     pmap_protect,
     pmap_remove,
     pmap_update,
+    uvm_fault,
+    uvm_loan,
     uvm_pagealloc,
     uvm_pagefree,
+    uvm_unloan,
 )
 from .loan import (
-    uvm_loan,
     uvm_loanbreak,
     uvm_loanbreak_anon,
     uvm_loanuobjpages,
-    uvm_unloan,
 )
-from .machine import Machine, parse_size
+from .machine import Machine, MachineClosed, parse_size
 from .map import MapEntry, VMMap
 from .object import AnonObject, UVMObject, VnodeObject
 from .page import Page
@@ -64,8 +66,6 @@ from .param import (
 from .physmem import PhysMem
 from .process import Process
 from .profile import PROFILES, CostModel, Profile, get_profile
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MAP_ANON",
@@ -93,6 +93,7 @@ __all__ = [
     "KernelAssertion",
     "KernelLoan",
     "Machine",
+    "MachineClosed",
     "MapEntry",
     "Page",
     "PhysMem",
@@ -108,7 +109,9 @@ __all__ = [
     "VnodeObject",
     "__version__",
     "check_invariants",
+    "experiments",
     "get_profile",
+    "inject",
     "parse_size",
     "pmap_clear_modify",
     "pmap_enter",
@@ -119,6 +122,7 @@ __all__ = [
     "pmap_protect",
     "pmap_remove",
     "pmap_update",
+    "trace",
     "uvm_anfree",
     "uvm_fault",
     "uvm_loan",
