@@ -57,16 +57,16 @@ def test_trace_of_another_type_is_refused(bad: Any) -> None:
 
 
 def test_a_path_or_trace_file_writes_json_lines(tmp_path: Path) -> None:
-    for kwargs in (
-        {"trace": tmp_path / "a.jsonl"},
-        {"trace_file": str(tmp_path / "b.jsonl")},
-        {"trace": "record", "trace_file": tmp_path / "c.jsonl"},
-    ):
+    cases: list[tuple[Path, dict[str, Any]]] = [
+        (tmp_path / "a.jsonl", {"trace": tmp_path / "a.jsonl"}),
+        (tmp_path / "b.jsonl", {"trace_file": str(tmp_path / "b.jsonl")}),
+        (tmp_path / "c.jsonl", {"trace": "record", "trace_file": tmp_path / "c.jsonl"}),
+    ]
+    for path, kwargs in cases:
         with Machine(ncpus=2, memory="1M", **kwargs) as m:
             p = m.spawn("p")
             p.write(p.mmap(4096), b"x")
             n = m.counters["pmap enter"]
-        path = Path(kwargs.get("trace_file") or kwargs["trace"])
         evs = read_jsonl(path)
         assert sum(1 for e in evs if e.name == "pmap enter") == n > 0
     with Machine(ncpus=1, memory="1M", trace="record", trace_file=tmp_path / "d.jsonl") as m:
