@@ -6,6 +6,7 @@ and a compare.json that reproduces itself."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -142,7 +143,7 @@ def test_no_traceback_from_the_real_command(tmp_path: Path, argv: list[str]) -> 
     r = subprocess.run(
         [sys.executable, "-m", "uvmloan", *argv],
         cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
