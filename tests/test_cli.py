@@ -203,3 +203,10 @@ def test_plot_has_one_column_per_cpu_count_and_both_costs() -> None:
 
 def test_demo_max_size_is_what_the_help_says() -> None:
     assert DEMO_MAX_SIZE == 64 << 20
+
+
+def test_the_python_api_takes_sizes_with_suffixes_too() -> None:
+    assert experiments.send_cost("copy", "8K", 2) == experiments.send_cost("copy", 8192, 2)
+    assert [p.size for p in experiments.sweep(["4K"], [1])] == [4096, 4096]
+    with pytest.raises(ValueError, match="cannot parse size 'big'"):
+        experiments.send_cost("copy", "big")

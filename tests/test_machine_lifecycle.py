@@ -111,13 +111,18 @@ def _closed_machine() -> tuple[Machine, dict[str, Any]]:
     kl = m.kernel_loan(p, va, 4096)
     pages = uvm_loan(p.map, va + 4096, 4096, UVM_LOAN_TOPAGE)
     pg = pages[0]
+    vn = m.vnode(b"v" * 5000)
     m.close()
-    return m, {"p": p, "va": va, "kl": kl, "pages": pages, "pg": pg}
+    return m, {"p": p, "va": va, "kl": kl, "pages": pages, "pg": pg, "vn": vn}
 
 
 def _ops(m: Machine, o: dict[str, Any]) -> dict[str, Callable[[], object]]:
-    p, va, kl, pages, pg = o["p"], o["va"], o["kl"], o["pages"], o["pg"]
+    p, va, kl, pages, pg, vn = o["p"], o["va"], o["kl"], o["pages"], o["pg"], o["vn"]
     return {
+        "vn.write": lambda: vn.write(0, b"w"),
+        "vn.read": lambda: vn.read(0, 4),
+        "vn.truncate": lambda: vn.truncate(10),
+        "vn.fsync": lambda: vn.fsync(),
         "spawn": lambda: m.spawn("q"),
         "vnode": lambda: m.vnode(b"abc"),
         "aobj": lambda: m.aobj(),
@@ -158,11 +163,14 @@ def test_a_closed_machine_refuses_work_and_changes_nothing(op: str) -> None:
     counters = dict(m.counters)
     nevents = len(m.trace)
     nprocs = len(m.processes)
+    allocated = m.uvm.allocated
+    size = o["vn"].size
     with pytest.raises(MachineClosed, match="closed"):
         _ops(m, o)[op]()
     assert [c.clock for c in m.cpus] == clocks
     assert dict(m.counters) == counters and len(m.trace) == nevents
     assert len(m.processes) == nprocs and o["p"].alive and not o["kl"].released
+    assert m.uvm.allocated == allocated and o["vn"].size == size
     assert m.closed and isinstance(MachineClosed("x"), RuntimeError)
 
 

@@ -14,6 +14,7 @@ from .errors import (
     FrameRangeError,
     InvariantViolation,
     KernelAssertion,
+    MachineClosed,
     PhysMemError,
     SegmentationFault,
     UVMError,
@@ -41,7 +42,7 @@ from .loan import (
     uvm_loanbreak_anon,
     uvm_loanuobjpages,
 )
-from .machine import Machine, MachineClosed, parse_size
+from .machine import Machine, parse_size
 from .map import MapEntry, VMMap
 from .object import AnonObject, UVMObject, VnodeObject
 from .page import Page

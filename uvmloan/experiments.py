@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .machine import Machine
+from .machine import Machine, parse_size
 
 Policy = Literal["copy", "loan"]
 POLICIES: tuple[Policy, ...] = ("copy", "loan")
@@ -60,7 +60,7 @@ class SendCost:
 
 def send_cost(
     policy: Policy,
-    size: int,
+    size: int | str,
     ncpus: int = 1,
     *,
     reuse: bool = False,
@@ -76,8 +76,10 @@ def send_cost(
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
-    if not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    if isinstance(size, str):
+        size = parse_size(size, "size")  # "64K", "1M"
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise ValueError(f"size must be a positive int or a size like '64K', got {size!r}")
     if not isinstance(ncpus, int) or ncpus < 1:
         raise ValueError(f"ncpus must be a positive int, got {ncpus!r}")
     ps_guess = 4096
@@ -140,7 +142,7 @@ def send_cost(
 
 
 def sweep(
-    sizes: Sequence[int],
+    sizes: Sequence[int | str],
     cpus: Sequence[int],
     *,
     reuse: bool = False,
@@ -148,7 +150,8 @@ def sweep(
     profile_overrides: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> list[SendCost]:
-    """``send_cost`` for every (ncpus, size, policy) of the grid."""
+    """``send_cost`` for every (ncpus, size, policy) of the grid (sizes: ints or "64K")."""
+    sizes = [parse_size(s, "size") for s in sizes]
     out: list[SendCost] = []
     grid = [(n, s, pol) for n in cpus for s in sizes for pol in POLICIES]
     for i, (n, s, pol) in enumerate(grid, 1):

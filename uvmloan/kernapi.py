@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from . import fault as _fault
 from . import loan as _loan
 from .anon import Anon
-from .machine import MachineClosed
+from .errors import MachineClosed
 from .map import VMMap
 from .page import Page, PageAllocator
 from .pmap.cpu import Platform

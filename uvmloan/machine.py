@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .borrow import KernelLoan, kernel_loan, kernel_loan_uobj
-from .errors import SegmentationFault, UVMError
+from .errors import MachineClosed, SegmentationFault, UVMError
 from .fault import uvm_fault
 from .map import VMMap
 from .mmu import MMU
@@ -77,10 +77,6 @@ def _make_tracer(trace: str | Path | Tracer) -> Tracer:
         "trace must be 'off', 'counters', 'record', a pathlib.Path or a Tracer, "
         f"not {type(trace).__name__}"
     )
-
-
-class MachineClosed(RuntimeError):
-    """The machine was closed (its memory is unmapped): it takes no more work."""
 
 
 class Machine:
