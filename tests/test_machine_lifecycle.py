@@ -180,3 +180,14 @@ def test_close_is_idempotent_and_results_stay_readable() -> None:
     assert m.counters["loan"] == 2 and len(m.trace) > 0
     assert "Machine" in repr(m)
     assert uvmloan.MachineClosed is MachineClosed
+
+
+def test_the_pmap_snapshot_helper_works_on_a_machine_that_only_counts() -> None:
+    from uvmloan.testing.pmap_machine import pmap_state_snapshot
+
+    with Machine(ncpus=1, memory="1M") as m:
+        assert pmap_state_snapshot(m)["nevents"] == 0
+    with Machine(ncpus=1, memory="1M", trace="record") as m:
+        p = m.spawn("p")
+        p.write(p.mmap(4096), b"x")
+        assert pmap_state_snapshot(m)["nevents"] == len(m.trace) > 0
