@@ -84,23 +84,13 @@ def test_cli_compare_writes_data_and_plot(
     out = capsys.readouterr().out
     assert "1 CPU(s): loaning is cheaper from 4K" in out
     data = json.loads((tmp_path / "compare.json").read_text())
-    assert len(data) == 8
+    assert len(data["points"]) == 8
     png = tmp_path / "compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_compare_rejects_bad_cost(tmp_path: Path) -> None:
-    rc = main(
-        [
-            "compare",
-            "--cpus",
-            "1",
-            "--sizes",
-            "4K",
-            "--cost",
-            "copy_bw=fast",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert rc == 2
+    argv = ["compare", "--cpus", "1", "--sizes", "4K", "--cost", "copy_bw=fast"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path)])
+    assert exc.value.code == 2

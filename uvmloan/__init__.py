@@ -6,18 +6,20 @@ VM, ``uvm_loan`` and (in ``netstack``) a simulated TCP/UDP stack whose send
 buffers borrow user pages.
 """
 
+from . import experiments, inject, trace
+from ._version import __version__
 from .anon import Amap, Anon, uvm_anfree
 from .borrow import KernelLoan
 from .errors import (
     FrameRangeError,
     InvariantViolation,
     KernelAssertion,
+    MachineClosed,
     PhysMemError,
     SegmentationFault,
     UVMError,
     UVMLoanError,
 )
-from .fault import uvm_fault
 from .invariants import check_invariants
 from .kernapi import (
     pmap_clear_modify,
@@ -29,15 +31,16 @@ from .kernapi import (
     pmap_protect,
     pmap_remove,
     pmap_update,
+    uvm_fault,
+    uvm_loan,
     uvm_pagealloc,
     uvm_pagefree,
+    uvm_unloan,
 )
 from .loan import (
-    uvm_loan,
     uvm_loanbreak,
     uvm_loanbreak_anon,
     uvm_loanuobjpages,
-    uvm_unloan,
 )
 from .machine import Machine, parse_size
 from .map import MapEntry, VMMap
@@ -65,8 +68,6 @@ from .physmem import PhysMem
 from .process import Process
 from .profile import PROFILES, CostModel, Profile, get_profile
 
-__version__ = "0.1.0"
-
 __all__ = [
     "MAP_ANON",
     "MAP_FIXED",
@@ -93,6 +94,7 @@ __all__ = [
     "KernelAssertion",
     "KernelLoan",
     "Machine",
+    "MachineClosed",
     "MapEntry",
     "Page",
     "PhysMem",
@@ -108,7 +110,9 @@ __all__ = [
     "VnodeObject",
     "__version__",
     "check_invariants",
+    "experiments",
     "get_profile",
+    "inject",
     "parse_size",
     "pmap_clear_modify",
     "pmap_enter",
@@ -119,6 +123,7 @@ __all__ = [
     "pmap_protect",
     "pmap_remove",
     "pmap_update",
+    "trace",
     "uvm_anfree",
     "uvm_fault",
     "uvm_loan",

@@ -86,6 +86,7 @@ class KernelLoan:
 
     def read(self, offset: int = 0, n: int | None = None, cpu: int | None = None) -> bytes:
         """The kernel reads the borrowed bytes through its own mapping."""
+        self.machine._check_open("KernelLoan.read")
         if self.released:
             raise KernelAssertion("read through a released kernel loan")
         if n is None:
@@ -99,6 +100,7 @@ class KernelLoan:
 
     def write(self, offset: int, data: bytes, cpu: int | None = None) -> None:
         """A kernel store through the loan mapping: always fatal."""
+        self.machine._check_open("KernelLoan.write")
         m = self.machine
         c = m.platform.cur if cpu is None else m.platform.cpu(cpu).index
         with m.platform.on_cpu(c) as cpuinfo:
@@ -124,6 +126,7 @@ class KernelLoan:
 
     def release(self) -> None:
         """``sodoloanfree``: kremove, pmap_update, uvm_unloan, free the KVA."""
+        self.machine._check_open("KernelLoan.release")
         if self.released:
             raise KernelAssertion(f"{self!r} released twice")
         m = self.machine

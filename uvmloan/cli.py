@@ -19,8 +19,9 @@ from pathlib import Path
 
 from . import __version__
 from .invariants import check_invariants
-from .machine import Machine
+from .machine import Machine, parse_size
 from .physmem import BACKEND
+from .profile import get_profile
 from .trace import (
     Event,
     IPISent,
@@ -32,46 +33,99 @@ from .trace import (
     PageProtect,
     ShootdownRound,
     Unloan,
-    write_jsonl,
+    prot_name,
 )
+
+MAX_CPUS = 256  # Machine's limit
+MAX_MEMORY = 4 << 30
+COMPARE_MAX_SIZE = 64 << 20
 
 _SHOW = (Loan, LoanBreak, Orphan, PageProtect, ShootdownRound, IPISent, Unloan, KEnter, KRemove)
 
 
 def _describe(ev: Event) -> str:
+    # Each line starts with the event's name in the trace vocabulary
+    # (specs/trace.md): the JSON Lines "ev" and the counter it increments.
     if isinstance(ev, Loan):
         prot = ", write-protected every user mapping" if ev.protected else ""
-        return f"loan {ev.kind} frame {ev.frame} (loan_count {ev.loan_count}){prot}"
+        return f"{ev.name} {ev.kind}: frame {ev.frame} (loan_count {ev.loan_count}){prot}"
     if isinstance(ev, LoanBreak):
         return (
-            f"loan break ({ev.kind}, {ev.where}): frame {ev.old_frame} stays with the borrower, "
+            f"{ev.name} ({ev.kind}, {ev.where}): frame {ev.old_frame} stays with the borrower, "
             f"owner now writes frame {ev.new_frame}"
         )
     if isinstance(ev, Orphan):
-        return f"orphan: frame {ev.frame} has no owner, {ev.loan_count} loan(s) keep it ({ev.why})"
+        return (
+            f"{ev.name}: frame {ev.frame} has no owner, "
+            f"{ev.loan_count} loan(s) keep it ({ev.why})"
+        )
     if isinstance(ev, PageProtect):
-        return f"pmap_page_protect(frame {ev.frame}, prot {ev.prot}) over {ev.mappings} mapping(s)"
+        return (
+            f"{ev.name}: frame {ev.frame} lowered to {prot_name(ev.prot)} "
+            f"in {ev.mappings} mapping(s)"
+        )
     if isinstance(ev, ShootdownRound):
         what = "full flush" if ev.allva else f"{ev.nva} VA(s)"
         targets = list(ev.targets)
-        return f"shootdown round CPU {ev.cpu} -> CPUs {targets}: {what}, waited {ev.waited_ns} ns"
+        return f"{ev.name}: CPU {ev.cpu} -> CPUs {targets}, {what}, waited {ev.waited_ns} ns"
     if isinstance(ev, IPISent):
-        dst = "all other CPUs" if ev.target == -1 else f"CPU {ev.target}"
-        return f"IPI {ev.vector} to {dst}"
+        dst = "broadcast (all other CPUs)" if ev.target == -1 else f"CPU {ev.target}"
+        return f"{ev.name}: {ev.vector} to {dst}"
     if isinstance(ev, Unloan):
-        return (
-            f"unloan frame {ev.frame} (loan_count {ev.loan_count}){' -> freed' if ev.freed else ''}"
-        )
+        freed = ", freed" if ev.freed else ""
+        return f"{ev.name}: frame {ev.frame} (loan_count {ev.loan_count}){freed}"
     if isinstance(ev, KEnter):
-        return f"pmap_kenter_pa {ev.va:#x} -> frame {ev.frame} read-only"
+        return f"{ev.name}: {ev.va:#x} -> frame {ev.frame}, {prot_name(ev.prot)}"
     if isinstance(ev, KRemove):
-        return f"pmap_kremove {ev.va:#x} (frame {ev.frame})"
-    return ev.KIND
+        return f"{ev.name}: {ev.va:#x} (frame {ev.frame})"
+    return ev.name
 
 
-def demo(out: Path, ncpus: int, size: int) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    m = Machine(ncpus=ncpus, memory="16M", trace="record")
+# The demo prints at most this many events per step; the trace has them all.
+SHOW_MAX = 12
+# Largest buffer the demo lends: it runs about 0.5 s per MiB.
+DEMO_MAX_SIZE = 64 << 20
+PATCH = b"OVERWRITTEN BY THE SENDER"
+
+
+def _mib_up(n: int) -> int:
+    return n + (-n) % (1 << 20)
+
+
+def demo_min_memory(size: int) -> int:
+    """The least memory the demo runs in: the buffer, the page a break copies, room."""
+    return _mib_up(2 * size + (1 << 20))
+
+
+def demo_memory(size: int) -> int:
+    """The demo machine's default memory: the minimum plus slack, at least 16M."""
+    return max(16 << 20, _mib_up(2 * size + (8 << 20)))
+
+
+def _human(n: int) -> str:
+    for unit, k in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= k and n % k == 0:
+            return f"{n // k}{unit}"
+    return f"{n} bytes"
+
+
+def _show(events: list[Event], kinds: tuple[type[Event], ...] = _SHOW) -> None:
+    shown = [ev for ev in events if isinstance(ev, kinds)]
+    for ev in shown[:SHOW_MAX]:
+        print(f"     t={ev.t:>9} ns cpu{ev.cpu}  {_describe(ev)}")
+    if len(shown) > SHOW_MAX:
+        print(f"     ... and {len(shown) - SHOW_MAX} more (all of them are in the trace)")
+
+
+def demo(out: Path, ncpus: int, size: int, memory: int | None = None) -> int:
+    """Run the demonstration; arguments are checked by ``main``."""
+    trace_path = out / "demo-trace.jsonl"
+    m = Machine(
+        ncpus=ncpus,
+        memory=demo_memory(size) if memory is None else memory,
+        trace="record",
+        trace_file=trace_path,
+    )
     print(f"uvmloan {__version__} demo: {m!r} (physmem backend: {BACKEND})")
     sender = m.spawn("sender", cpu=0)
     other_cpu = 1 if ncpus > 1 else 0
@@ -85,28 +139,25 @@ def demo(out: Path, ncpus: int, size: int) -> int:
     print(f"\n1. sender filled {size} bytes at {buf:#x} and read them on CPU {other_cpu}")
     loan = m.kernel_loan(sender, buf, size)
     print(f"2. the kernel borrowed them by page loan: {loan!r}")
-    for ev in m.trace[mark:]:
-        if isinstance(ev, _SHOW):
-            print(f"     t={ev.t:>9} ns cpu{ev.cpu}  {_describe(ev)}")
+    _show(m.trace[mark:])
     mark = len(m.trace)
-    patch = b"OVERWRITTEN BY THE SENDER"
-    sender.write(buf + 5000, patch, cpu=other_cpu)
-    print(f"3. the sender overwrote {len(patch)} bytes at offset 5000 on CPU {other_cpu}")
-    for ev in m.trace[mark:]:
-        if isinstance(ev, _SHOW):
-            print(f"     t={ev.t:>9} ns cpu{ev.cpu}  {_describe(ev)}")
+    # Overwrite inside the buffer whatever its size: past the first page
+    # when there is one, else in the middle.
+    off = 5000 if size > 5000 + len(PATCH) else size // 2
+    patch = PATCH[: size - off]
+    sender.write(buf + off, patch, cpu=other_cpu)
+    print(f"3. the sender overwrote {len(patch)} byte(s) at offset {off} on CPU {other_cpu}")
+    _show(m.trace[mark:])
     seen = loan.read(0, size)
     ok_borrower = seen == payload
-    mine = sender.read(buf + 5000, len(patch))
+    mine = sender.read(buf + off, len(patch))
     print(f"4. borrower reads the original bytes: {ok_borrower}")
     print(f"   sender reads its own write: {mine == patch}")
     check_invariants(m)
     mark = len(m.trace)
     sender.exit()
     print("5. the sender exited while the loan was outstanding")
-    for ev in m.trace[mark:]:
-        if isinstance(ev, Orphan):
-            print(f"     t={ev.t:>9} ns cpu{ev.cpu}  {_describe(ev)}")
+    _show(m.trace[mark:], (Orphan,))
     still = loan.read(0, size) == payload
     print(f"   the borrower still reads the original bytes: {still}")
     mark = len(m.trace)
@@ -130,78 +181,114 @@ def demo(out: Path, ncpus: int, size: int) -> int:
     ]
     for k in keys:
         print(f"  {k:<20} {m.counters.get(k, 0)}")
-    trace_path = out / "demo-trace.jsonl"
-    write_jsonl(m.trace, trace_path)
-    print(f"\n{len(m.trace)} events written to {trace_path}")
-    print("check_invariants: passed")
+    n = len(m.trace)
     ok = ok_borrower and still and mine == patch
     m.close()
+    print(f"\n{n} events written to {trace_path} (after a header line; specs/trace.md)")
+    print("check_invariants: passed")
     return 0 if ok else 1
 
 
-def _sizes(text: str) -> list[int]:
-    from .machine import parse_size
+# --------------------------------------------------------------- arguments
 
+
+def _size(text: str) -> int:
     try:
-        out = [parse_size(t) for t in text.split(",") if t.strip()]
+        n = parse_size(text, "size")
     except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(f"sizes: {e}") from None
-    if not out or any(s <= 0 for s in out):
-        raise argparse.ArgumentTypeError("sizes must be positive, e.g. 4K,64K,1M")
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return n
+
+
+def _sizes(text: str) -> list[int]:
+    out = [_size(t) for t in text.split(",") if t.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("expected sizes such as 4K,64K,1M")
     return out
+
+
+def _ncpus(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a CPU count, got {text!r}") from None
+    if not 1 <= n <= MAX_CPUS:
+        raise argparse.ArgumentTypeError(f"a CPU count is from 1 to {MAX_CPUS}, got {n}")
+    return n
 
 
 def _ints(text: str) -> list[int]:
-    try:
-        out = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of ints, got {text!r}") from None
-    if not out or any(n < 1 for n in out):
-        raise argparse.ArgumentTypeError("CPU counts must be >= 1")
+    out = [_ncpus(t.strip()) for t in text.split(",") if t.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("expected CPU counts such as 1,2,4")
     return out
 
 
-def compare(args: argparse.Namespace) -> int:
+def _cost(text: str) -> tuple[str, int]:
+    name, eq, value = text.partition("=")
+    try:
+        if not eq:
+            raise ValueError
+        return name.strip(), int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=INT (e.g. copy_bw=100), got {text!r}"
+        ) from None
+
+
+def _writable_dir(ap: argparse.ArgumentParser, opt: str, path: Path, files: list[str]) -> None:
+    """Create ``path`` and check each output file can be written, before any work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            f = path / name
+            existed = f.exists()
+            with open(f, "a", encoding="utf-8"):
+                pass
+            if not existed:
+                f.unlink()
+    except OSError as e:
+        ap.error(f"{opt} {str(path)!r}: cannot write there ({e.strerror or e})")
+
+
+def compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the sweep; arguments (and the profile) were checked by ``main``."""
     import json
 
     from . import experiments
 
-    overrides: dict[str, object] = {}
-    costs: dict[str, int] = {}
-    for item in args.cost or []:
-        name, _, value = item.partition("=")
-        try:
-            costs[name] = int(value)
-        except ValueError:
-            print(f"uvmloan compare: --cost wants NAME=INT, got {item!r}", file=sys.stderr)
-            return 2
-    if costs:
-        overrides["costs"] = costs
+    overrides = args.overrides
     npts = len(args.cpus) * len(args.sizes) * 2
     print(
         f"copy vs loan: {npts} sends on profile {args.profile}"
         + (" with buffer reuse" if args.reuse else "")
     )
-    try:
-        pts = experiments.sweep(
-            args.sizes,
-            args.cpus,
-            reuse=args.reuse,
-            profile=args.profile,
-            profile_overrides=overrides or None,
-            progress=sys.stdout.isatty(),
-        )
-    except ValueError as e:
-        print(f"uvmloan compare: {e}", file=sys.stderr)
-        return 2
+    pts = experiments.sweep(
+        args.sizes,
+        args.cpus,
+        reuse=args.reuse,
+        profile=args.profile,
+        profile_overrides=overrides,
+        progress=sys.stdout.isatty(),
+    )
     print(experiments.table(pts))
     for n in args.cpus:
         c = experiments.crossover(pts, n)
         where = f"from {experiments._fmt_size(c)}" if c else "never, in this range"
         print(f"  {n} CPU(s): loaning is cheaper {where}")
-    args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "compare.json"
-    data.write_text(json.dumps([p.as_dict() for p in pts], indent=1))
+    record = experiments.compare_record(
+        pts,
+        sizes=args.sizes,
+        cpus=args.cpus,
+        reuse=args.reuse,
+        profile=args.profile,
+        profile_overrides=overrides,
+        command=["uvmloan", *argv],
+    )
+    data.write_text(json.dumps(record, indent=1))
     print(f"data: {data}")
     if not args.no_plot:
         try:
@@ -212,38 +299,106 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="uvmloan", description=__doc__.splitlines()[0])
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    ap = argparse.ArgumentParser(prog="uvmloan", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--version", action="version", version=f"uvmloan {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="borrow a buffer by page loan and watch what happens")
     d.add_argument(
         "--out", type=Path, default=Path("out"), help="directory for the trace (default: out)"
     )
-    d.add_argument("--ncpus", type=int, default=2, help="CPUs of the machine (default: 2)")
+    d.add_argument("--ncpus", type=_ncpus, default=2, help="CPUs of the machine (default: 2)")
     d.add_argument(
-        "--size", type=int, default=3 * 4096 + 100, help="bytes to lend (default: 12388)"
+        "--size",
+        type=_size,
+        default=3 * 4096 + 100,
+        help=f"bytes to lend, e.g. 12388, 64K, 1M (default: 12388; at most "
+        f"{DEMO_MAX_SIZE >> 20}M)",
+    )
+    d.add_argument(
+        "--memory",
+        type=_size,
+        default=None,
+        help="the machine's memory, e.g. 64M (default: enough for --size)",
     )
     c = sub.add_parser("compare", help="simulated cost of copying vs lending a send buffer")
-    c.add_argument("--sizes", type=_sizes, default=_sizes("4K,16K,64K,256K"), help="e.g. 4K,64K,1M")
+    c.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[4096, 16384, 65536, 262144],
+        help=f"e.g. 4K,64K,1M (default: 4K,16K,64K,256K; each at most {COMPARE_MAX_SIZE >> 20}M)",
+    )
     c.add_argument("--cpus", type=_ints, default=[1, 2, 4], help="CPU counts, e.g. 1,2,4")
     c.add_argument(
         "--reuse", action="store_true", help="the sender rewrites its buffer after each send"
     )
-    c.add_argument("--profile", default="netbsd-10")
+    c.add_argument("--profile", default="netbsd-10", help="profile name (default: netbsd-10)")
     c.add_argument(
-        "--cost", action="append", metavar="NAME=NS", help="override a cost, e.g. copy_bw=100"
+        "--cost",
+        action="append",
+        type=_cost,
+        metavar="NAME=INT",
+        help="override a cost of the profile, e.g. copy_bw=100 (repeatable)",
     )
     c.add_argument("--out", type=Path, default=Path("out"), help="directory for compare.json/.png")
     c.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    args = ap.parse_args(argv)
-    if args.cmd == "compare":
-        return compare(args)
-    if args.cmd == "demo":
-        if args.ncpus < 1 or args.size < 1:
-            ap.error("--ncpus and --size must be positive")
-        return demo(args.out, args.ncpus, args.size)
-    return 2
+    return ap, {"demo": d, "compare": c}
+
+
+def _check_demo(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.size > DEMO_MAX_SIZE:
+        ap.error(
+            f"--size {_human(args.size)}: the demo lends at most {_human(DEMO_MAX_SIZE)} "
+            "(uvmloan compare measures large sends)"
+        )
+    if args.memory is not None:
+        ps = get_profile().page_size
+        if args.memory % ps:
+            ap.error(f"--memory {_human(args.memory)}: not a multiple of the page size {ps}")
+        least = demo_min_memory(args.size)
+        if args.memory < least:
+            ap.error(
+                f"--memory {_human(args.memory)}: too small for --size {_human(args.size)} "
+                f"(needs at least {_human(least)})"
+            )
+        if args.memory > MAX_MEMORY:
+            ap.error(f"--memory {_human(args.memory)}: at most {_human(MAX_MEMORY)}")
+    _writable_dir(ap, "--out", args.out, ["demo-trace.jsonl"])
+
+
+def _check_compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    big = [s for s in args.sizes if s > COMPARE_MAX_SIZE]
+    if big:
+        ap.error(f"--sizes: {_human(big[0])} is more than {_human(COMPARE_MAX_SIZE)}")
+    costs = dict(args.cost or [])
+    args.overrides = {"costs": costs} if costs else None
+    try:
+        get_profile(args.profile, **(args.overrides or {}))
+    except (TypeError, ValueError) as e:
+        opt = "--cost" if costs and "cost" in str(e) else "--profile"
+        ap.error(f"{opt}: {e}")
+    files = ["compare.json"] + ([] if args.no_plot else ["compare.png"])
+    _writable_dir(ap, "--out", args.out, files)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: a user error is an argparse message and exit status 2."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    ap, subs = _parser()
+    args = ap.parse_args(args_list)
+    try:
+        if args.cmd == "compare":
+            _check_compare(subs["compare"], args)
+            return compare(args, args_list)
+        _check_demo(subs["demo"], args)
+        return demo(args.out, args.ncpus, args.size, args.memory)
+    except KeyboardInterrupt:
+        print(f"uvmloan {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        # The disk filled or the directory went away after the checks.
+        print(f"uvmloan {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

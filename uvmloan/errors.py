@@ -69,10 +69,15 @@ class PhysMemTypeError(PhysMemError, TypeError):
     """An argument of the wrong type (e.g. a read-only buffer where one is written)."""
 
 
+class MachineClosed(RuntimeError):
+    """The machine was closed (its memory is unmapped): it takes no more work."""
+
+
 __all__ = [
     "FrameRangeError",
     "InvariantViolation",
     "KernelAssertion",
+    "MachineClosed",
     "PhysMemError",
     "PhysMemTypeError",
     "PhysMemValueError",

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .machine import Machine
+from .machine import Machine, parse_size
 
 Policy = Literal["copy", "loan"]
 POLICIES: tuple[Policy, ...] = ("copy", "loan")
@@ -60,7 +60,7 @@ class SendCost:
 
 def send_cost(
     policy: Policy,
-    size: int,
+    size: int | str,
     ncpus: int = 1,
     *,
     reuse: bool = False,
@@ -76,8 +76,10 @@ def send_cost(
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
-    if not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    if isinstance(size, str):
+        size = parse_size(size, "size")  # "64K", "1M"
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise ValueError(f"size must be a positive int or a size like '64K', got {size!r}")
     if not isinstance(ncpus, int) or ncpus < 1:
         raise ValueError(f"ncpus must be a positive int, got {ncpus!r}")
     ps_guess = 4096
@@ -140,7 +142,7 @@ def send_cost(
 
 
 def sweep(
-    sizes: Sequence[int],
+    sizes: Sequence[int | str],
     cpus: Sequence[int],
     *,
     reuse: bool = False,
@@ -148,7 +150,8 @@ def sweep(
     profile_overrides: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> list[SendCost]:
-    """``send_cost`` for every (ncpus, size, policy) of the grid."""
+    """``send_cost`` for every (ncpus, size, policy) of the grid (sizes: ints or "64K")."""
+    sizes = [parse_size(s, "size") for s in sizes]
     out: list[SendCost] = []
     grid = [(n, s, pol) for n in cpus for s in sizes for pol in POLICIES]
     for i, (n, s, pol) in enumerate(grid, 1):
@@ -202,41 +205,110 @@ def _fmt_size(n: int) -> str:
     return str(n)
 
 
-def plot(points: Sequence[SendCost], path: str | Path, title: str = "") -> Path:
-    """Simulated ns per KiB sent against size, one line per (policy, CPUs).
+COMPARE_SCHEMA = 1
 
-    Needs matplotlib (``pip install 'uvmloan[plot]'``).  Builds a Figure
-    directly (no pyplot state) and saves it to ``path``.
+
+def compare_record(
+    points: Sequence[SendCost],
+    *,
+    sizes: Sequence[int],
+    cpus: Sequence[int],
+    reuse: bool = False,
+    profile: str = "netbsd-10",
+    profile_overrides: dict[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """What ``compare.json`` holds: the points and everything that made them.
+
+    ``sweep`` is the exact keyword arguments of :func:`sweep` (so
+    ``sweep(**rec["sweep"])`` recomputes ``rec["points"]``), ``profile`` the
+    resolved profile with every cost, and the model version and physmem
+    backend that ran it.
     """
+    from ._version import __version__
+    from .physmem import BACKEND
+    from .profile import get_profile
+
+    resolved = get_profile(profile, **dict(profile_overrides or {}))
+    return {
+        "schema": COMPARE_SCHEMA,
+        "model": "uvmloan",
+        "model_version": __version__,
+        "backend": BACKEND,
+        "command": list(command) if command is not None else None,
+        "sweep": {
+            "sizes": list(sizes),
+            "cpus": list(cpus),
+            "reuse": reuse,
+            "profile": profile,
+            "profile_overrides": profile_overrides,
+        },
+        "touched_on_all_cpus": True,
+        "units": {"sender_ns": "ns on the sending CPU", "total_ns": "ns summed over all CPUs"},
+        "profile": attrs.asdict(resolved),
+        "points": [p.as_dict() for p in points],
+    }
+
+
+# Policy styles: copy is a large hollow square under a small filled loan dot,
+# so equal costs still show both marks.
+_STYLE = {
+    "copy": {"marker": "s", "markersize": 9, "markerfacecolor": "none", "linestyle": "--"},
+    "loan": {"marker": "o", "markersize": 4, "linestyle": "-"},
+}
+
+
+def plot(points: Sequence[SendCost], path: str | Path, title: str = "") -> Path:
+    """Cost per send against size, copy vs loan: one column per CPU count.
+
+    The top row is the sending CPU's cost, the bottom row the total over all
+    CPUs (IPI handlers on the others included), in simulated ns per send on
+    log-log axes.  Needs matplotlib (``pip install 'uvmloan[plot]'``); builds
+    a Figure directly (no pyplot state) and saves it to ``path``.
+    """
+    fig = figure(points, title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    return out
+
+
+def figure(points: Sequence[SendCost], title: str = "") -> Any:
+    """The matplotlib Figure ``plot`` saves (2 rows x one column per CPU count)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise RuntimeError("plotting needs matplotlib: pip install 'uvmloan[plot]'") from e
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    series: dict[tuple[str, int], list[tuple[int, float]]] = {}
-    for pt in points:
-        series.setdefault((pt.policy, pt.ncpus), []).append(
-            (pt.size, pt.sender_ns / (pt.size / 1024))
-        )
-    for (pol, n), xs in sorted(series.items()):
-        xs.sort()
-        ax.plot(
-            [x for x, _ in xs],
-            [y for _, y in xs],
-            marker="o" if pol == "loan" else "s",
-            linestyle="-" if pol == "loan" else "--",
-            label=f"{pol}, {n} CPU{'s' if n > 1 else ''}",
-        )
-    ax.set_xscale("log", base=2)
+    cpus = sorted({pt.ncpus for pt in points})
     sizes = sorted({pt.size for pt in points})
-    ax.set_xticks(sizes, [_fmt_size(s) for s in sizes])
-    ax.set_xlabel("bytes sent (equal costs draw over each other)")
-    ax.set_ylabel("simulated ns per KiB (sending CPU)")
-    ax.set_title(title or "copy vs page loan (uvmloan)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    return out
+    if not cpus:
+        raise ValueError("plot: no points")
+    ncol = len(cpus)
+    fig = Figure(figsize=(3.6 * ncol + 1.5, 6.5))
+    axes = fig.subplots(2, ncol, squeeze=False, sharex=True, sharey="row")
+    rows = (("sender_ns", "ns per send, sending CPU"), ("total_ns", "ns per send, all CPUs"))
+    for col, n in enumerate(cpus):
+        for row, (field, ylabel) in enumerate(rows):
+            ax = axes[row][col]
+            for pol in POLICIES:
+                xs = sorted(
+                    (pt.size, getattr(pt, field))
+                    for pt in points
+                    if pt.ncpus == n and pt.policy == pol
+                )
+                if xs:
+                    ax.plot([x for x, _ in xs], [y for _, y in xs], label=pol, **_STYLE[pol])
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            if row == 0:
+                ax.set_title(f"{n} CPU{'s' if n > 1 else ''}")
+            else:
+                ax.set_xticks(sizes, [_fmt_size(s) for s in sizes])
+                ax.set_xlabel("bytes sent")
+            if col == 0:
+                ax.set_ylabel(ylabel)
+    axes[0][0].legend(loc="upper left")
+    reused = " (buffer rewritten after each send)" if any(pt.reuse for pt in points) else ""
+    fig.suptitle(title or f"copy vs page loan, simulated cost per send{reused} (uvmloan)")
+    return fig

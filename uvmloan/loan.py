@@ -151,7 +151,10 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
     if len <= 0:
         raise ValueError(f"uvm_loan: len must be positive, got {len}")
     if start < map.minva or start + len > map.maxva:
-        raise ValueError(f"uvm_loan: [{start:#x}, {start + len:#x}) is outside {map.name}")
+        raise ValueError(
+            f"uvm_loan: [{start:#x}, {start + len:#x}) is outside the address space "
+            f"[{map.minva:#x}, {map.maxva:#x}) of map {map.name!r}"
+        )
     out: list[Page | Anon] = []
     va = start
     end = start + len

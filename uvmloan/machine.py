@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .borrow import KernelLoan, kernel_loan, kernel_loan_uobj
-from .errors import SegmentationFault, UVMError
+from .errors import MachineClosed, SegmentationFault, UVMError
 from .fault import uvm_fault
 from .map import VMMap
 from .mmu import MMU
@@ -23,49 +23,59 @@ from .object import AnonObject, VnodeObject
 from .page import Page, PageAllocator
 from .param import EACCES, EFAULT, EINVAL, ENOMEM, VMProt
 from .pdaemon import uvmpd_reclaim_page, uvmpd_scan
-from .physmem import PhysMem
+from .physmem import BACKEND, PhysMem
 from .pmap.cpu import CPU, Platform, TLBState
 from .pmap.pmap import Pmap, PmapModule
 from .process import Process
 from .profile import Profile, get_profile
-from .trace import Event, JSONLinesSink, Tracer
+from .trace import Event, JSONLinesSink, Tracer, trace_header
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def parse_size(size: int | str) -> int:
-    """ "64M", "1G", "512k" or an int number of bytes."""
+def parse_size(size: int | str, what: str = "memory size") -> int:
+    """ "64M", "1G", "512k" (also "64MB", "64MiB") or an int number of bytes.
+
+    ``what`` names the quantity in error messages.
+    """
     if isinstance(size, bool):
-        raise TypeError("memory must be a size like '64M' or a number of bytes")
+        raise TypeError(f"{what} must be a size like '64M' or a number of bytes")
     if isinstance(size, int):
         return size
     if not isinstance(size, str):
-        raise TypeError(f"memory must be a size like '64M' or an int, not {type(size).__name__}")
+        raise TypeError(f"{what} must be a size like '64M' or an int, not {type(size).__name__}")
     m = _SIZE_RE.match(size)
     if not m:
-        raise ValueError(f"cannot parse memory size {size!r}; use e.g. '64M', '1G' or bytes")
+        raise ValueError(f"cannot parse {what} {size!r}; use e.g. 4096, '64K', '10M' or '1G'")
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
-def _make_tracer(trace: bool | str | Path | Tracer) -> tuple[Tracer, JSONLinesSink | None]:
+TRACE_MODES = ("off", "counters", "record")
+
+
+def _make_tracer(trace: str | Path | Tracer) -> Tracer:
     if isinstance(trace, Tracer):
-        return trace, None
-    if trace is False or trace == "off":
-        return Tracer(on=False), None
-    if trace is True or trace == "counters":
-        return Tracer(), None
+        return trace
+    if trace == "off":
+        return Tracer(on=False)
+    if trace == "counters":
+        return Tracer()
     if trace == "record":
         t = Tracer()
         t.record()
-        return t, None
-    if isinstance(trace, str | Path):
-        t = Tracer()
-        sink = JSONLinesSink(trace)
-        t.add_sink(sink)
-        return t, sink
+        return t
+    if isinstance(trace, Path):
+        return Tracer()
+    if isinstance(trace, str):
+        # A mistyped mode must not become a file of that name.
+        raise ValueError(
+            f"trace={trace!r} is not a trace mode; use one of {', '.join(map(repr, TRACE_MODES))}"
+            ", a Tracer, or write JSON Lines with a pathlib.Path or trace_file='path'"
+        )
     raise ValueError(
-        f"trace must be 'off', 'counters', 'record', a JSON Lines path or a Tracer, not {trace!r}"
+        "trace must be 'off', 'counters', 'record', a pathlib.Path or a Tracer, "
+        f"not {type(trace).__name__}"
     )
 
 
@@ -75,6 +85,14 @@ class Machine:
     ``Machine(ncpus=2, memory="64M", profile="netbsd-10", trace="record")``.
     ``profile`` is a name or a Profile; keyword ``profile_overrides`` change
     single fields (``{"tp_maxva": 7}``).
+
+    ``trace`` is a mode: ``"off"`` (no counters, no events), ``"counters"``
+    (the default) or ``"record"`` (events kept in ``m.trace``), or a Tracer
+    of your own.  ``trace_file="t.jsonl"`` (or ``trace=Path("t.jsonl")``)
+    also writes the events as JSON Lines (``specs/trace.md``).
+
+    ``close()`` unmaps the memory; the machine refuses all work afterwards
+    (``MachineClosed``) but its counters and trace stay readable.
     """
 
     def __init__(
@@ -86,7 +104,8 @@ class Machine:
         page_size: int | None = None,
         profile: str | Profile = "netbsd-10",
         profile_overrides: dict[str, Any] | None = None,
-        trace: bool | str | Path | Tracer = "counters",
+        trace: str | Path | Tracer = "counters",
+        trace_file: str | Path | None = None,
         on_shortage: str = "raise",
     ) -> None:
         if on_shortage not in ("raise", "reclaim"):
@@ -114,8 +133,30 @@ class Machine:
         if not isinstance(npages, int) or isinstance(npages, bool) or npages < 1:
             raise ValueError(f"npages must be a positive int, got {npages!r}")
         self.profile: Profile = prof
-        self.tracer, self._sink = _make_tracer(trace)
+        self.tracer = _make_tracer(trace)
+        if isinstance(trace, Path):
+            if trace_file is not None:
+                raise ValueError("give the JSON Lines path as trace= or trace_file=, not both")
+            trace_file = trace
+        if trace_file is not None:
+            if not isinstance(trace_file, str | Path) or not str(trace_file).strip():
+                raise TypeError(f"trace_file must be a path, not {trace_file!r}")
+            if not self.tracer.on:
+                raise ValueError("trace_file needs tracing on: trace='off' emits no events")
         self.physmem = PhysMem(npages, ps)
+        self._sink: JSONLinesSink | None = None
+        if trace_file is not None:
+            try:
+                self._sink = JSONLinesSink(
+                    trace_file,
+                    trace_header(
+                        prof, ncpus=ncpus, npages=npages, backend=BACKEND, on_shortage=on_shortage
+                    ),
+                )
+            except BaseException:
+                self.physmem.close()
+                raise
+            self.tracer.add_sink(self._sink)
         self.platform = Platform.build(prof, self.physmem, self.tracer, ncpus)
         self.uvm = PageAllocator(self.platform, npages, ps, on_shortage=on_shortage)
         self.pmap = PmapModule(self.platform, self.uvm.phys_to_page)
@@ -133,6 +174,7 @@ class Machine:
         self.processes: list[Process] = []
         self.kernel_loans: dict[KernelLoan, None] = {}
         self._pid = 0
+        self._closed = False
         self.platform.fault_handler = self._fault_handler
 
     # ---------------------------------------------------------- processes
@@ -143,6 +185,7 @@ class Machine:
 
     def spawn(self, name: str = "proc", cpu: int = 0) -> Process:
         """A new process with an empty address space, scheduled on ``cpu``."""
+        self._check_open("spawn")
         if not isinstance(name, str) or not name:
             raise ValueError(f"spawn: name must be a non-empty string, got {name!r}")
         p = Process(self, name, cpu)
@@ -151,11 +194,14 @@ class Machine:
 
     def vnode(self, data: bytes | bytearray | memoryview = b"", name: str = "") -> VnodeObject:
         """A file with the given contents and a vnode pager."""
+        self._check_open("vnode")
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"vnode: data must be bytes-like, not {type(data).__name__}")
         return VnodeObject(self.uvm, name=name, backing=bytearray(data))
 
     def aobj(self, name: str = "") -> AnonObject:
+        """An anonymous UVM object (aobj), as shared anonymous memory uses."""
+        self._check_open("aobj")
         return AnonObject(self.uvm, name=name)
 
     # ------------------------------------------------------- kernel borrowers
@@ -164,6 +210,7 @@ class Machine:
         self, proc: Process, va: int, length: int, cpu: int | None = None
     ) -> KernelLoan:
         """The kernel borrows ``length`` user bytes at ``va`` of ``proc`` (sosend_loan style)."""
+        self._check_open("kernel_loan")
         if not isinstance(proc, Process) or proc.machine is not self:
             raise ValueError("kernel_loan: proc must be a process of this machine")
         if not proc.alive:
@@ -177,18 +224,28 @@ class Machine:
         self, vn: VnodeObject, offset: int, length: int, cpu: int = 0
     ) -> KernelLoan:
         """The kernel borrows file bytes (nfsrv_read style, uvm_loanuobjpages)."""
+        self._check_open("kernel_loan_file")
         with self.platform.on_cpu(cpu):
             return kernel_loan_uobj(self, vn, offset, length)
 
     def reclaim(self, pages: int | None = None, page: Page | None = None, cpu: int = 0) -> int:
         """Run the pagedaemon: take ``page``, or up to ``pages`` pages (default all it can)."""
+        self._check_open("reclaim")
         with self.platform.on_cpu(cpu):
             if page is not None:
                 r = uvmpd_reclaim_page(self.uvm, page)
                 return 1 if r in ("freed", "orphaned", "paged out") else 0
             return uvmpd_scan(self.uvm, self.uvm.npages if pages is None else pages)
 
+    def _check_open(self, what: str) -> None:
+        """Refuse work on a closed machine, before anything changes."""
+        if self._closed:
+            raise MachineClosed(
+                f"{what}: this machine is closed (close() unmapped its memory); build a new Machine"
+            )
+
     def _switch_to(self, proc: Process, cpu: int) -> None:
+        self._check_open("schedule a process")
         c = self.platform.cpu(cpu)
         # pmap_load (pmap.c 1.381) also runs for the pmap already loaded: a
         # LAZY CPU goes VALID, a STALE one rejoins pm_cpus and flushes its
@@ -315,8 +372,15 @@ class Machine:
 
     @property
     def trace(self) -> list[Event]:
-        """Recorded events (empty unless built with trace='record' or after record())."""
-        return self.tracer.events if self.tracer.events is not None else []
+        """The recorded events; only a machine that records has them."""
+        if self.tracer.events is None:
+            how = "counts only" if self.tracer.on else "has tracing off"
+            raise RuntimeError(
+                f"this machine does not record events (it {how}): build it with "
+                "Machine(..., trace='record') or call m.tracer.record() first; "
+                "m.counters has the counts"
+            )
+        return self.tracer.events
 
     def pmap_kernel(self) -> Pmap:
         return self.pmap.kernel
@@ -326,6 +390,8 @@ class Machine:
 
     @contextmanager
     def on_cpu(self, index: int) -> Iterator[CPU]:
+        """Run the enclosed kernel work on CPU ``index``."""
+        self._check_open("on_cpu")
         with self.platform.on_cpu(index) as cpu:
             yield cpu
 
@@ -338,7 +404,13 @@ class Machine:
         """The latest clock of any CPU (simulated ns)."""
         return max(c.clock for c in self.platform.cpus)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        """Flush the trace file and unmap the memory; idempotent."""
+        self._closed = True
         if self._sink is not None:
             self._sink.close()
             self._sink = None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 from sortedcontainers import SortedDict
 
-from .errors import KernelAssertion, UVMError
+from .errors import KernelAssertion, MachineClosed, UVMError
 from .param import ENOMEM, PG, VM_PROT_NONE
 
 if TYPE_CHECKING:
@@ -200,6 +200,7 @@ class VnodeObject(UVMObject):
             )
 
     def _check_io(self, offset: int, n: int, what: str) -> None:
+        self._check_open(what)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError(f"{what}: offset must be a non-negative int, got {offset!r}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
@@ -294,7 +295,12 @@ class VnodeObject(UVMObject):
     def contents(self) -> bytes:
         return self.read(0, self.size)
 
+    def _check_open(self, what: str) -> None:
+        if self.uvm.platform.physmem.closed:
+            raise MachineClosed(f"{what}: the machine is closed (close() unmapped its memory)")
+
     def fsync(self) -> None:
+        self._check_open("fsync")
         self.pgo_put(0, 0, PGO_ALLPAGES | PGO_CLEANIT)
 
     def truncate(self, size: int) -> None:
@@ -307,6 +313,7 @@ class VnodeObject(UVMObject):
         changes (``uvm_wait``), so ENOMEM leaves the file as it was.  NetBSD
         waits for memory there and never fails half done.
         """
+        self._check_open("truncate")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError(f"truncate: size must be a non-negative int, got {size!r}")
         ps = self.page_size

@@ -66,6 +66,7 @@ class Process:
     # --------------------------------------------------------------- checks
 
     def _alive(self, what: str) -> None:
+        self.machine._check_open(what)
         if not self.alive:
             raise ValueError(f"{what}: process {self.name} has exited")
 

@@ -163,12 +163,39 @@ def get_profile(profile: str | Profile = "netbsd-10", **overrides: Any) -> Profi
     fields = attrs.fields_dict(Profile)
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"unknown profile field(s): {', '.join(unknown)}")
+        raise ValueError(
+            f"unknown profile field(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    for name, value in overrides.items():
+        if name != "costs":
+            _check_type("profile field", name, getattr(base, name), value)
     costs = overrides.get("costs")
     if isinstance(costs, Mapping):
         cost_fields = attrs.fields_dict(CostModel)
         bad = sorted(set(costs) - set(cost_fields))
         if bad:
-            raise ValueError(f"unknown cost field(s): {', '.join(bad)}")
+            raise ValueError(
+                f"unknown cost field(s): {', '.join(bad)}; known: {', '.join(sorted(cost_fields))}"
+            )
+        for name, value in costs.items():
+            _check_type("cost", name, getattr(base.costs, name), value)
         overrides["costs"] = attrs.evolve(base.costs, **costs)
+    elif costs is not None and not isinstance(costs, CostModel):
+        raise TypeError(
+            f"profile field costs must be a CostModel or a mapping of cost names to ints, "
+            f"not {type(costs).__name__}"
+        )
     return attrs.evolve(base, **overrides)
+
+
+def _check_type(kind: str, name: str, default: object, value: object) -> None:
+    # Every field is an int, a bool or a str (a Literal's values are strings):
+    # the default's type is the field's type.  bool is not an int here.
+    want = type(default)
+    if want is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, want)
+    if not ok:
+        got = f"{type(value).__name__} {value!r}"
+        raise TypeError(f"{kind} {name} must be {want.__name__}, not {got}")

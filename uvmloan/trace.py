@@ -10,6 +10,12 @@ counters.
 Counter names follow NetBSD's ``vmstat -e`` spelling ("group name") where
 NetBSD has the counter: ``TLB shootdown`` is x86_tlb.c's ``pmap_tlb_evcnt``,
 ``tlbshoot kernel KENTER`` its TLBSTATS counters.
+
+One vocabulary (``specs/trace.md``): an event's name (``Event.name``, the
+``ev`` of its JSON Lines record) is the first counter it increments, so
+counting records by ``ev`` gives that counter, and the demo's text uses the
+same words.  A JSON Lines file starts with a header (``trace_header``) and
+``read_jsonl`` turns it back into typed events.
 """
 
 from __future__ import annotations
@@ -24,25 +30,83 @@ from typing import IO, Any, ClassVar
 
 import attrs
 
+from ._version import __version__
+
+# Version of the JSON Lines layout written by JSONLinesSink (the header's
+# "schema"); read_jsonl refuses files of another version.
+SCHEMA_VERSION = 1
+HEADER_EV = "header"
+UNITS = {
+    "t": "ns (simulated, the CPU's clock)",
+    "waited_ns": "ns (simulated)",
+    "va": "byte address",
+    "frame": "page frame number",
+    "prot": "vm_prot_t bits (1 read, 2 write, 4 execute); prot_name spells them",
+}
+
 
 @attrs.frozen(slots=True)
 class Event:
     """Base of every trace event: simulated time (ns), CPU and address space."""
 
     KIND: ClassVar[str] = "event"
+    # Fields holding an int sentinel that JSON spells as a word (or null):
+    # {field: (model value, JSON value)}.
+    JSON_SENTINELS: ClassVar[dict[str, tuple[int, Any]]] = {}
 
     t: int
     cpu: int
     space: str
 
+    @property
+    def name(self) -> str:
+        """The event's name in the vocabulary: its JSON ``ev``, its first counter."""
+        return self.KIND
+
     def counter_keys(self) -> tuple[str, ...]:
         return (self.KIND,)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"ev": self.KIND}
+        d: dict[str, Any] = {"ev": self.name}
+        sentinels = self.JSON_SENTINELS
         for a in attrs.fields(type(self)):
-            d[a.name] = _jsonable(getattr(self, a.name))
+            v = getattr(self, a.name)
+            if a.name in sentinels and v == sentinels[a.name][0]:
+                d[a.name] = sentinels[a.name][1]
+            else:
+                d[a.name] = _jsonable(v)
+            if a.name == "prot":
+                d["prot_name"] = prot_name(v)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        """The event a ``to_dict`` record describes (the class named by ``ev``)."""
+        ev = d.get("ev")
+        klass = _BY_NAME.get(ev) if isinstance(ev, str) else None
+        if klass is None or (cls is not Event and klass is not cls):
+            raise ValueError(f"unknown trace event {ev!r}")
+        kwargs: dict[str, Any] = {}
+        sentinels = klass.JSON_SENTINELS
+        for a in attrs.fields(klass):
+            if a.name not in d:
+                raise ValueError(f"trace event {ev!r} lacks field {a.name!r}")
+            v = d[a.name]
+            if a.name in sentinels and v == sentinels[a.name][1]:
+                v = sentinels[a.name][0]
+            elif isinstance(v, list):
+                v = tuple(v)
+            kwargs[a.name] = v
+        out = klass(**kwargs)
+        if out.name != ev:
+            raise ValueError(f"trace event {ev!r} does not match its fields ({out.name!r})")
+        return out
+
+
+def prot_name(prot: int) -> str:
+    """vm_prot_t as letters: 1 -> "r", 3 -> "rw", 7 -> "rwx", 0 -> "none"."""
+    letters = "".join(c for bit, c in ((1, "r"), (2, "w"), (4, "x")) if prot & bit)
+    return letters or "none"
 
 
 def _jsonable(v: Any) -> Any:
@@ -127,7 +191,9 @@ class LoanBreak(Event):
     new_frame: int
     loan_count: int  # of the old page, after the break
     where: str  # "fault", "write(2)", "mlock", ...
-    va: int  # the faulting user address, or -1 (write(2), truncate)
+    va: int  # the faulting user address, or -1 (write(2), truncate): null in JSON
+
+    JSON_SENTINELS: ClassVar[dict[str, tuple[int, Any]]] = {"va": (-1, None)}
 
     def counter_keys(self) -> tuple[str, ...]:
         return (self.KIND, f"loan.break.{self.kind}")
@@ -221,7 +287,8 @@ class ShootdownQueued(Event):
     """
 
     KIND: ClassVar[str] = "tlbshoot request"
-    va: int  # -1 asks for a full flush
+    JSON_SENTINELS: ClassVar[dict[str, tuple[int, Any]]] = {"va": (-1, None)}
+    va: int  # -1 asks for a full flush: null in JSON
     reason: str
     scopes: tuple[str, ...]
     global_pte: bool
@@ -237,13 +304,16 @@ class ShootdownQueued(Event):
 
 @attrs.frozen(slots=True)
 class ShootdownRound(Event):
-    """pmap_tlb_shootnow(): one packet processed.
+    """pmap_tlb_shootnow(): one packet processed (a "shootdown round").
 
-    ``remote`` rounds increment NetBSD's ``TLB shootdown`` evcnt exactly once,
-    however many IPIs they send; local-only rounds count nothing there.
+    A round with a remote target is named ``TLB shootdown`` and increments
+    NetBSD's evcnt of that name exactly once, however many IPIs it sends; a
+    round done on the initiating CPU alone is ``tlbshoot local-only round``
+    (the model's counter: NetBSD counts nothing for it).
     """
 
-    KIND: ClassVar[str] = "tlbshoot round"
+    KIND: ClassVar[str] = "TLB shootdown"
+    LOCAL: ClassVar[str] = "tlbshoot local-only round"
     targets: tuple[int, ...]
     nva: int  # individual VAs (0 when allva)
     allva: bool
@@ -251,9 +321,17 @@ class ShootdownRound(Event):
     broadcast: bool
     waited_ns: int
 
+    @property
+    def remote(self) -> bool:
+        return any(c != self.cpu for c in self.targets)
+
+    @property
+    def name(self) -> str:
+        return self.KIND if self.remote else self.LOCAL
+
     def counter_keys(self) -> tuple[str, ...]:
-        remote = any(c != self.cpu for c in self.targets)
-        keys = ["TLB shootdown" if remote else "tlbshoot local-only round"]
+        remote = self.remote
+        keys = [self.name]
         # x86_tlb.c 1.20 (TLBSTATS): "tlbshoot single page issues" grows by
         # the packet's VA count, on rounds that went remote only.
         if remote and not self.allva and self.nva:
@@ -264,7 +342,8 @@ class ShootdownRound(Event):
 @attrs.frozen(slots=True)
 class IPISent(Event):
     KIND: ClassVar[str] = "ipi sent"
-    target: int  # -1: one broadcast to all-but-self (LAPIC_DEST_ALLEXCL)
+    JSON_SENTINELS: ClassVar[dict[str, tuple[int, Any]]] = {"target": (-1, "broadcast")}
+    target: int  # -1: one broadcast to all-but-self (LAPIC_DEST_ALLEXCL); JSON "broadcast"
     vector: str
 
     def counter_keys(self) -> tuple[str, ...]:
@@ -384,10 +463,51 @@ def counters_from(events: Iterable[Event]) -> Counter[str]:
     return c
 
 
-class JSONLinesSink:
-    """Writes one JSON object per event; close() (or a with-block) flushes."""
+def _event_classes() -> dict[str, type[Event]]:
+    # From the module's names, not Event.__subclasses__(): attrs' slotted
+    # classes replace the class statement's class, which may linger there.
+    out: dict[str, type[Event]] = {}
+    for v in list(globals().values()):
+        if isinstance(v, type) and issubclass(v, Event) and v is not Event:
+            if v.KIND in out:
+                raise AssertionError(f"two event classes named {v.KIND!r}")
+            out[v.KIND] = v
+    out[ShootdownRound.LOCAL] = ShootdownRound
+    return out
 
-    def __init__(self, target: str | Path | IO[str]) -> None:
+
+_BY_NAME: dict[str, type[Event]] = _event_classes()
+
+
+def trace_header(profile: Any = None, **extra: Any) -> dict[str, Any]:
+    """The first record of a JSON Lines trace: schema, units, model and profile.
+
+    ``profile`` is a ``Profile`` (written in full, costs included, so the run
+    can be rebuilt with ``get_profile(**header["profile"])``); ``extra``
+    adds fields (the machine adds ncpus, npages and the physmem backend).
+    """
+    prof: dict[str, Any] | None = None
+    if profile is not None:
+        prof = attrs.asdict(profile)
+    return {
+        "ev": HEADER_EV,
+        "schema": SCHEMA_VERSION,
+        "model": "uvmloan",
+        "model_version": __version__,
+        "units": dict(UNITS),
+        "profile": prof,
+        **extra,
+    }
+
+
+class JSONLinesSink:
+    """Writes a header line, then one JSON object per event; close() flushes.
+
+    ``header`` is the first record (default: ``trace_header()`` without a
+    profile; a machine passes its own).
+    """
+
+    def __init__(self, target: str | Path | IO[str], header: dict[str, Any] | None = None) -> None:
         if isinstance(target, str | Path):
             self._fh: IO[str] = open(target, "w", encoding="utf-8")  # noqa: SIM115
             self._owned = True
@@ -396,10 +516,17 @@ class JSONLinesSink:
             self._owned = False
         else:
             raise TypeError("JSONLinesSink needs a path or a text file object")
+        head = trace_header() if header is None else header
+        if head.get("ev") != HEADER_EV or head.get("schema") != SCHEMA_VERSION:
+            raise ValueError("JSONLinesSink: header must come from trace_header()")
+        self._write(head)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, separators=(",", ":")))
+        self._fh.write("\n")
 
     def __call__(self, ev: Event) -> None:
-        self._fh.write(json.dumps(ev.to_dict(), separators=(",", ":")))
-        self._fh.write("\n")
+        self._write(ev.to_dict())
 
     def close(self) -> None:
         if self._owned:
@@ -414,7 +541,51 @@ class JSONLinesSink:
         self.close()
 
 
-def write_jsonl(events: Iterable[Event], target: str | Path | IO[str]) -> None:
-    with JSONLinesSink(target) as sink:
+def write_jsonl(
+    events: Iterable[Event], target: str | Path | IO[str], header: dict[str, Any] | None = None
+) -> None:
+    """Write ``events`` as JSON Lines after a header (``trace_header``)."""
+    with JSONLinesSink(target, header) as sink:
         for ev in events:
             sink(ev)
+
+
+def _records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not JSON: {e.msg}") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{lineno}: a record must be a JSON object")
+            yield lineno, rec
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The header record of a JSON Lines trace (checks the schema version)."""
+    for lineno, rec in _records(path):
+        if rec.get("ev") != HEADER_EV:
+            raise ValueError(f"{path}:{lineno}: the first record is not a trace header")
+        if rec.get("schema") != SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: trace schema {rec.get('schema')!r}, this uvmloan reads {SCHEMA_VERSION}"
+            )
+        return rec
+    raise ValueError(f"{path}: empty trace file")
+
+
+def read_jsonl(path: str | Path) -> list[Event]:
+    """The typed events of a JSON Lines trace written by ``JSONLinesSink``."""
+    read_header(path)
+    out: list[Event] = []
+    records = _records(path)
+    next(records)  # the header
+    for lineno, rec in records:
+        try:
+            out.append(Event.from_dict(rec))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
+    return out

@@ -155,7 +155,7 @@ def pmap_state_snapshot(m: Machine) -> dict[str, Any]:
         "cpus": cpus,
         "free": list(m.uvm.free),
         "counters": dict(m.counters),
-        "nevents": len(m.trace),
+        "nevents": len(m.tracer.events or ()),  # 0 on a machine that does not record
     }
 
 
