@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Protocol
 
 from . import __version__
 from .invariants import check_invariants
@@ -299,7 +301,36 @@ def compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+class Command(Protocol):
+    """A subcommand contributed by a package layered on uvmloan (the
+    network stack's ``transfer``, say), found through the ``uvmloan.commands``
+    entry-point group so that uvmloan never imports the layers above it."""
+
+    name: str
+    help: str
+
+    def add_arguments(self, p: argparse.ArgumentParser, size: Callable[[str], int]) -> None: ...
+
+    def check_arguments(self, p: argparse.ArgumentParser, args: argparse.Namespace) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _commands() -> dict[str, Command]:
+    found: dict[str, Command] = {}
+    for ep in sorted(entry_points(group="uvmloan.commands"), key=lambda e: e.name):
+        try:
+            cmd = ep.load()
+        except Exception as e:  # a broken add-on must not take the command down
+            print(f"uvmloan: cannot load the {ep.name!r} command ({e})", file=sys.stderr)
+            continue
+        found[cmd.name] = cmd
+    return found
+
+
+def _parser(
+    commands: dict[str, Command] | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     ap = argparse.ArgumentParser(prog="uvmloan", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--version", action="version", version=f"uvmloan {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -342,7 +373,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     c.add_argument("--out", type=Path, default=Path("out"), help="directory for compare.json/.png")
     c.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    return ap, {"demo": d, "compare": c}
+    subs = {"demo": d, "compare": c}
+    for name, cmd in (commands or {}).items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p, _size)
+        subs[name] = p
+    return ap, subs
 
 
 def _check_demo(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -384,9 +420,14 @@ def _check_compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: a user error is an argparse message and exit status 2."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    ap, subs = _parser()
+    commands = _commands()
+    ap, subs = _parser(commands)
     args = ap.parse_args(args_list)
     try:
+        if args.cmd in commands:
+            cmd = commands[args.cmd]
+            cmd.check_arguments(subs[args.cmd], args)
+            return cmd.run(args)
         if args.cmd == "compare":
             _check_compare(subs["compare"], args)
             return compare(args, args_list)
