@@ -64,6 +64,13 @@ class CostModel:
     context_switch_ns: int = attrs.field(default=1_000, validator=_nonneg)
     # Protocol processing per packet (netstack).
     per_packet_ns: int = attrs.field(default=1_500, validator=_nonneg)
+    # ip_output or ip_input of one packet (header build or validation, route
+    # and protocol switch): a round number of the right order, a few hundred
+    # cycles.
+    ip_packet_ns: int = attrs.field(default=250, validator=_nonneg)
+    # A device interrupt (receive or transmit completion): entry, driver
+    # handler dispatch and exit; a round number, about 1 us.
+    intr_ns: int = attrs.field(default=1_000, validator=_nonneg)
 
     def copy_ns(self, nbytes: int) -> int:
         return nbytes * 1000 // self.copy_bw if self.copy_bw else 0
