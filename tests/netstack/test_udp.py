@@ -77,6 +77,7 @@ def test_datagrams_4096_to_9216_are_loaned_and_released_at_completion(
     assert a.machine.kernel_loans
     net.run_until_idle()
     data, src = sb.recvfrom_bytes(20000)
+    assert src is not None
     assert data == pattern(16 * PS)[off : off + n]
     assert src == (a.addr, udp_table(a.stack).pcbs[src[1]].lport)
     assert a.machine.counters["sodoloanfree"] == 1
@@ -164,12 +165,12 @@ def test_receive_into_process_memory_and_truncation(net: Network) -> None:
 
 
 def test_bad_input(net: Network) -> None:
-    a, b, sa, sb, p, va = pair(net)
+    a, b, sa, _sb, p, va = pair(net)
 
     def errno_of(fn: Any) -> int:
         with pytest.raises(SocketError) as ei:
             fn()
-        return ei.value.errno
+        return ei.value.bsd_errno
 
     assert errno_of(lambda: sa.send(p, va, 100)) == EDESTADDRREQ
     assert errno_of(lambda: sa.sendto(p, va, 100, (b.addr, 0))) == EADDRNOTAVAIL
