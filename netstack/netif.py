@@ -22,8 +22,8 @@ Counters are ``struct if_data``'s (``net/if.h``): ``ifi_ipackets``,
 ``ifi_ierrors``, ``ifi_opackets``, ``ifi_oerrors``, ``ifi_collisions``,
 ``ifi_ibytes``, ``ifi_obytes``, ``ifi_iqdrops``, plus ``if_snd``'s
 ``ifq_drops``.  Links are full duplex, so ``ifi_collisions`` stays 0;
-``ifi_ierrors`` counts frames the NIC refuses (longer than the MTU or shorter
-than an IPv4 header); nothing in the model refuses a frame the NIC has
+``ifi_ierrors`` counts frames the NIC refuses (longer
+than the MTU, or empty); nothing in the model refuses a frame the NIC has
 accepted for transmit, so ``ifi_oerrors`` stays 0 unless a driver error is
 injected by a test.
 """
@@ -183,7 +183,7 @@ class Netif:
         mach.platform.charge(mach.profile.costs.intr_ns)
         d = self.if_data
         n = len(frame)
-        if n > self.if_mtu or n < 20:
+        if n > self.if_mtu or n == 0:
             d.ierrors += 1
             return
         d.ipackets += 1
