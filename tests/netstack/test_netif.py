@@ -7,7 +7,7 @@ from rawnet import Sink, free_pages, ifp, page_mbuf, pair, udp_out
 
 from netstack.ip import ENOBUFS
 from netstack.link import FrameMeta
-from netstack.mbuf import M_EXT_CLUSTER, MCLBYTES, is_free
+from netstack.mbuf import M_EXT_CLUSTER, MCLBYTES, Mbuf, is_free, m_freem
 
 
 def test_transmit_completion_frees_the_chain() -> None:
@@ -82,14 +82,12 @@ def test_receive_into_clusters_and_oversize_frames() -> None:
     m = chains[0]
     # 5028 bytes: three clusters (2048 + 2048 + 932), the IP header trimmed
     lens = []
-    cur = m
+    cur: Mbuf | None = m
     while cur is not None:
         assert cur.m_flags & M_EXT_CLUSTER
         lens.append(cur.m_len)
         cur = cur.m_next
     assert lens == [MCLBYTES - 20, MCLBYTES, 5028 - 2 * MCLBYTES]
-    from netstack.mbuf import m_freem
-
     m_freem(m)
     b.stack.check_leaks()
     ifp(lk, 1).frame_arrived(bytearray(9001), FrameMeta())
