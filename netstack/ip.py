@@ -154,7 +154,7 @@ class IPStack:
         # ip_do_randomid is 0 by default: ip_id is a per-host counter.  Its
         # start is derived from the network seed and host name (NetBSD seeds
         # it from the clock) so runs are reproducible.
-        self.ip_id = _id_seed(host.net.seed, host.name)
+        self.ip_id = _id_seed(host.net.seed, host.name) or 1
         self.ipq: dict[tuple[int, int, int, int], _ReassQueue] = {}
         self._slowtimo: Timer | None = None
         # Per-protocol state of the layers above (pcb tables ...).
@@ -177,6 +177,15 @@ class IPStack:
         if not callable(fn):
             raise TypeError("register: the input function must be callable")
         self.protosw[proto] = fn
+
+    def ip_newid(self) -> int:
+        """in_var.h ip_newid_range(ia, 1) with ip_do_randomid 0: the counter,
+        post-incremented, restarting at 1 rather than wrapping to 0."""
+        if (self.ip_id + 1) & 0xFFFF < self.ip_id:
+            self.ip_id = 1
+        ident = self.ip_id
+        self.ip_id = (self.ip_id + 1) & 0xFFFF
+        return ident
 
     def route(self, dst: int) -> Netif | None:
         return self.rt.get(dst)
@@ -227,8 +236,7 @@ class IPStack:
         length = m_length(m)
         m.m_pkthdr_len = length
         st["ips_localout"] += 1
-        self.ip_id = (self.ip_id + 1) & 0xFFFF
-        ident = self.ip_id
+        ident = self.ip_newid()
         off = IP_DF if df else 0
         mtu = ifp.if_mtu
         if length <= mtu:

@@ -232,5 +232,8 @@ def test_register_rejects_bad_arguments() -> None:
     a.stack.check_leaks()
 
 
-def test_df_flag_value() -> None:
+def test_ip_id_never_zero() -> None:
+    _net, a, _b, _lk = pair()
+    a.stack.ip_id = 0xFFFE
+    assert [a.stack.ip_newid() for _ in range(3)] == [0xFFFE, 1, 2]
     assert IP_DF == 0x4000 and IP_MF == 0x2000
