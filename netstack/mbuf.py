@@ -555,10 +555,39 @@ def gather(m: Mbuf, pieces: list[Piece]) -> bytes:
 
 
 def m_copydata(m: Mbuf, off: int, length: int) -> bytes:
-    """Copy ``length`` bytes at ``off`` out of the chain (a kernel memcpy)."""
-    data = gather(m, m_pieces(m, off, length))
-    m.pool.charge_copy(length)
-    return data
+    """Copy ``length`` bytes at ``off`` out of the chain (a kernel memcpy).
+
+    The CPU reads loaned storage through the kernel's read-only mapping of
+    it (``ext_buf``), so the loan KVA enters this CPU's TLB as it would in
+    NetBSD; kernel memory is read directly.
+    """
+    if off < 0 or length < 0:
+        raise KernelAssertion(f"m_copydata: off {off}, len {length}")
+    out = bytearray()
+    cur: Mbuf | None = m
+    left = length
+    while cur is not None and left > 0:
+        if off >= cur.m_len:
+            off -= cur.m_len
+            cur = cur.m_next
+            continue
+        take = min(cur.m_len - off, left)
+        mach = cur.pool.machine
+        if cur.m_flags & M_EXT_PAGES and mach is not None:
+            ext = cur.m_ext
+            assert ext is not None
+            va = ext.ext_buf + cur.m_data + off
+            out += mach.mmu.load(mach.platform.curcpu(), va, take, user=False)
+        else:
+            base = cur.m_data + off
+            out += cur._kmem()[base : base + take]
+            cur.pool.charge_copy(take)
+        left -= take
+        off = 0
+        cur = cur.m_next
+    if left > 0:
+        raise KernelAssertion("m_copydata: range beyond the chain")
+    return bytes(out)
 
 
 def m_copyback(m: Mbuf, off: int, data: bytes | bytearray | memoryview) -> None:

@@ -168,10 +168,15 @@ def sbcompress(sb: SockBuf, m: Mbuf | None, n: Mbuf | None) -> None:
 
 def _trailing(sb: SockBuf, n: Mbuf) -> int:
     if "sbcompress-merge-loaned" in sb.inject and n.m_flags & M_EXT_PAGES:
-        # The injected bug: ignore that loaned storage is read-only.
+        # The injected bug: ignore that loaned storage is read-only and take
+        # the rest of its last page for free space.
         ext = n.m_ext
-        assert ext is not None
-        return ext.ext_size - (n.m_data + n.m_len)
+        mach = n.pool.machine
+        assert ext is not None and mach is not None
+        ps = mach.page_size
+        pgoff = ext.ext_buf % ps
+        end = -(-(pgoff + ext.ext_size) // ps) * ps
+        return end - (pgoff + n.m_data + n.m_len)
     return M_TRAILINGSPACE(n)
 
 
@@ -258,6 +263,8 @@ def sbdrop(sb: SockBuf, length: int) -> None:
             nxt = m.m_nextpkt
             continue
         if m.m_len > length:
+            if "free-loaned-early" in sb.inject and m.m_flags & M_EXT_PAGES and m.m_data == 0:
+                _drop_ref_early(m)
             m.m_len -= length
             m.m_data += length
             sb.sb_cc -= length
@@ -279,6 +286,15 @@ def sbdrop(sb: SockBuf, length: int) -> None:
         sb.sb_lastrecord = None
     elif m.m_nextpkt is None:
         sb.sb_lastrecord = m
+
+
+def _drop_ref_early(m: Mbuf) -> None:
+    """The injected bug: the loan's reference goes with the first acknowledged byte."""
+    ext = m.m_ext
+    assert ext is not None
+    ext.ext_refcnt -= 1
+    if ext.ext_refcnt == 0 and ext.ext_free is not None:
+        ext.ext_free(m, ext.ext_buf, ext.ext_size, ext.ext_arg)
 
 
 def sbdroprecord(sb: SockBuf) -> None:

@@ -26,6 +26,7 @@ import attrs
 
 from .mbuf import (
     M_EXT_PAGES,
+    MHLEN,
     Mbuf,
     m_adj,
     m_copydata,
@@ -104,6 +105,8 @@ if TYPE_CHECKING:
 
     from .ip import IPStack
 
+# max_linkhdr: room left in front of a header mbuf for the link header.
+MAX_LINKHDR = 16
 # tcp_usrreq.c: tcp_sendspace / tcp_recvspace 32 KiB.
 TCP_SENDSPACE = 32 * 1024
 TCP_RECVSPACE = 32 * 1024
@@ -460,22 +463,36 @@ class TCPProtocol(Protocol):
         """tcp_output's packet: the payload is m_copym of the send buffer."""
         t = self.table
         layer = so.layer
-        payload: Mbuf | None = None
-        if a.data_len:
-            sb = so.so_snd.sb_mb
-            assert sb is not None
-            payload = m_copym(sb, a.data_offset, a.data_len)
-            if a.retransmit and "forget-retransmit-ref" in layer.inject:
-                _forget_refs(payload)
         hdr = pack_tcp(
             TCPHeader(
                 inp.lport, inp.fport, a.seq, a.ack, a.flags, a.wnd, mss=a.mss, wscale=a.wscale
             )
         )
-        if payload is None:
-            payload = layer.pool.m_gethdr()
-        m = m_prepend(payload, len(hdr))
-        mtod_bytes(m)[0 : len(hdr)] = hdr
+        hlen = len(hdr)
+        # tcp_build_datapkt: data that fits the header mbuf's trailing space
+        # (MHLEN - max_linkhdr - IP and TCP headers) is copied there with
+        # m_copydata (the CPU reads loaned pages through their KVA); more is
+        # shared with m_copym (no bytes move; the loan rides along).
+        room = MHLEN - MAX_LINKHDR - 20 - hlen
+        sb = so.so_snd.sb_mb
+        if a.data_len and a.data_len <= room:
+            assert sb is not None
+            m = layer.pool.m_gethdr()
+            m.m_data = MAX_LINKHDR + 20
+            m.m_len = hlen + a.data_len
+            mtod_bytes(m)[hlen:] = m_copydata(sb, a.data_offset, a.data_len)
+        else:
+            payload: Mbuf | None = None
+            if a.data_len:
+                assert sb is not None
+                payload = m_copym(sb, a.data_offset, a.data_len)
+                if a.retransmit and "forget-retransmit-ref" in layer.inject:
+                    _forget_refs(payload)
+            else:
+                payload = layer.pool.m_gethdr()
+                payload.m_data = MAX_LINKHDR + 20 + hlen
+            m = m_prepend(payload, hlen)
+        mtod_bytes(m)[0:hlen] = hdr
         st = t.tcpstat
         st["tcps_sndtotal"] += 1
         if a.data_len:
