@@ -1,4 +1,4 @@
-"""UDP: udp_output and udp_input (``sys/netinet/udp_usrreq.c``).
+"""UDP: udp_output and udp_input (``sys/netinet/udp_usrreq.c`` 1.190.2.2).
 
 ``PR_ATOMIC|PR_ADDR``: each send is one datagram built by ``sosend`` and
 handed straight to ``ip_output``; nothing stays in the send buffer, whose
@@ -183,6 +183,10 @@ def udp_input(t: UDPTable, m: Mbuf, ip: IPHeader) -> None:
     uh = parse_udp(hdr, n)
     if isinstance(uh, Malformed):
         st[uh.stat] += 1
+        m_freem(m)
+        return
+    if uh.dport == 0:
+        # "destination port of 0 is illegal, based on RFC768": dropped.
         m_freem(m)
         return
     if uh.ulen < n:
