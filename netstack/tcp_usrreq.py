@@ -498,7 +498,7 @@ class TCPProtocol(Protocol):
         if a.data_len:
             st["tcps_sndrexmitpack" if a.retransmit else "tcps_sndpack"] += 1
             if _has_loan(m):
-                st["tcps_sndloaned"] += 1
+                st["tcps_sndrexmitloaned" if a.retransmit else "tcps_sndloaned"] += 1
         t.stack.ip_output(m, inp.laddr, inp.faddr, IPPROTO_TCP)
 
 
