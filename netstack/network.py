@@ -63,26 +63,34 @@ class Host:
     def kernel(self, fn: Callable[[], T], cpu: int | None = None) -> T:
         """Run ``fn`` as a kernel activity on ``cpu`` (default CPU 0, where
         the NIC's interrupts are routed) and return its result."""
-        idx = 0 if cpu is None else self.machine.platform.cpu(cpu).index
+        plat = self.machine.platform
+        idx = 0 if cpu is None else plat.cpu(cpu).index
         outer = self._act
+        saved = plat.cur
         if outer is not None and outer.cpu == idx:
             # nested on the same CPU: part of the running activity
-            with self.machine.on_cpu(idx):
+            plat.cur = idx
+            try:
                 return fn()
-        c = self.machine.cpus[idx]
-        if c.clock < self.net.sched.now:
-            c.clock = self.net.sched.now
+            finally:
+                plat.cur = saved
+        c = plat.cpus[idx]
+        now = self.net.sched.now
+        if c.clock < now:
+            c.clock = now
         act = _Activity(idx)
         self._act = act
+        plat.cur = idx  # curcpu() for the activity (Platform.on_cpu, inlined)
         try:
-            with self.machine.on_cpu(idx):
-                result = fn()
+            result = fn()
         finally:
+            plat.cur = saved
             self._act = outer
-            end = c.clock
-            call_at = self.net.sched.call_at
-            for e in act.emits:
-                call_at(end, e)
+            if act.emits:
+                end = c.clock
+                call_at = self.net.sched.call_at
+                for e in act.emits:
+                    call_at(end, e)
         return result
 
     def emit(self, fn: Callable[[], None]) -> None:
