@@ -205,7 +205,7 @@ def report(r: dict[str, Any]) -> str:
         f"{size >> 20} MiB in 64 KiB sends over 100 Mbit/s, 100 us delay; exact bytes checked. "
         "Segments count both directions (data and ACKs), as ns.py's figure does. "
         "Wall time of the transfer (process CPU time is in the JSON). "
-        '"loan big" is the sosend counter (counters are off when tracing is off)."
+        '"loan big" is the sosend counter (counters are off when tracing is off).'
     )
     return "\n".join(lines)
 
