@@ -5,8 +5,8 @@ S2  every mbuf a socket buffer holds is allocated; a loaned one's storage
     has a reference and its loan is held (KVA mapped, pages lent).
 S3  ``socurkva`` is the KVA of the loans held (reserved only while
     ``sosend_loan`` runs).
-S4  every mbuf on a pendfree list has no reference left and its loan is
-    still held (``sodoloanfree`` has not run for it).
+S4  every mbuf on a pendfree list has no reference left (storage queued
+    for release is not in use) and its loan is still held.
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ def _loan_of(layer: SocketLayer, m: Mbuf) -> object:
 def check_socket_invariants(layer: SocketLayer) -> None:
     for so in layer.sockets:
         for sb in (so.so_snd, so.so_rcv):
-            try:
-                sb.check()
-            except KernelAssertion as e:
-                raise InvariantViolation("S1", str(e)) from e
+            # S2 first: a freed mbuf also breaks the chain S1 would count.
             for m in sb.mbufs():
                 if is_free(m):
                     raise InvariantViolation("S2", f"{sb!r} of {so!r} holds freed {m!r}")
@@ -44,6 +41,10 @@ def check_socket_invariants(layer: SocketLayer) -> None:
                         raise InvariantViolation(
                             "S2", f"{m!r} in {sb!r} refers to a loan already released"
                         )
+            try:
+                sb.check()
+            except KernelAssertion as e:
+                raise InvariantViolation("S1", str(e)) from e
     ps = layer.machine.page_size
     held = sum(kl.npages * ps for kl in layer.loans.values())
     if layer.socurkva != held:
