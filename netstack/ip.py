@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .mbuf import (
+    M_EXT_PAGES,
     M_PKTHDR,
     MT_HEADER,
     Mbuf,
@@ -54,12 +55,12 @@ from .wire import (
     IPHeader,
     Malformed,
     cksum_pieces,
-    in_cksum_bytes,
     parse_ip,
     pseudo_sum,
 )
 
 if TYPE_CHECKING:
+    from uvmloan.physmem import PhysMem
     from uvmloan.sim import Timer
 
     from .netif import Netif
@@ -133,9 +134,11 @@ def in_delayed_cksum(stack: IPStack, m: Mbuf, hlen: int, src: int, dst: int, p: 
     m.csum_flags &= ~(M_CSUM_TCPv4 | M_CSUM_UDPv4)
 
 
-def _peek(m: Mbuf, n: int) -> bytes:
+def _peek(m: Mbuf, n: int) -> bytes | memoryview:
     """The first ``n`` bytes, as the header code reads them in place (not a
     charged copy: m_pullup leaves a contiguous header in the first mbuf)."""
+    if m.m_len >= n and not m.m_flags & M_EXT_PAGES:
+        return mtod_bytes(m)[:n]
     return gather(m, m_pieces(m, 0, n))
 
 
@@ -242,7 +245,7 @@ class IPStack:
         if length <= mtu:
             if m.csum_flags & (M_CSUM_TCPv4 | M_CSUM_UDPv4) and not ifp.csum_offload:
                 in_delayed_cksum(self, m, hlen, src, dst, proto)
-            _write_ip(m, tos, length, ident, off, ttl, proto, src, dst)
+            _write_ip(self.machine.physmem, m, tos, length, ident, off, ttl, proto, src, dst)
             return ifp.if_output(m)
         if df:
             # ip_output: "if (ntohs(ip->ip_off) & IP_DF) ... IP_STAT_CANTFRAG"
@@ -274,8 +277,9 @@ class IPStack:
             hm.m_len = hlen
             hm.m_next = m_copym(m, hlen + pos, n)
             hm.m_pkthdr_len = hlen + n
-            _write_ip(hm, tos, hlen + n, ident, (pos >> 3) | (IP_MF if more else 0),
-                      ttl, proto, src, dst)
+            fragoff = (pos >> 3) | (IP_MF if more else 0)
+            _write_ip(self.machine.physmem, hm, tos, hlen + n, ident, fragoff, ttl, proto, src,
+                      dst)
             frags.append(hm)
             pos += n
         m_freem(m)
@@ -302,7 +306,7 @@ class IPStack:
         st["ips_total"] += 1
         pktlen = m_length(m)
         head = _peek(m, min(pktlen, 60))
-        ip = parse_ip(head, pktlen=pktlen)
+        ip = parse_ip(head, pktlen=pktlen, pm=machine.physmem)
         machine.platform.charge(costs.cksum_ns(min(pktlen, 20)))
         if isinstance(ip, Malformed):
             st[ip.stat] += 1
@@ -479,9 +483,10 @@ def _id_seed(seed: int, name: str) -> int:
 
 
 def _write_ip(
-    m: Mbuf, tos: int, length: int, ident: int, off: int, ttl: int, p: int, src: int, dst: int
+    pm: PhysMem, m: Mbuf, tos: int, length: int, ident: int, off: int, ttl: int, p: int,
+    src: int, dst: int,
 ) -> None:
     """Fill the 20-byte header at the front of ``m`` and its checksum."""
     v = mtod_bytes(m)
     struct.pack_into("!BBHHHBBHII", v, 0, 0x45, tos, length, ident, off, ttl, p, 0, src, dst)
-    struct.pack_into("!H", v, 10, in_cksum_bytes(v[:IP_HDR_LEN]))
+    struct.pack_into("!H", v, 10, ~pm.cksum_bytes(v[:IP_HDR_LEN]) & 0xFFFF)

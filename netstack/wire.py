@@ -250,13 +250,17 @@ def pack_ip(
 
 
 def parse_ip(
-    buf: bytes | bytearray | memoryview, *, pktlen: int | None = None, verify: bool = True
+    buf: bytes | bytearray | memoryview,
+    *,
+    pktlen: int | None = None,
+    verify: bool = True,
+    pm: PhysMem | None = None,
 ) -> IPHeader | Malformed:
     """Validate and parse an IPv4 header at the start of ``buf``.
 
     ``pktlen`` is the length of the whole packet (default ``len(buf)``: the
     buffer is the packet).  The checks and counters are ip_input()'s, in its
-    order.
+    order.  With ``pm`` the header checksum is summed by its C code.
     """
     n = len(buf) if pktlen is None else pktlen
     if len(buf) < min(n, IP_HDR_LEN):
@@ -272,7 +276,11 @@ def parse_ip(
         return Malformed("ips_badhlen", f"header length {hlen} < 20")
     if hlen > n or hlen > len(buf):
         return Malformed("ips_badhlen", f"header length {hlen} > packet of {n} bytes")
-    if verify and in_cksum_bytes(memoryview(buf)[:hlen]) != 0:
+    if verify and (
+        in_cksum_bytes(memoryview(buf)[:hlen]) != 0
+        if pm is None
+        else pm.cksum_bytes(memoryview(buf)[:hlen]) != 0xFFFF
+    ):
         return Malformed("ips_badsum", "bad IP header checksum")
     if length < hlen:
         return Malformed("ips_badlen", f"total length {length} < header length {hlen}")
