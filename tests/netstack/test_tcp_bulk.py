@@ -9,6 +9,7 @@ MULTIPROCESSOR kernel it is 32 "copy big" clusters.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -127,6 +128,11 @@ def test_bulk_transfer_loan_and_copy(net: Network, loan: bool, off: int) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("UVMLOAN_SLOW") != "1"
+    and os.environ.get("UVMLOAN_HYPOTHESIS_PROFILE") != "deep",
+    reason="a minute each: set UVMLOAN_SLOW=1 (or the deep profile)",
+)
 @pytest.mark.parametrize("loan", [True, False])
 def test_bulk_16mib(net: Network, loan: bool) -> None:
     n = 16 * MIB
