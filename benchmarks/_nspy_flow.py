@@ -63,11 +63,14 @@ def tcp_flow(size: int, rate: float, delay: float, mss: int) -> dict[str, Any]:
     acks.out = up
     up.out = sender
     t0 = time.perf_counter()
+    c0 = time.process_time()
     # a generous horizon: the transfer needs size * 8 / rate seconds of
     # simulated time plus retransmission timeouts
     env.run(until=size * 8 / rate * 20 + 60)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     return {
+        "cpu": cpu,
         "segments": data.n,
         "acks": acks.n,
         "acked_bytes": sender.last_ack,
@@ -84,10 +87,12 @@ def bare_path(n: int, rate: float, delay: float, size: int) -> dict[str, Any]:
     gen.out = wire
     wire.out = sink
     t0 = time.perf_counter()
+    c0 = time.process_time()
     env.run()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     got = sum(sink.packets_received.values())
-    return {"packets": got, "wall": wall}
+    return {"packets": got, "wall": wall, "cpu": cpu}
 
 
 def main() -> None:

@@ -201,6 +201,28 @@ def report(r: dict[str, Any]) -> str:
         ])
     lines.append(fmt_table(header, rows))
     lines.append("")
+    if ns is not None and "cpu" in ns["tcp"]:
+        t = ns["tcp"]
+        cpu_rows = []
+        for run in r["runs"]:
+            seg_c = run["segments"] / run["cpu"]
+            byt_c = size / run["cpu"]
+            cpu_rows.append([
+                "loan" if run["loan"] else "copy", run["trace"], f"{seg_c:,.0f}",
+                f"{byt_c:,.0f}", f"{seg_c / ((t['segments'] + t['acks']) / t['cpu']):.2f}",
+                f"{byt_c / (t['acked_bytes'] / t['cpu']):.1f}",
+            ])
+        lines.append(
+            "The same runs by process CPU time (robust to other load on the machine); "
+            f"ns.py: {(t['segments'] + t['acks']) / t['cpu']:,.0f} segments and "
+            f"{t['acked_bytes'] / t['cpu']:,.0f} acknowledged B per CPU second, bare path "
+            f"{ns['bare']['packets'] / ns['bare']['cpu']:,.0f} packets per CPU second:"
+        )
+        lines.append("")
+        lines.append(fmt_table(
+            ["mode", "trace", "segments/CPU s", "acked B/CPU s", "x ns.py segs", "x ns.py B"],
+            cpu_rows))
+        lines.append("")
     lines.append(
         f"{size >> 20} MiB in 64 KiB sends over 100 Mbit/s, 100 us delay; exact bytes checked. "
         "Segments count both directions (data and ACKs), as ns.py's figure does. "
