@@ -167,6 +167,10 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             if rst:
                 tp.stats.drops += 1
                 return
+            if fin and st == TCPState.TIME_WAIT:
+                # The peer's FIN again: our last ACK was lost.  RFC 9293
+                # 3.10.7.4 (eighth) restarts the 2 MSL wait.
+                tp.arm(TimerKind.TWOMSL, 2 * tp.cfg.msl_ns)
             fin = False
             tp.acknow = True
             todrop = tlen
@@ -250,6 +254,7 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             tp.disarm(TimerKind.REXMT)
         _init_cwnd(tp)
         tp.established()
+        tiwin = seg.wnd << tp.snd_scale  # the scale is in force from now on
         if drain_reass(tp):
             # A FIN queued during a simultaneous open is now in sequence.
             tp.peer_fin()
@@ -327,11 +332,6 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             _dropafterack(tp)
             return
 
-    if tp.state == TCPState.TIME_WAIT:
-        # Only a retransmitted FIN arrives here: ACK it, restart 2MSL.
-        tp.arm(TimerKind.TWOMSL, 2 * tp.cfg.msl_ns)
-        _dropafterack(tp)
-        return
     _step6(tp, seg, seq, skip, tlen, fin, tiwin, push=push, needoutput=needoutput)
     tp.apply_pending_close()
 

@@ -122,14 +122,13 @@ def tcp_output(tp: TCPConnection) -> None:
             or (tp.max_sndwnd and length >= tp.max_sndwnd // 2)
             or SEQ_LT(tp.snd_nxt, tp.snd_max)
         )
-        winupdate = False
         if not send and synchronized:
             rwin = tp.sbspace
             if rwin > 0:
                 recwin = min(rwin, TCP_MAXWIN << tp.rcv_scale)
                 adv = recwin - seq_sub(tp.rcv_adv, tp.rcv_nxt)
                 if adv >= 2 * tp.t_ourmss or 2 * adv >= tp.sb_hiwat_rcv:
-                    send = winupdate = True
+                    send = True
         if not send and (
             tp.acknow
             or flags & (TH_SYN | TH_RST)
@@ -141,12 +140,12 @@ def tcp_output(tp: TCPConnection) -> None:
                 tp.t_rxtshift = 0
                 setpersist(tp)
             return
-        _send(tp, flags, off, length, winupdate)
+        _send(tp, flags, off, length)
         if not sendalot:
             return
 
 
-def _send(tp: TCPConnection, flags: int, off: int, length: int, winupdate: bool) -> None:
+def _send(tp: TCPConnection, flags: int, off: int, length: int) -> None:
     cfg = tp.cfg
     if flags & TH_FIN and tp.sentfin and tp.snd_nxt == tp.snd_max:
         # Resending a FIN: do not use a new sequence number.
@@ -183,12 +182,12 @@ def _send(tp: TCPConnection, flags: int, off: int, length: int, winupdate: bool)
         else:
             st.sndpack += 1
             st.sndbyte += length
+    elif tp.acknow:
+        st.sndacks += 1
     elif flags & (TH_SYN | TH_FIN | TH_RST):
         st.sndctrl += 1
-    elif winupdate:
-        st.sndwinup += 1
     else:
-        st.sndacks += 1
+        st.sndwinup += 1
     tp.emit(Transmit(seq, ack, flags, wnd, mss, wscale, off if length else 0, length, rexmt))
     if not tp.t_force or not tp.armed(TimerKind.PERSIST):
         startseq = tp.snd_nxt

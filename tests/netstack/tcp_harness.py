@@ -40,6 +40,7 @@ from netstack.tcp import (
     TimerKind,
     Transmit,
     UserClose,
+    respond_to_closed,
 )
 
 MS = 1_000_000
@@ -55,6 +56,7 @@ class Endpoint:
     received: bytearray = attrs.field(factory=bytearray)  # everything the app read
     to_send: bytes = b""  # what the application still has to write
     close_after_send: bool = False
+    close_on_eof: bool = False  # close only once the peer's FIN arrived
     closed_by_app: bool = False
     timers: dict[TimerKind, int] = attrs.field(factory=dict)
     established: bool = False
@@ -109,6 +111,7 @@ class Sim:
         self.check = check
         self.log: list[tuple[int, str, object]] = []
         self.keep_log = False
+        self.rsts = 0
 
     def peer(self, ep: Endpoint) -> Endpoint:
         return self.b if ep is self.a else self.a
@@ -192,6 +195,7 @@ class Sim:
             return
         if (
             ep.close_after_send
+            and (ep.peer_closed or not ep.close_on_eof)
             and not ep.to_send
             and not ep.closed_by_app
             and st in (TCPState.ESTABLISHED, TCPState.CLOSE_WAIT, TCPState.SYN_RECEIVED)
@@ -231,7 +235,12 @@ class Sim:
             _, _, dst, seg = heapq.heappop(self.queue)
             ep = self.a if dst == "a" else self.b
             if ep.closed:
-                return True  # no TCB any more: the glue would RST; drop it here
+                # No TCB any more: the glue answers as RFC 9293 3.10.7.1 says.
+                rst = respond_to_closed(seg)
+                if rst is not None:
+                    self.rsts += 1
+                    self.send(ep, Segment(rst.seq, rst.ack, rst.flags, rst.wnd))
+                return True
             self.event(ep, SegmentArrived(seg))
             return True
         for ep in (self.a, self.b):
