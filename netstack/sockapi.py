@@ -70,8 +70,16 @@ def get_layer(host: Host) -> SocketLayer:
         layer = SocketLayer.for_machine(host.machine, host.stack.mbpool)
         _wire(host, layer)
         host.stack.pcbs["socket"] = layer
+        _attach_protocols(host)
     assert isinstance(layer, SocketLayer)
     return layer
+
+
+def _attach_protocols(host: Host) -> None:
+    """Enter UDP and TCP in the host's protocol switch (inetsw), so segments
+    to a port nobody listens on are answered (TCP RST) or counted."""
+    udp_table(host.stack)
+    importlib.import_module("netstack.tcp_usrreq").tcp_table(host.stack)
 
 
 def configure_sockets(
@@ -94,6 +102,7 @@ def configure_sockets(
     )
     _wire(host, layer)
     host.stack.pcbs["socket"] = layer
+    _attach_protocols(host)
     return layer
 
 
