@@ -154,7 +154,7 @@ def test_errnos_of_bad_calls(net: Network) -> None:
     with pytest.raises(ValueError, match="kind"):
         a.socket("sctp")
     with pytest.raises(TypeError):
-        u.send(p, va, "10")  # type: ignore[arg-type]
+        u.send(p, va, "10")
     for x in (u, v):
         x.close()
     assert errno_of(lambda: u.send(p, va, 1)) == EBADF
