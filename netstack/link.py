@@ -258,6 +258,7 @@ class Switch:
         self.fib: dict[int, SwitchPort] = {}
         self.drops_noroute = 0
         self.drops_queue = 0
+        self.drops_mtu = 0
 
     def forward(self, inport: SwitchPort, frame: bytearray, meta: FrameMeta) -> None:
         if len(frame) < 20:
@@ -267,6 +268,10 @@ class Switch:
         port = self.fib.get(dst)
         if port is None or port is inport or port.out is None:
             self.drops_noroute += 1
+            return
+        if len(frame) > port.link.params.mtu:
+            # a switch does not fragment: a frame too big for the port is lost
+            self.drops_mtu += 1
             return
         if not port.out.send(frame, meta):
             self.drops_queue += 1

@@ -170,6 +170,20 @@ def test_switch_output_port_queue() -> None:
     assert len(sink.got) + sw.drops_queue == 20
 
 
+def test_switch_drops_frames_too_big_for_the_output_port() -> None:
+    net = Network(seed=0)
+    a, b = net.host("a", memory="4M"), net.host("b", memory="4M")
+    sw = net.switch("sw")
+    net.link(a, sw, mtu=9000)
+    lb = net.link(b, sw, mtu=1500)
+    sink = Sink(b.stack).attach()
+    assert udp_out(a, ifp(lb, 0).addr, bytes(5000)) == 0  # one 5028-byte frame
+    assert udp_out(a, ifp(lb, 0).addr, bytes(1000)) == 0
+    net.run_until_idle()
+    assert sw.drops_mtu == 1
+    assert [len(g.payload) for g in sink.got] == [1000]
+
+
 @pytest.mark.parametrize(
     "params",
     [{"loss": 1.5}, {"mtu": 20}, {"bandwidth_bps": 0}, {"delay_ns": -1}, {"queue_limit": 0},
