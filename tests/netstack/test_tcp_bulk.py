@@ -218,3 +218,31 @@ def test_forget_retransmit_ref_is_caught(net: Network, on: bool) -> None:
         assert ei.value.invariant == "S2"
     else:
         assert "refcnt" in str(ei.value) or "already freed" in str(ei.value)
+
+
+def test_kva_limit_waits_for_acks_then_loans(net: Network) -> None:
+    # somaxkva of two chunks: a third 64 KiB loan must wait ("kva limit")
+    # until an acknowledgement frees a loan (sopendfree), then it loans;
+    # nothing falls back to copying, and socurkva never passes somaxkva.
+    pr = Pair(net, loan=True)
+    layer = get_layer(pr.a)
+    layer.somaxkva = 2 * CHUNK
+    n = MIB // 2
+    va = pr.p.mmap(n)
+    data = pattern(n, 6)
+    pr.p.write(va, data)
+    peak = 0
+
+    def watch() -> None:
+        nonlocal peak
+        peak = max(peak, layer.socurkva)
+
+    pr.a.machine.tracer.add_sink(lambda _ev: watch())
+    pr.send_all(va, n)
+    pr.finish()
+    assert bytes(pr.got) == data
+    counts = sosend_counts(pr.a)
+    assert counts["loan big"] == n // CHUNK and "copy big" not in counts
+    assert counts["kva limit"] >= 1
+    assert 0 < peak <= 2 * CHUNK
+    pr.quiescent()
