@@ -2,9 +2,13 @@
 
 Keys are absolute receive-stream offsets (bytes since the peer's SYN, not
 wrapped), so a ``SortedDict`` orders them even across a sequence wrap.
-Overlap is trimmed as the 4.4BSD/NetBSD tcp_reass does: the new segment loses
-what a predecessor already covers; successors the new segment overlaps lose
-their front, and vanish when wholly covered.  Each entry keeps the glue's
+Overlap is trimmed as NetBSD's tcp_reass (tcp_input.c 1.344) does: a new
+segment inside a queued fragment is a duplicate; one that overlaps a
+fragment's end loses its front ("overlap at end"); one that overlaps a
+fragment's start loses its tail ("overlap at start"); a fragment the new
+segment covers entirely is dropped ("duplicate fragment").  NetBSD then
+concatenates adjacent fragments into one mbuf chain; the model keeps them
+as separate entries, which delivers the same bytes.  Each entry keeps the glue's
 payload object with a ``skip``/``length`` window into it.
 """
 
@@ -61,7 +65,9 @@ class ReassQueue:
                 skip += cut
                 length -= cut
                 start = pend
-        # Successors: trim their front; drop those we cover entirely.
+        # Successors: a fragment the new segment covers entirely is dropped;
+        # one that starts inside it and runs past its end keeps its bytes and
+        # the new segment loses its tail (tcp_reass "overlap at start").
         while True:
             j = q.bisect_left(start)
             if j >= len(q):
@@ -69,12 +75,14 @@ class ReassQueue:
             sstart = q.keys()[j]
             if sstart >= end:
                 break
-            sent = q.pop(sstart)
+            sent = q[sstart]
             send = sstart + sent.length
             if send > end:
-                cut = end - sstart
-                q[end] = ReassEntry(sent.payload, sent.skip + cut, sent.length - cut, sent.fin)
+                length = sstart - start
+                end = sstart
+                fin = False  # the FIN, if any, lies beyond: the fragment has it
                 break
+            del q[sstart]
             if send == end and sent.fin:
                 fin = True
         added = length

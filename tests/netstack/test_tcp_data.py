@@ -58,14 +58,16 @@ def test_out_of_order_is_queued_acked_at_once_and_delivered_in_order() -> None:
     assert of(out, Deliver) == []
     assert tx(out) == [Transmit(U, D, TH_ACK, 32768)]  # immediate duplicate ACK
     assert d.conn.stats.rcvoopack == 1
-    out = d.seg(D + 200, U, n=1000)  # overlaps the queued one by 200
+    out = d.seg(D + 200, U, n=1000)  # runs 200 into the queued [1000,1500)
     assert of(out, Deliver) == []
     out = d.seg(D, U, n=300)
-    # 300 new; the queued [200,1200) loses its first 100; then [1200,1500).
+    # tcp_reass "overlap at start": a new segment loses its tail to the
+    # fragment it runs into, so [200,1200) became [200,1000) and [0,300)
+    # becomes [0,200).
     assert of(out, Deliver) == [
-        Deliver(("seg", D, 300), 0, 300),
-        Deliver(("seg", D + 200, 1000), 100, 900),
-        Deliver(("seg", D + 1000, 500), 200, 300),
+        Deliver(("seg", D, 300), 0, 200),
+        Deliver(("seg", D + 200, 1000), 0, 800),
+        Deliver(("seg", D + 1000, 500), 0, 500),
     ]
     assert tx(out)[-1].ack == D + 1500
 
@@ -73,7 +75,7 @@ def test_out_of_order_is_queued_acked_at_once_and_delivered_in_order() -> None:
 def test_reassembly_queue_trimming() -> None:
     q = ReassQueue()
     assert q.insert(10, "a", 0, 10, False) == 10  # [10,20)
-    assert q.insert(15, "b", 0, 15, False) == 10  # [15,30) -> [20,30), skip 5
+    assert q.insert(15, "b", 0, 15, False) == 10  # [15,30) -> [20,30), skip 5 ("at end")
     assert [(s, e.payload, e.skip, e.length) for s, e in q.entries()] == [
         (10, "a", 0, 10),
         (20, "b", 5, 10),
@@ -83,10 +85,10 @@ def test_reassembly_queue_trimming() -> None:
     assert [(s, e.payload, e.length, e.fin) for s, e in q.entries()] == [(5, "d", 35, True)]
     q2 = ReassQueue()
     q2.insert(20, "x", 0, 10, True)
-    q2.insert(10, "y", 0, 15, False)  # successor [20,30) loses its first 5
+    assert q2.insert(10, "y", 0, 15, False) == 10  # "overlap at start": y loses its tail
     assert [(s, e.payload, e.skip, e.length, e.fin) for s, e in q2.entries()] == [
-        (10, "y", 0, 15, False),
-        (25, "x", 5, 5, True),
+        (10, "y", 0, 10, False),
+        (20, "x", 0, 10, True),
     ]
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tcp_harness import MS, S, Sim, Wire
 
-from netstack.tcp import TCPConfig, TCPState, TimerKind, UserClose
+from netstack.tcp import ETIMEDOUT, TCPConfig, TCPState, TimerKind, UserClose
 
 
 def _run(sim: Sim, a_data: bytes, b_data: bytes) -> None:
@@ -137,8 +137,16 @@ def test_stream_is_exact_under_loss_reorder_and_duplication(
     sim.wire = Wire(sim.rng, delay_ns=5 * MS, jitter_ns=1 * MS, loss=loss, dup=dup, reorder=reorder)
     a_data, b_data = rng.randbytes(a_len), rng.randbytes(b_len)
     _run(sim, a_data, b_data)
-    # Loss can (rarely) exhaust the SYN or FIN retransmissions; at 20% that
-    # takes twelve losses in a row, which these seeds do not produce.
+    if ETIMEDOUT in (sim.a.errno, sim.b.errno):
+        # TCP_MAXRXTSHIFT timeouts without a clean RTT sample in between can
+        # happen at 20 % loss (NetBSD resets t_rxtshift only on a sample):
+        # then each side has read a prefix of the other's bytes, the
+        # dropped side holds no timers, and the survivor none either once
+        # the simulation is idle (it may sit in FIN_WAIT_2: no tcp_maxidle).
+        assert a_data.startswith(bytes(sim.b.received))
+        assert b_data.startswith(bytes(sim.a.received))
+        assert not sim.a.timers and not sim.b.timers
+        return
     assert bytes(sim.b.received) == a_data
     assert bytes(sim.a.received) == b_data
     assert sim.a.peer_closed and sim.b.peer_closed
