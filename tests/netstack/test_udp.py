@@ -192,3 +192,30 @@ def test_bad_input(net: Network) -> None:
     net.run_until_idle()
     quiescent(a, b)
     assert not get_layer(a).sockets
+
+
+def test_2002_per_socket_pendfree_over_the_network(net: Network) -> None:
+    from netstack.sockapi import configure_sockets
+
+    a = net.host("a", memory="16M", profile_overrides={"multiprocessor": False})
+    b = net.host("b", memory="16M")
+    net.link(a, b, bandwidth_bps=100_000_000, delay_ns=20_000)
+    layer = configure_sockets(a, pendfree_style="per-socket")
+    sa, sb = a.socket("udp"), b.socket("udp")
+    sb.bind(("", PORT))
+    p = a.machine.spawn("snd")
+    va = p.mmap(4 * PS)
+    p.write(va, pattern(4 * PS))
+    sa.sendto(p, va, 8192, (b.addr, PORT))
+    net.run_until_idle()
+    # Transmitted and freed by the driver, but 1.66.4.1 keeps the loan on
+    # the socket until the next sosend/soreceive/disconnect.
+    assert len(sa.so.so_pendfree) == 1 and layer.socurkva == 2 * PS
+    sa.sendto(p, va, 100, (b.addr, PORT))  # sosend entry: sodopendfree
+    assert not sa.so.so_pendfree and layer.socurkva == 0
+    net.run_until_idle()
+    assert sb.recvfrom_bytes(9000)[0] == pattern(4 * PS)[:8192]
+    assert sb.recvfrom_bytes(9000)[0] == pattern(4 * PS)[:100]
+    sa.close()
+    sb.close()
+    quiescent(a, b)
