@@ -14,7 +14,6 @@ Errors are :class:`~netstack.sockerr.SocketError` with NetBSD's errno.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +46,7 @@ from .socket import (
     soreceive,
     sosend,
 )
+from .tcp_usrreq import TCPProtocol, tcp_table
 from .udp import UDPProtocol, parse_addr, udp_table, unpack_sockaddr
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _attach_protocols(host: Host) -> None:
     """Enter UDP and TCP in the host's protocol switch (inetsw), so segments
     to a port nobody listens on are answered (TCP RST) or counted."""
     udp_table(host.stack)
-    importlib.import_module("netstack.tcp_usrreq").tcp_table(host.stack)
+    tcp_table(host.stack)
 
 
 def configure_sockets(
@@ -153,9 +153,7 @@ def socreate(host: Host, kind: str) -> UserSocket:
         proto: Any = UDPProtocol(udp_table(host.stack))
     elif kind == "tcp":
         layer = get_layer(host)
-        # The TCP glue imports the TCP core; load it only when asked for.
-        glue = importlib.import_module("netstack.tcp_usrreq")
-        proto = glue.TCPProtocol(glue.tcp_table(host.stack))
+        proto = TCPProtocol(tcp_table(host.stack))
     else:
         raise ValueError(f"socket kind must be 'tcp' or 'udp', not {kind!r}")
     so = host.kernel(lambda: soalloc(layer, proto))

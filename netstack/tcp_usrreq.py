@@ -17,12 +17,13 @@ core decides.
 
 from __future__ import annotations
 
-import importlib
 import zlib
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from uvmloan.errors import KernelAssertion
 
 from .mbuf import (
     M_EXT_PAGES,
@@ -65,6 +66,7 @@ from .socket import (
     soreserve,
     sorwakeup,
 )
+from .tcp import TCPConnection
 from .tcp.config import TCPConfig
 from .tcp.events import (
     TH_ACK,
@@ -112,27 +114,11 @@ TCP_SENDSPACE = 32 * 1024
 TCP_RECVSPACE = 32 * 1024
 
 
-def _core_class() -> Any:
-    """The TCP core's connection class (netstack.tcp)."""
-    tcp = importlib.import_module("netstack.tcp")
-    cls = getattr(tcp, "TCPConnection", None)
-    if cls is None:
-        for mod in ("connection", "core", "tcb", "conn"):
-            try:
-                cls = importlib.import_module(f"netstack.tcp.{mod}").TCPConnection
-            except (ImportError, AttributeError):
-                continue
-            break
-    if cls is None:
-        raise ImportError("netstack.tcp has no TCPConnection")
-    return cls
-
-
 @attrs.define(slots=True, eq=False)
 class TCPPcb(InPcb):
     """``struct inpcb`` + ``struct tcpcb``: the core's connection and the glue's state."""
 
-    conn: Any = None
+    conn: TCPConnection | None = None
     listening: bool = False
     backlog: int = 0
     timers: dict[TimerKind, Timer] = attrs.field(factory=dict)
@@ -260,7 +246,7 @@ class TCPProtocol(Protocol):
         if key in t.conns:
             raise SocketError(EADDRINUSE, "that connection already exists")
         t.conns[key] = inp
-        inp.conn = _core_class()(self._config(so, inp, addr))
+        inp.conn = TCPConnection(self._config(so, inp, addr))
         so.so_state |= SS_ISCONNECTING
         self.drive(so, ActiveOpen())
         # connect(2) on a blocking socket sleeps until the handshake ends.
@@ -389,6 +375,8 @@ class TCPProtocol(Protocol):
         """Hand one event to the core and carry out its actions."""
         inp = self.pcb(so)
         conn = inp.conn
+        if conn is None:
+            raise KernelAssertion(f"{so!r}: no TCP connection to drive")
         host = _host(self.table)
         actions = conn.handle(ev, host.clock())
         for a in actions:
@@ -514,17 +502,9 @@ def _forget_refs(m: Mbuf) -> None:
             ext.ext_refcnt -= 1
 
 
-def _reass_queues(conn: Any) -> list[ReassQueue]:
-    """The core's reassembly queue(s), wherever it keeps them."""
-    out = []
-    for name in getattr(type(conn), "__slots__", ()) or ():
-        v = getattr(conn, name, None)
-        if isinstance(v, ReassQueue):
-            out.append(v)
-    d = getattr(conn, "__dict__", None)
-    if d:
-        out.extend(v for v in d.values() if isinstance(v, ReassQueue))
-    return out
+def _reass_queues(conn: TCPConnection) -> list[ReassQueue]:
+    """The core's reassembly queue (tp->segq): the payloads it still holds."""
+    return [conn.segq]
 
 
 def _send_rst(t: TCPTable, ip: IPHeader, th: TCPHeader, seglen: int) -> None:
@@ -608,7 +588,7 @@ def _sonewconn(t: TCPTable, lis: TCPPcb, ip: IPHeader, th: TCPHeader) -> TCPPcb 
     t.conns[(inp.laddr, inp.lport, inp.faddr, inp.fport)] = inp
     so.so_head = head
     so.so_state |= SS_ISCONNECTING
-    inp.conn = _core_class()(proto._config(so, inp, ip.src))
+    inp.conn = TCPConnection(proto._config(so, inp, ip.src))
     proto.drive(so, PassiveOpen())
     return inp
 
