@@ -219,3 +219,27 @@ def test_2002_per_socket_pendfree_over_the_network(net: Network) -> None:
     sa.close()
     sb.close()
     quiescent(a, b)
+
+
+def test_interface_queue_full_drop_releases_the_loan(net: Network) -> None:
+    from netstack.sockerr import ENOBUFS
+
+    # ifq_maxlen 1 (and an MTU that needs no fragments): the first datagram
+    # waits in if_snd for the driver's start routine, which runs when the
+    # network next does; the two sent back to back after it are dropped by
+    # IFQ_ENQUEUE (ENOBUFS to the sender) and their loans freed at once.
+    a, b, sa, sb, p, va = pair(net, queue_limit=1, mtu=9000)
+    sa.sendto(p, va, 5000, (b.addr, PORT))
+    errs = []
+    for i in (1, 2):
+        try:
+            sa.sendto(p, va + i * 2 * PS, 5000, (b.addr, PORT))
+        except SocketError as e:
+            errs.append(e.bsd_errno)
+    assert errs == [ENOBUFS, ENOBUFS]
+    assert counts(a) == {"loan big": 3}
+    assert a.stack.ifnet[0].ifq_drops == 2
+    net.run_until_idle()
+    assert sb.recvfrom_bytes(6000)[0] == pattern(16 * PS)[0:5000]
+    assert a.machine.counters["sodoloanfree"] == 3
+    quiescent(a, b)
