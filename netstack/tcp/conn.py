@@ -68,6 +68,9 @@ _HAVERCVDFIN = frozenset(
 )
 
 
+_TIMER_ORDER = tuple(TimerKind)
+
+
 class TCPInvariantError(AssertionError):
     """check_invariants found the block in a state NetBSD would KASSERT on."""
 
@@ -191,10 +194,12 @@ class TCPConnection:
             self.drop(ECONNABORTED)
         actions = self._actions
         self._actions = []
-        for kind in TimerKind:
-            old, new = before.get(kind), self.timers.get(kind)
-            if old != new:
-                actions.append(SetTimer(kind, new) if new is not None else CancelTimer(kind))
+        timers = self.timers
+        if before != timers:
+            for kind in _TIMER_ORDER:
+                old, new = before.get(kind), timers.get(kind)
+                if old != new:
+                    actions.append(SetTimer(kind, new) if new is not None else CancelTimer(kind))
         return actions
 
     def set_nodelay(self, on: bool) -> None:

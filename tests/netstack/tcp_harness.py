@@ -54,7 +54,8 @@ class Endpoint:
     snd: bytearray = attrs.field(factory=bytearray)  # so_snd: unacked + unsent
     rcv: bytearray = attrs.field(factory=bytearray)  # so_rcv: delivered, unread
     received: bytearray = attrs.field(factory=bytearray)  # everything the app read
-    to_send: bytes = b""  # what the application still has to write
+    to_send: bytes = b""  # what the application still has to write, from sent_off
+    sent_off: int = 0
     close_after_send: bool = False
     close_on_eof: bool = False  # close only once the peer's FIN arrived
     closed_by_app: bool = False
@@ -182,8 +183,10 @@ class Sim:
         if ep.to_send and st in (TCPState.ESTABLISHED, TCPState.CLOSE_WAIT):
             room = conn.sb_hiwat_snd - len(ep.snd)
             if room > 0:
-                chunk = ep.to_send[:room]
-                ep.to_send = ep.to_send[room:]
+                chunk = ep.to_send[ep.sent_off : ep.sent_off + room]
+                ep.sent_off += len(chunk)
+                if ep.sent_off == len(ep.to_send):
+                    ep.to_send, ep.sent_off = b"", 0
                 ep.snd += chunk
                 self.event(ep, SendQueued(len(chunk)))
                 return

@@ -21,6 +21,7 @@ from netstack.tcp import (
     ActiveOpen,
     CancelTimer,
     Closed,
+    Deliver,
     Established,
     PassiveOpen,
     PeerClosed,
@@ -384,3 +385,27 @@ def test_time_wait_does_not_answer_a_bare_ack() -> None:
     d.seg(PISS + 2, ISS + 2, TH_ACK)
     assert st(d) == TCPState.TIME_WAIT
     assert tx(d.seg(PISS + 2, ISS + 2, TH_ACK)) == []
+
+
+def test_simultaneous_open_unit() -> None:
+    d = Drive()
+    d.ev(ActiveOpen(), at=0)
+    # Their SYN crosses ours (RFC 9293 figure 8).
+    out = d.seg(PISS, 0, TH_SYN, 8000, mss=1460, wscale=0, at=10 * MS)
+    assert st(d) == TCPState.SYN_RECEIVED
+    # NetBSD's tcp_output drops SYN from tcp_outflags[SYN_RECEIVED] while our
+    # SYN is outstanding: a bare ACK of their SYN.
+    assert tx(out) == [Transmit(ISS + 1, PISS + 1, TH_ACK, 32768)]
+    # Their ACK of our SYN (their own bare ACK or SYN|ACK) establishes.
+    out = d.seg(PISS + 1, ISS + 1, TH_ACK, 8000, at=20 * MS)
+    assert Established() in out and st(d) == TCPState.ESTABLISHED
+    assert d.conn.snd_wnd == 8000 and CancelTimer(TimerKind.REXMT) in out
+
+
+def test_data_on_the_synack_is_delivered() -> None:
+    d = Drive()
+    d.ev(ActiveOpen())
+    out = d.seg(PISS, ISS + 1, TH_SYN | TH_ACK | TH_FIN, mss=1460, n=10)
+    assert of(out, Deliver) == [Deliver(("seg", PISS, 10), 0, 10)]
+    assert PeerClosed() in out and st(d) == TCPState.CLOSE_WAIT
+    assert tx(out)[-1].ack == PISS + 12  # SYN + 10 bytes + FIN
