@@ -435,18 +435,18 @@ def sosend(so: Socket, uio: Uio, addr: Any = None, flags: int = 0) -> None:
                     layer.count("loan big", n)
                     space -= n
                 elif resid >= MINCLSIZE and space >= MCLBYTES:
-                    layer.count("copy big", 0)
                     pool.m_clget(m)
                     if atomic and top is None:
                         n = min(MCLBYTES - MAX_HDR, resid)
                         m.m_data += MAX_HDR
                     else:
                         n = min(MCLBYTES, resid)
+                    layer.count("copy big", n)
                     space -= n
                     err = _uiomove_or_error(so, uio, m, n)
                 else:
-                    layer.count("copy small", 0)
                     n = min(mlen, resid, space)
+                    layer.count("copy small", n)
                     space -= n
                     if atomic and top is None and n < mlen:
                         MH_ALIGN(m, n)
