@@ -11,6 +11,10 @@ loss, duplication and reordering, and one TCP connection from ``a`` to
 * ``overwrite``: the sender stores into its buffer right after sending
   (breaking the loans of the pages it touches);
 * ``receive``: a non-blocking ``recv(2)`` of a random size;
+* ``reply``/``receive_reply``: the same in the other direction, from the
+  receiver's process memory (``REPLIES``);
+* ``datagram``/``receive_datagram``: UDP datagrams of up to 9216 bytes
+  from the sender's buffer; they may be lost, never altered (``DATAGRAMS``);
 * ``advance``: simulated time passes (segments, ACKs, retransmissions,
   the sopendfree thread).
 
@@ -85,6 +89,10 @@ class SocketStateMachine(RuleBasedStateMachine):
     SNDBUF: ClassVar[int] = 3 * 65536
     INJECT: ClassVar[Sequence[str]] = ()
     SEED: ClassVar[int] = 0
+    # Also drive the reverse direction (b sends from its process memory)
+    # and UDP datagrams from a's buffer.
+    REPLIES: ClassVar[bool] = True
+    DATAGRAMS: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,6 +122,20 @@ class SocketStateMachine(RuleBasedStateMachine):
         self.expected = bytearray()
         self.got = bytearray()
         self.closed = False
+        # The reverse direction: b's process sends on the accepted socket.
+        self.q = self.b.machine.spawn("replier")
+        self.qva = self.q.mmap(4 * PS)
+        self.qbuf = bytes((3 * i + 5) % 253 for i in range(4 * PS))
+        self.q.write(self.qva, self.qbuf)
+        self.rexpected = bytearray()
+        self.rgot = bytearray()
+        # UDP from a's buffer to b: datagrams may be lost, never altered.
+        self.ua = self.a.socket("udp")
+        self.ub = self.b.socket("udp")
+        self.ub.bind(("", 9))
+        self.ub.setblocking(False)
+        self.ua.setblocking(False)
+        self.datagrams: list[bytes] = []
 
     # ------------------------------------------------------------------ rules
 
@@ -144,6 +166,49 @@ class SocketStateMachine(RuleBasedStateMachine):
         data = bytes([byte]) * n
         self.p.write(self.va + off, data)
         self.buf[off : off + n] = data
+
+    @precondition(lambda self: self.REPLIES and not self.closed)
+    @rule(off=st.integers(0, 4 * PS - 1), n=st.integers(1, 4 * PS))
+    def reply(self, off: int, n: int) -> None:
+        n = min(n, 4 * PS - off)
+        try:
+            took = self.s.send(self.q, self.qva + off, n)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e
+            return
+        self.rexpected += self.qbuf[off : off + took]
+
+    @precondition(lambda self: self.REPLIES)
+    @rule(n=st.integers(1, 100_000))
+    def receive_reply(self, n: int) -> None:
+        try:
+            d = self.c.recv_bytes(n)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e
+            return
+        self.rgot += d
+
+    @precondition(lambda self: self.DATAGRAMS and not self.closed)
+    @rule(off=st.integers(0, 1 << 20), n=st.integers(1, 9216))
+    def datagram(self, off: int, n: int) -> None:
+        off %= self.size
+        n = min(n, self.size - off)
+        try:
+            self.ua.sendto(self.p, self.va + off, n, (self.b.addr, 9))
+        except SocketError as e:
+            assert e.bsd_errno in (35, 55), e  # EWOULDBLOCK, ENOBUFS
+            return
+        self.datagrams.append(bytes(self.buf[off : off + n]))
+
+    @precondition(lambda self: self.DATAGRAMS)
+    @rule()
+    def receive_datagram(self) -> None:
+        try:
+            d, _src = self.ub.recvfrom_bytes(9216)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e
+            return
+        assert d in self.datagrams, "a datagram arrived that was never sent"
 
     @rule(n=st.integers(1, 100_000))
     def receive(self, n: int) -> None:
@@ -182,10 +247,11 @@ class SocketStateMachine(RuleBasedStateMachine):
     @invariant()
     def stream_is_a_prefix(self) -> None:
         assert self.got == self.expected[: len(self.got)], "received bytes differ from sent"
+        assert self.rgot == self.rexpected[: len(self.rgot)], "reply bytes differ from sent"
 
     # --------------------------------------------------------------- teardown
 
-    def _drain(self, us: UserSocket) -> None:
+    def _drain(self, us: UserSocket, into: bytearray) -> None:
         while True:
             try:
                 d = us.recv_bytes(65536)
@@ -193,25 +259,36 @@ class SocketStateMachine(RuleBasedStateMachine):
                 return
             if not d:
                 return
-            self.got += d
+            into += d
 
     def teardown(self) -> None:
         try:
             self.closed = True
-            self.s.on_readable(self._drain)
-            self._drain(self.s)
-            self.c.close()
+            self.s.on_readable(lambda us: self._drain(us, self.got))
+            self.c.on_readable(lambda us: self._drain(us, self.rgot))
+            self._drain(self.s, self.got)
+            self._drain(self.c, self.rgot)
+            self.ua.close()
+            self.ub.close()
+            self.c.shutdown(1)
+            self.s.shutdown(1)
             self._run(None)
-            self._drain(self.s)
+            self._drain(self.s, self.got)
+            self._drain(self.c, self.rgot)
+            self.c.close()
             self.s.close()
             self._run(None)
             assert self.got == self.expected, (
                 f"received {len(self.got)} bytes, sent {len(self.expected)}"
             )
+            assert self.rgot == self.rexpected, (
+                f"reply: received {len(self.rgot)} bytes, sent {len(self.rexpected)}"
+            )
             for h in (self.a, self.b):
                 check_quiescent(get_layer(h))
                 check_invariants(h.machine)
             self.p.exit()
+            self.q.exit()
             assert self.a.machine.uvm.allocated == self.base_pages, "frames leaked"
         finally:
             self.net.close()

@@ -24,6 +24,9 @@ def test_clean_run() -> None:
 def _machine_with(bug: str) -> type[SocketStateMachine]:
     class Buggy(SocketStateMachine):
         INJECT: ClassVar[tuple[str, ...]] = (bug,)
+        # One TCP stream: the bugs live on its send path.
+        REPLIES: ClassVar[bool] = False
+        DATAGRAMS: ClassVar[bool] = False
 
     Buggy.__name__ = f"SocketStateMachine_{bug.replace('-', '_')}"
     return Buggy
