@@ -336,3 +336,35 @@ def test_bad_layer_arguments() -> None:
         assert SocketLayer.for_machine(m, sock_loan_thresh=4096).sock_loan_thresh == 4096
     finally:
         m.close()
+
+
+def test_loan_and_release_order_of_kernel_operations() -> None:
+    from netstack.socket import soloanfree
+    from uvmloan.trace import KEnter, KRemove, Loan, PmapUpdate, Unloan
+
+    m = Machine(memory="8M", profile_overrides={"multiprocessor": False}, trace="record")
+    try:
+        layer, so = setup(m)
+        p, va = user_buf(m, 2 * CHUNK)
+        m.tracer.events = []
+        send(so, p, va, CHUNK)
+        ev = [e for e in m.trace if isinstance(e, Loan | KEnter | PmapUpdate)]
+        kinds = [type(e).__name__ for e in ev]
+        # uvm_loan first (16 pages), then 16 read-only kenters, then one
+        # pmap_update(pmap_kernel()) before the data is used.
+        first_kenter = kinds.index("KEnter")
+        assert "Loan" not in kinds[first_kenter:]
+        assert kinds[first_kenter:] == ["KEnter"] * 16 + ["PmapUpdate"]
+        assert all(e.prot == 0x1 for e in ev if isinstance(e, KEnter))  # VM_PROT_READ
+        head = so.so_snd.sb_mb
+        assert head is not None and head.m_ext is not None
+        assert head.m_ext.ext_free is soloanfree and head.m_ext.ext_arg is so
+        # Release: kremove, then pmap_update, then uvm_unloan, then the VA.
+        m.tracer.events = []
+        release_all(layer, so)
+        rel = [type(e).__name__ for e in m.trace if isinstance(e, KRemove | PmapUpdate | Unloan)]
+        assert rel == ["KRemove"] * 16 + ["PmapUpdate"] + ["Unloan"] * 16
+        assert layer.socurkva == 0
+        layer.pool.check_leaks()
+    finally:
+        m.close()
