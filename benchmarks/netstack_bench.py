@@ -223,6 +223,17 @@ def report(r: dict[str, Any]) -> str:
             ["mode", "trace", "segments/CPU s", "acked B/CPU s", "x ns.py segs", "x ns.py B"],
             cpu_rows))
         lines.append("")
+    if ns is not None and "cpu" in ns["tcp"]:
+        t = ns["tcp"]
+        seg_x = max(x["segments"] / x["cpu"] for x in r["runs"]) / (
+            (t["segments"] + t["acks"]) / t["cpu"])
+        byt_x = max(size / x["cpu"] for x in r["runs"]) / (t["acked_bytes"] / t["cpu"])
+        met = "met" if seg_x >= 1.0 and byt_x >= 10.0 else "not met"
+        lines.append(
+            "Goal: at least 1.0x ns.py's TCP segments per second and 10x its acknowledged "
+            f"bytes per second; best run by CPU time: {seg_x:.2f}x and {byt_x:.1f}x: {met}."
+        )
+        lines.append("")
     lines.append(
         f"{size >> 20} MiB in 64 KiB sends over 100 Mbit/s, 100 us delay; exact bytes checked. "
         "Segments count both directions (data and ACKs), as ns.py's figure does. "
