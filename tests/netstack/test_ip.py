@@ -7,6 +7,8 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rawnet import Sink, free_pages, ifp, kmem_chain, page_mbuf, pair, tcp_out, udp_out
 
 from netstack.ip import EHOSTUNREACH, EMSGSIZE, IPFRAGTTL, SLOWTICK_NS
@@ -237,3 +239,34 @@ def test_ip_id_never_zero() -> None:
     a.stack.ip_id = 0xFFFE
     assert [a.stack.ip_newid() for _ in range(3)] == [0xFFFE, 1, 2]
     assert IP_DF == 0x4000 and IP_MF == 0x2000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(
+    st.tuples(
+        st.integers(0, 3),  # ip_id
+        st.integers(0, 0xFFFF),  # ip_off: any flags and offset
+        st.binary(max_size=120),  # payload
+        st.integers(-30, 30),  # total length error
+        st.sampled_from([IPPROTO_UDP, IPPROTO_TCP, 99]),
+        st.integers(0, 23),  # truncate the frame to this many bytes (>= 20: none)
+    ),
+    max_size=10,
+))
+def test_arbitrary_frames_never_raise_and_leak_nothing(
+    frames: list[tuple[int, int, bytes, int, int, int]],
+) -> None:
+    net, _a, b, lk = pair()
+    Sink(b.stack).attach()
+    src, dst = ifp(lk, 0).addr, ifp(lk, 1).addr
+    for ident, off, payload, lenerr, p, cut in frames:
+        length = max(0, min(0xFFFF, 20 + len(payload) + lenerr))
+        f = bytes(pack_ip(length=length, id=ident, off=off, p=p, src=src, dst=dst)) + payload
+        if cut < 20:
+            f = f[:cut] or b"\x45"
+        ifp(lk, 1).frame_arrived(bytearray(f), FrameMeta())
+    net.run_until_idle()  # reassembly queues time out
+    assert b.stack.ipq == {}
+    b.stack.check_leaks()
+    total = b.stack.ipstat["ips_total"]
+    assert total == len(frames)
