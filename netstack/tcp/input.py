@@ -366,12 +366,10 @@ def _step6(
         needoutput = True
 
     if (tlen or fin) and not tp.have_rcvd_fin():
-        if (
-            seq == tp.rcv_nxt
-            and not tp.segq
-            and tp.state in (TCPState.ESTABLISHED, TCPState.FIN_WAIT_1, TCPState.FIN_WAIT_2)
-        ):
-            # In order with nothing queued: deliver, delay the ACK.
+        if seq == tp.rcv_nxt and not tp.segq and tp.state == TCPState.ESTABLISHED:
+            # In order with nothing queued in ESTABLISHED: deliver and delay
+            # the ACK (tcp_setup_ack).  Anything else goes through
+            # tcp_reass and is ACKed at once, as NetBSD does.
             if tp.delack or (tp.cfg.ack_on_push and push) or fin:
                 tp.acknow = True
             elif tlen:

@@ -18,6 +18,9 @@ import random
 import attrs
 
 from netstack.tcp import (
+    TH_FIN,
+    TH_PUSH,
+    TH_SYN,
     Action,
     ActiveOpen,
     CancelTimer,
@@ -77,6 +80,7 @@ class Wire:
     loss: float = 0.0
     dup: float = 0.0
     reorder: float = 0.0
+    split: float = 0.0
 
     def latencies(self) -> list[int]:
         """The arrival delays of one segment's copies (none when lost)."""
@@ -171,6 +175,32 @@ class Sim:
             ep.errno = act.errno
 
     def send(self, ep: Endpoint, seg: Segment) -> None:
+        w = self.wire
+        if w.split and seg.payload_len > 1 and w.rng.random() < w.split:
+            # A resegmenting middlebox: two segments with the same bytes, so
+            # later retransmissions overlap what was queued only in part.
+            assert isinstance(seg.payload, bytes)
+            cut = w.rng.randrange(1, seg.payload_len)
+            first_flags = seg.flags & ~(TH_FIN | TH_PUSH)
+            head = Segment(
+                seg.seq, seg.ack, first_flags, seg.wnd, seg.mss, seg.wscale, cut, seg.payload[:cut]
+            )
+            tail = Segment(
+                (seg.seq + cut) % (1 << 32),
+                seg.ack,
+                seg.flags & ~TH_SYN,
+                seg.wnd,
+                None,
+                None,
+                seg.payload_len - cut,
+                seg.payload[cut:],
+            )
+            self._wire(ep, head)
+            self._wire(ep, tail)
+            return
+        self._wire(ep, seg)
+
+    def _wire(self, ep: Endpoint, seg: Segment) -> None:
         dst = self.peer(ep).name
         for d in self.wire.latencies():
             self.nseq += 1

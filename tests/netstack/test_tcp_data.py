@@ -25,6 +25,7 @@ from netstack.tcp import (
     TimerExpired,
     TimerKind,
     Transmit,
+    UserClose,
 )
 from netstack.tcp.reass import ReassQueue
 from netstack.tcp.rtt import RTTEstimator
@@ -367,3 +368,13 @@ def test_no_rst_storm_on_rst() -> None:
     d = client()
     d.seg(D, 0, TH_RST)
     assert d.seg(D, U, TH_RST) == []  # closed: an RST is never answered
+
+
+def test_data_in_fin_wait_is_acked_at_once() -> None:
+    # tcp_input delays ACKs only in ESTABLISHED; after our FIN, in-order
+    # data goes through tcp_reass with TF_ACKNOW.
+    d = client()
+    d.ev(UserClose())
+    out = d.seg(D, U, n=100)
+    assert of(out, Deliver) == [Deliver(("seg", D, 100), 0, 100)]
+    assert [t.ack for t in tx(out)] == [D + 100]

@@ -7,6 +7,7 @@ through TIME_WAIT or LAST_ACK as RFC 9293 says, and no timer is left armed.
 
 from __future__ import annotations
 
+import os
 import random
 
 from hypothesis import HealthCheck, given, settings
@@ -36,6 +37,7 @@ def _settled(sim: Sim) -> None:
 
 def test_bulk_transfer_without_loss_is_exact_and_closes() -> None:
     sim = Sim(seed=1)
+    sim.b.close_on_eof = True  # b stays ESTABLISHED (delayed ACKs) until a's FIN
     data = random.Random(1).randbytes(300_000)
     _run(sim, data, b"")
     assert bytes(sim.b.received) == data
@@ -103,14 +105,18 @@ def test_slow_reader_zero_window_and_persist() -> None:
     assert bytes(sim.b.received) == data
 
 
+# The deep profile (UVMLOAN_HYPOTHESIS_PROFILE=deep) runs ten times as many.
+_EXAMPLES = 600 if os.environ.get("UVMLOAN_HYPOTHESIS_PROFILE") == "deep" else 60
+
+
 @settings(
-    max_examples=60,
+    max_examples=_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(
     seed=st.integers(0, 2**32 - 1),
-    a_len=st.integers(0, 60_000),
+    a_len=st.integers(0, 150_000),
     b_len=st.integers(0, 20_000),
     loss=st.sampled_from([0.0, 0.05, 0.2]),
     dup=st.sampled_from([0.0, 0.1]),
@@ -118,6 +124,7 @@ def test_slow_reader_zero_window_and_persist() -> None:
     nodelay=st.booleans(),
     rcvbuf=st.sampled_from([4096, 32768, 200_000]),
     mss=st.sampled_from([536, 1460]),
+    split=st.sampled_from([0.0, 0.3, 0.6]),
 )
 def test_stream_is_exact_under_loss_reorder_and_duplication(
     seed: int,
@@ -129,12 +136,15 @@ def test_stream_is_exact_under_loss_reorder_and_duplication(
     nodelay: bool,
     rcvbuf: int,
     mss: int,
+    split: float,
 ) -> None:
     rng = random.Random(seed)
     a_cfg = TCPConfig(iss=rng.randrange(1 << 32), nodelay=nodelay, mss=mss, msl_ns=5 * S)
     b_cfg = TCPConfig(iss=rng.randrange(1 << 32), rcvbuf=rcvbuf, msl_ns=5 * S)
     sim = Sim(a_cfg, b_cfg, seed=seed)
-    sim.wire = Wire(sim.rng, delay_ns=5 * MS, jitter_ns=1 * MS, loss=loss, dup=dup, reorder=reorder)
+    sim.wire = Wire(
+        sim.rng, delay_ns=5 * MS, jitter_ns=1 * MS, loss=loss, dup=dup, reorder=reorder, split=split
+    )
     a_data, b_data = rng.randbytes(a_len), rng.randbytes(b_len)
     _run(sim, a_data, b_data)
     if ETIMEDOUT in (sim.a.errno, sim.b.errno):
