@@ -177,8 +177,10 @@ class TCPConnection:
             self.sb_cc += event.nbytes
             self.output()
         elif isinstance(event, ReceiveRead):
+            # The user may read what was delivered after the connection is
+            # gone; only a live connection has a window to update.
             self.so_rcv_cc -= event.nbytes
-            if self.state in _SYNCHRONIZED and self.state != TCPState.TIME_WAIT:
+            if not self.closed and self.state in _SYNCHRONIZED and self.state != TCPState.TIME_WAIT:
                 self.output()
         elif isinstance(event, TimerExpired):
             self._timer(event.kind)
@@ -249,7 +251,7 @@ class TCPConnection:
     # ------------------------------------------------------------ internals
 
     def _check_event(self, event: Event) -> None:
-        if self.closed and not isinstance(event, (SegmentArrived, TimerExpired)):
+        if self.closed and not isinstance(event, (SegmentArrived, TimerExpired, ReceiveRead)):
             raise TCPUsageError(f"{type(event).__name__} on a closed connection")
         if isinstance(event, (ActiveOpen, PassiveOpen)):
             if self.opened:

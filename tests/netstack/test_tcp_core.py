@@ -409,3 +409,13 @@ def test_data_on_the_synack_is_delivered() -> None:
     assert of(out, Deliver) == [Deliver(("seg", PISS, 10), 0, 10)]
     assert PeerClosed() in out and st(d) == TCPState.CLOSE_WAIT
     assert tx(out)[-1].ack == PISS + 12  # SYN + 10 bytes + FIN
+
+
+def test_reading_after_close_is_accepted_and_sends_nothing() -> None:
+    d = client()
+    d.seg(PISS + 1, ISS + 1, TH_ACK, n=100)
+    d.seg(PISS + 101, 0, TH_RST)
+    assert d.conn.closed
+    assert d.ev(ReceiveRead(100)) == []
+    with pytest.raises(TCPUsageError, match="only 0 bytes"):
+        d.conn.handle(ReceiveRead(1), d.now)
