@@ -75,6 +75,10 @@ class TCPConfig:
     msl_ns: int = attrs.field(default=30 * S, validator=_POS_NS)
     # TCPTV_KEEP_INIT: connection-establishment limit.
     keepinit_ns: int = attrs.field(default=75 * S, validator=_POS_NS)
+    # t_keepintvl (TCPTV_KEEPINTVL 75 s) and t_maxidle = TCPTV_KEEPCNT (8) *
+    # t_keepintvl: how long FIN_WAIT_2 may stay idle after close(2).
+    keepintvl_ns: int = attrs.field(default=75 * S, validator=_POS_NS)
+    maxidle_ns: int = attrs.field(default=8 * 75 * S, validator=_POS_NS)
     # TCPTV_PERSMIN / TCPTV_PERSMAX: bounds of the persist interval.
     persmin_ns: int = attrs.field(default=5 * S, validator=_POS_NS)
     persmax_ns: int = attrs.field(default=60 * S, validator=_POS_NS)

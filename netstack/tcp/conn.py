@@ -143,6 +143,7 @@ class TCPConnection:
         self.syn_rexmt = False  # TF_SYN_REXMT
         self.close_pending = False  # UserClose seen in SYN_RECEIVED
         self.user_closed = False
+        self.cantrcvmore = False  # SS_CANTRCVMORE: close(2), not just SHUT_WR
         self.passive = False
         # Buffers (the socket layer's counts, as the core needs them).
         self.sb_cc = 0  # so_snd.sb_cc: queued and not yet acknowledged
@@ -191,6 +192,8 @@ class TCPConnection:
             self.passive = True
             self.state = TCPState.LISTEN
         elif isinstance(event, UserClose):
+            if event.cantrcvmore:
+                self.cantrcvmore = True
             self._usrclosed()
         elif isinstance(event, UserAbort):
             self.drop(ECONNABORTED)
@@ -372,6 +375,9 @@ class TCPConnection:
             self.close(None)
             return
         if self.user_closed or self.close_pending:
+            if self.state == TCPState.FIN_WAIT_2 and self.cantrcvmore:
+                # close(2) after shutdown: bound FIN_WAIT_2 (tcp_usrclosed).
+                self.arm(TimerKind.TWOMSL, self.cfg.maxidle_ns)
             return
         if st == TCPState.SYN_RECEIVED:
             self.close_pending = True  # FIN once ESTABLISHED (RFC 9293 3.10.4)
@@ -387,6 +393,12 @@ class TCPConnection:
         if self.close_pending:
             self.close_pending = False
             self._usrclosed()
+
+    def fin_wait_2(self) -> None:
+        """FIN_WAIT_1 + our FIN acked; bounded by maxidle if the user closed (tcp_input)."""
+        self.state = TCPState.FIN_WAIT_2
+        if self.cantrcvmore:
+            self.arm(TimerKind.TWOMSL, self.cfg.maxidle_ns)
 
     def enter_time_wait(self) -> None:
         """TIME_WAIT: tcp_canceltimers, TCPT_2MSL = 2 * MSL."""
@@ -417,7 +429,15 @@ class TCPConnection:
                 self.stats.keeptimeo += 1
                 self.drop(ETIMEDOUT)
         elif kind is TimerKind.TWOMSL:
-            self.close(None)
+            # tcp_timer_2msl: in FIN_WAIT_2 after close(2), look again every
+            # keepintvl until the connection has been idle for maxidle.
+            if (
+                self.state != TCPState.TIME_WAIT
+                and self.now - self.t_rcvtime <= self.cfg.maxidle_ns
+            ):
+                self.arm(TimerKind.TWOMSL, self.cfg.keepintvl_ns)
+            else:
+                self.close(None)
 
     def _timer_rexmt(self) -> None:
         """tcp_timer_rexmt (RFC 6298 5.4-5.7)."""

@@ -155,7 +155,14 @@ class ReceiveRead:
 
 @attrs.frozen(slots=True)
 class UserClose:
-    """PRU_SHUTDOWN / close: no more data will be queued; send a FIN after it."""
+    """PRU_SHUTDOWN / close: no more data will be queued; send a FIN after it.
+
+    ``cantrcvmore`` says the socket can no longer receive either (close(2)
+    rather than shutdown(SHUT_WR): NetBSD's SS_CANTRCVMORE); then FIN_WAIT_2
+    is bounded by tcp_maxidle instead of lasting until the peer's FIN.
+    """
+
+    cantrcvmore: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen(slots=True)

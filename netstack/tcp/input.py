@@ -318,7 +318,7 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             tp.snd_high = tp.snd_una
         if st == TCPState.FIN_WAIT_1:
             if ourfinisacked:
-                tp.state = TCPState.FIN_WAIT_2
+                tp.fin_wait_2()
         elif st == TCPState.CLOSING:
             if ourfinisacked:
                 tp.enter_time_wait()

@@ -234,7 +234,8 @@ class Sim:
             and st in (TCPState.ESTABLISHED, TCPState.CLOSE_WAIT, TCPState.SYN_RECEIVED)
         ):
             ep.closed_by_app = True
-            self.event(ep, UserClose())
+            # close(2): FIN_WAIT_2 is bounded by tcp_maxidle if the peer vanishes.
+            self.event(ep, UserClose(cantrcvmore=True))
 
     def read(self, ep: Endpoint, n: int | None = None) -> None:
         n = len(ep.rcv) if n is None else n

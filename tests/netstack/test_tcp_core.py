@@ -419,3 +419,26 @@ def test_reading_after_close_is_accepted_and_sends_nothing() -> None:
     assert d.ev(ReceiveRead(100)) == []
     with pytest.raises(TCPUsageError, match="only 0 bytes"):
         d.conn.handle(ReceiveRead(1), d.now)
+
+
+def test_fin_wait_2_after_close_is_bounded_by_maxidle() -> None:
+    # tcp_input arms TCPT_2MSL with t_maxidle (8 * 75 s) when our FIN is
+    # acked and the socket cannot receive; tcp_timer_2msl re-arms every 75 s
+    # while idle <= maxidle, then closes.
+    d = client()
+    d.ev(UserClose(cantrcvmore=True), at=1 * S)
+    out = d.seg(PISS + 1, ISS + 2, TH_ACK, at=2 * S)
+    assert st(d) == TCPState.FIN_WAIT_2
+    assert SetTimer(TimerKind.TWOMSL, 602 * S) in out
+    out = d.ev(TimerExpired(TimerKind.TWOMSL), at=602 * S)  # idle 600 s: not yet
+    assert out == [SetTimer(TimerKind.TWOMSL, 677 * S)]
+    assert d.ev(TimerExpired(TimerKind.TWOMSL), at=677 * S) == [Closed(None)]
+
+
+def test_fin_wait_2_after_shutdown_waits_for_the_peer() -> None:
+    d = client()
+    d.ev(UserClose(), at=1 * S)  # shutdown(SHUT_WR): the user may still read
+    d.seg(PISS + 1, ISS + 2, TH_ACK, at=2 * S)
+    assert st(d) == TCPState.FIN_WAIT_2 and not d.conn.timers
+    out = d.ev(UserClose(cantrcvmore=True), at=3 * S)  # then close(2)
+    assert out == [SetTimer(TimerKind.TWOMSL, 603 * S)]
