@@ -98,7 +98,7 @@ def configure_sockets(
         host.machine,
         host.stack.mbpool,
         sock_loan_thresh=sock_loan_thresh,
-        pendfree_style=pendfree_style or "thread",
+        pendfree_style=pendfree_style,
     )
     _wire(host, layer)
     host.stack.pcbs["socket"] = layer

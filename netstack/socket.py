@@ -161,10 +161,14 @@ class SocketLayer:
         pool: MbufPool | None = None,
         *,
         sock_loan_thresh: int | None = None,
-        pendfree_style: PendfreeStyle = "thread",
+        pendfree_style: PendfreeStyle | None = None,
     ) -> SocketLayer:
-        """The layer with the profile's constants; ``sock_loan_thresh`` overrides."""
+        """The layer with the profile's constants (``sock_loan_thresh``,
+        ``sock_loan_chunk``, ``somaxkva``, ``sosend_pendfree``); the keywords
+        override them for one host."""
         prof = machine.profile
+        if pendfree_style is None:
+            pendfree_style = prof.sosend_pendfree
         thresh = prof.sock_loan_thresh if sock_loan_thresh is None else sock_loan_thresh
         if not isinstance(thresh, int) or isinstance(thresh, bool) or thresh < -1:
             raise ValueError(f"sock_loan_thresh must be -1 or a byte count, got {thresh!r}")

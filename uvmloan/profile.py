@@ -115,6 +115,12 @@ class Profile:
     sock_loan_thresh_mp: int = -1
     sock_loan_chunk: int = 65536
     somaxkva: int = 16 * 1024 * 1024
+    # Who frees a loaned mbuf's pages and KVA: the "sopendfree" kernel thread
+    # (uipc_socket.c 1.215 and later) or, as the 2002 original (1.66.4.1)
+    # did, the socket itself at its next sosend/soreceive/disconnect.
+    sosend_pendfree: Literal["thread", "per-socket"] = attrs.field(
+        default="thread", validator=attrs.validators.in_(("thread", "per-socket"))
+    )
     # uvm_loan.c 1.104 keeps loaned pages on the paging queues (activated);
     # 1.29.2.4 (2002) dequeued them and re-activated owned pages when their
     # last loan went.  Object->anon and zero->anon loans are compiled out in

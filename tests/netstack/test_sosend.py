@@ -334,8 +334,17 @@ def test_bad_layer_arguments() -> None:
             SocketLayer.for_machine(m, pendfree_style="bogus")  # type: ignore[arg-type]
         # A per-host override turns loaning on for an MP kernel.
         assert SocketLayer.for_machine(m, sock_loan_thresh=4096).sock_loan_thresh == 4096
+        assert SocketLayer.for_machine(m).pendfree_style == "thread"
     finally:
         m.close()
+    # The 2002 behaviour is a profile switch too.
+    m2 = Machine(memory="1M", profile_overrides={"sosend_pendfree": "per-socket"})
+    try:
+        assert SocketLayer.for_machine(m2).pendfree_style == "per-socket"
+    finally:
+        m2.close()
+    with pytest.raises(ValueError, match="sosend_pendfree"):
+        Machine(memory="1M", profile_overrides={"sosend_pendfree": "sometimes"})
 
 
 def test_loan_and_release_order_of_kernel_operations() -> None:
