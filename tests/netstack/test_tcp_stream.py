@@ -151,11 +151,13 @@ def test_stream_is_exact_under_loss_reorder_and_duplication(
         # TCP_MAXRXTSHIFT timeouts without a clean RTT sample in between can
         # happen at 20 % loss (NetBSD resets t_rxtshift only on a sample):
         # then each side has read a prefix of the other's bytes and both
-        # end CLOSED with no timer (a survivor in FIN_WAIT_2 by tcp_maxidle).
+        # end CLOSED with no timer (a survivor in FIN_WAIT_2 by tcp_maxidle),
+        # or the listener never saw a SYN (every one of them lost).
         assert a_data.startswith(bytes(sim.b.received))
         assert b_data.startswith(bytes(sim.a.received))
         for ep in (sim.a, sim.b):
-            assert ep.closed and not ep.timers and not ep.conn.timers
+            assert ep.closed or ep.conn.state == TCPState.LISTEN
+            assert not ep.timers and not ep.conn.timers
         return
     assert bytes(sim.b.received) == a_data
     assert bytes(sim.a.received) == b_data
