@@ -210,6 +210,18 @@ def _send(tp: TCPConnection, flags: int, off: int, length: int) -> None:
             tp.arm(TimerKind.REXMT, tp.t_rxtcur)
     elif SEQ_GT(seq_add(tp.snd_nxt, length), tp.snd_max):
         tp.snd_max = seq_add(tp.snd_nxt, length)
+    if (
+        length == 0
+        and tp.sb_cc
+        and not tp.armed(TimerKind.REXMT)
+        and not tp.armed(TimerKind.PERSIST)
+    ):
+        # A pure ACK went out while data waits behind a closed window: arm
+        # PERSIST, or a lost window update would deadlock the connection
+        # (FreeBSD's and OpenBSD's tcp_output: "Avoid a situation where we
+        # do not set persist timer after a zero window condition").
+        tp.t_rxtshift = 0
+        setpersist(tp)
     if win > 0 and tp.state != TCPState.SYN_SENT and SEQ_GT(seq_add(tp.rcv_nxt, win), tp.rcv_adv):
         tp.rcv_adv = seq_add(tp.rcv_nxt, win)
     tp.acknow = False

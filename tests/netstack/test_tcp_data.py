@@ -378,3 +378,17 @@ def test_data_in_fin_wait_is_acked_at_once() -> None:
     out = d.seg(D, U, n=100)
     assert of(out, Deliver) == [Deliver(("seg", D, 100), 0, 100)]
     assert [t.ack for t in tx(out)] == [D + 100]
+
+
+def test_pure_ack_behind_a_closed_window_arms_persist() -> None:
+    # 1000 bytes fill the peer's window; its ACK of all of them closes the
+    # window and carries a FIN, which we must ACK at once.  2000 bytes wait:
+    # without PERSIST a lost window update would deadlock both ends.
+    d = client(wnd=1000)
+    (first,) = tx(d.ev(SendQueued(3000), at=1 * S))
+    assert first.data_len == 1000
+    out = d.seg(D, U + 1000, TH_ACK | TH_FIN, wnd=0, at=1 * S + 100 * MS)
+    assert [(t.data_len, t.ack) for t in tx(out)] == [(0, D + 1)]
+    assert TimerKind.REXMT not in d.conn.timers
+    # tcp_setpersist: RTO 1 s << 0, clamped up to TCPTV_PERSMIN 5 s.
+    assert SetTimer(TimerKind.PERSIST, 6 * S + 100 * MS) in out
