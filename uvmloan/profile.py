@@ -64,6 +64,13 @@ class CostModel:
     context_switch_ns: int = attrs.field(default=1_000, validator=_nonneg)
     # Protocol processing per packet (netstack).
     per_packet_ns: int = attrs.field(default=1_500, validator=_nonneg)
+    # ip_output or ip_input of one packet (header build or validation, route
+    # and protocol switch): a round number of the right order, a few hundred
+    # cycles.
+    ip_packet_ns: int = attrs.field(default=250, validator=_nonneg)
+    # A device interrupt (receive or transmit completion): entry, driver
+    # handler dispatch and exit; a round number, about 1 us.
+    intr_ns: int = attrs.field(default=1_000, validator=_nonneg)
 
     def copy_ns(self, nbytes: int) -> int:
         return nbytes * 1000 // self.copy_bw if self.copy_bw else 0
@@ -108,6 +115,12 @@ class Profile:
     sock_loan_thresh_mp: int = -1
     sock_loan_chunk: int = 65536
     somaxkva: int = 16 * 1024 * 1024
+    # Who frees a loaned mbuf's pages and KVA: the "sopendfree" kernel thread
+    # (uipc_socket.c 1.215 and later) or, as the 2002 original (1.66.4.1)
+    # did, the socket itself at its next sosend/soreceive/disconnect.
+    sosend_pendfree: Literal["thread", "per-socket"] = attrs.field(
+        default="thread", validator=attrs.validators.in_(("thread", "per-socket"))
+    )
     # uvm_loan.c 1.104 keeps loaned pages on the paging queues (activated);
     # 1.29.2.4 (2002) dequeued them and re-activated owned pages when their
     # last loan went.  Object->anon and zero->anon loans are compiled out in

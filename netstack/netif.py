@@ -1,0 +1,252 @@
+"""struct ifnet: transmit queue, gather "DMA", checksum offload, interrupts.
+
+Transmit: ``if_output`` (IFQ_ENQUEUE onto ``if_snd``, drop-tail at
+``ifq_maxlen``, ``ifq_drops``) and, when the running activity finishes,
+``if_start``: the NIC takes the first packet, gathers the frame from the
+pieces the mbuf chain references (``m_pieces``; arena runs by the C
+gather, kernel memory copied) — with checksum offload it also sums the
+transport segment and writes the field, uncharged — and puts it on the
+wire.  When the last bit has left, the transmit completion interrupt (a
+kernel activity on ``intr_cpu``, charged ``intr_ns``) frees the chain with
+``m_freem``: that is what releases a UDP datagram's loaned pages.  One frame
+is on the wire at a time (a one-descriptor ring); the next starts from the
+completion.
+
+Receive: the NIC DMAs the frame into cluster mbufs (``MCLBYTES`` each; not
+charged: no CPU touches the bytes), raises the receive interrupt (a kernel
+activity, ``intr_ns``) and hands the chain to ``ip_input``.  With checksum
+offload the NIC also verifies the TCP/UDP checksum of an unfragmented
+packet and reports it in ``csum_flags`` (``M_CSUM_TCP_UDP_BAD`` when bad).
+
+Counters are ``struct if_data``'s (``net/if.h``): ``ifi_ipackets``,
+``ifi_ierrors``, ``ifi_opackets``, ``ifi_oerrors``, ``ifi_collisions``,
+``ifi_ibytes``, ``ifi_obytes``, ``ifi_iqdrops``, plus ``if_snd``'s
+``ifq_drops``.  Links are full duplex, so ``ifi_collisions`` stays 0;
+``ifi_ierrors`` counts frames the NIC refuses (longer
+than the MTU, or empty); nothing in the model refuses a frame the NIC has
+accepted for transmit, so ``ifi_oerrors`` stays 0 unless a driver error is
+injected by a test.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .ip import ENOBUFS, M_CSUM_TCP_UDP_BAD, M_CSUM_TCPv4, M_CSUM_UDPv4
+from .link import Channel, FrameMeta, Link
+from .mbuf import M_EXT_PAGES, MCLBYTES, Mbuf, m_freem, m_length, m_pieces
+from .wire import (
+    IP_MF,
+    IP_OFFMASK,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    gather_pieces,
+    pseudo_sum,
+)
+
+if TYPE_CHECKING:
+    from .network import Host
+
+IfTap = Callable[[int, bytes | bytearray, FrameMeta], None]
+
+
+@attrs.define(eq=False)
+class IfData:
+    """struct if_data counters (the ``ifi_`` prefix dropped)."""
+
+    ipackets: int = 0
+    ierrors: int = 0
+    opackets: int = 0
+    oerrors: int = 0
+    collisions: int = 0
+    ibytes: int = 0
+    obytes: int = 0
+    iqdrops: int = 0
+
+
+class Netif:
+    """One interface of a host, attached to one end of a link."""
+
+    def __init__(
+        self,
+        host: Host,
+        name: str,
+        link: Link,
+        addr: int,
+        mtu: int,
+        *,
+        ifq_maxlen: int,
+        csum_offload: bool = False,
+        intr_cpu: int = 0,
+    ) -> None:
+        self.host = host
+        self.if_xname = name
+        self.link = link
+        self.addr = addr
+        self.if_mtu = mtu
+        self.csum_offload = csum_offload
+        self.intr_cpu = intr_cpu
+        self.if_data = IfData()
+        self.if_snd: deque[Mbuf] = deque()
+        self.ifq_maxlen = ifq_maxlen
+        self.ifq_drops = 0
+        self.channel: Channel | None = None
+        self.taps: list[IfTap] = []
+        self._tx_busy = False
+        self._start_pending = False
+
+    # ----------------------------------------------------------- transmit
+
+    def if_output(self, m: Mbuf) -> int:
+        """IFQ_ENQUEUE ``m`` (a whole IP packet); 0 or ENOBUFS (``m`` freed)."""
+        if len(self.if_snd) >= self.ifq_maxlen:
+            self.ifq_drops += 1
+            m_freem(m)
+            return ENOBUFS
+        self.if_snd.append(m)
+        if not self._tx_busy and not self._start_pending:
+            self._start_pending = True
+            self.host.emit(self.if_start)
+        return 0
+
+    def if_start(self) -> None:
+        """The driver's start routine: one frame onto the wire if it is free."""
+        self._start_pending = False
+        if self._tx_busy or not self.if_snd:
+            return
+        ch = self.channel
+        assert ch is not None
+        m = self.if_snd.popleft()
+        self._tx_busy = True
+        frame, loaned = self._dma_gather(m)
+        d = self.if_data
+        d.opackets += 1
+        d.obytes += len(frame)
+        meta = FrameMeta(loaned=loaned)
+        now = self.host.net.sched.now
+        for tap in self.taps:
+            tap(now, frame, meta)
+        ch.send(frame, meta, lambda: self._tx_done(m))
+
+    def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
+        pm = self.host.machine.physmem
+        n = m_length(m)
+        frame = bytearray(n)
+        gather_pieces(pm, m_pieces(m, 0, n), memoryview(frame))
+        loaned = False
+        cur: Mbuf | None = m
+        while cur is not None:
+            if cur.m_flags & M_EXT_PAGES:
+                loaned = True
+                break
+            cur = cur.m_next
+        if m.csum_flags & (M_CSUM_TCPv4 | M_CSUM_UDPv4):
+            # The NIC computes the transport checksum (offload): not charged.
+            hl = (frame[0] & 15) << 2
+            p = frame[9]
+            src, dst = struct.unpack_from("!II", frame, 12)
+            seg = memoryview(frame)[hl:]
+            s = pm.cksum_bytes(seg, pseudo_sum(src, dst, p, len(seg)))
+            c = ~s & 0xFFFF
+            if c == 0 and p == IPPROTO_UDP:
+                c = 0xFFFF
+            struct.pack_into("!H", frame, hl + m.csum_data, c)
+        return frame, loaned
+
+    def _tx_done(self, m: Mbuf) -> None:
+        self.host.kernel(lambda: self._txintr(m), self.intr_cpu)
+
+    def _txintr(self, m: Mbuf) -> None:
+        """Transmit completion interrupt: the frame has left, free the chain."""
+        mach = self.host.machine
+        mach.platform.charge(mach.profile.costs.intr_ns)
+        m_freem(m)
+        self._tx_busy = False
+        if self.if_snd and not self._start_pending:
+            self._start_pending = True
+            self.host.emit(self.if_start)
+
+    # ------------------------------------------------------------ receive
+
+    def frame_arrived(self, frame: bytearray, meta: FrameMeta) -> None:
+        """The last bit of a frame arrived: receive interrupt."""
+        self.host.kernel(lambda: self._rxintr(frame, meta), self.intr_cpu)
+
+    def _rxintr(self, frame: bytearray, meta: FrameMeta) -> None:
+        host = self.host
+        mach = host.machine
+        mach.platform.charge(mach.profile.costs.intr_ns)
+        d = self.if_data
+        n = len(frame)
+        if n > self.if_mtu or n == 0:
+            d.ierrors += 1
+            return
+        d.ipackets += 1
+        d.ibytes += n
+        now = host.net.sched.now
+        for tap in self.taps:
+            tap(now, frame, meta)
+        m = self._rx_dma(frame)
+        if self.csum_offload:
+            self._rx_csum(m, frame)
+        host.stack.ip_input(m, self)
+
+    def _rx_dma(self, frame: bytearray) -> Mbuf:
+        """The NIC wrote the frame into receive-ring clusters."""
+        pool = self.host.stack.mbpool
+        top = pool.m_getcl(pkthdr=True)
+        top.m_pkthdr_rcvif = self
+        top.m_pkthdr_len = len(frame)
+        cur = top
+        pos = 0
+        n = len(frame)
+        while True:
+            ext = cur.m_ext
+            assert ext is not None and ext.ext_cl is not None
+            take = min(MCLBYTES, n - pos)
+            ext.ext_cl[:take] = frame[pos : pos + take]
+            cur.m_len = take
+            pos += take
+            if pos >= n:
+                return top
+            nxt = pool.m_getcl(pkthdr=False)
+            cur.m_next = nxt
+            cur = nxt
+
+    def _rx_csum(self, m: Mbuf, frame: bytearray) -> None:
+        """Receive checksum offload on an unfragmented TCP or UDP packet."""
+        hl = (frame[0] & 15) << 2
+        if frame[0] >> 4 != 4 or hl < 20 or len(frame) < hl:
+            return
+        p = frame[9]
+        ipoff, = struct.unpack_from("!H", frame, 6)
+        if p not in (IPPROTO_TCP, IPPROTO_UDP) or ipoff & (IP_MF | IP_OFFMASK):
+            return
+        iplen, = struct.unpack_from("!H", frame, 2)
+        if iplen > len(frame) or iplen < hl:
+            return
+        seg = memoryview(frame)[hl:iplen]
+        if p == IPPROTO_UDP and len(seg) >= 8 and seg[6] == 0 and seg[7] == 0:
+            return  # no UDP checksum to verify
+        src, dst = struct.unpack_from("!II", frame, 12)
+        pm = self.host.machine.physmem
+        s = pm.cksum_bytes(seg, pseudo_sum(src, dst, p, len(seg)))
+        m.csum_flags = (M_CSUM_TCPv4 if p == IPPROTO_TCP else M_CSUM_UDPv4) | (
+            0 if s == 0xFFFF else M_CSUM_TCP_UDP_BAD
+        )
+
+    def add_tap(self, tap: IfTap) -> None:
+        self.taps.append(tap)
+
+    def remove_tap(self, tap: IfTap) -> None:
+        self.taps.remove(tap)
+
+    def __repr__(self) -> str:
+        from .wire import inet_ntoa
+
+        return f"<Netif {self.host.name}:{self.if_xname} {inet_ntoa(self.addr)} mtu {self.if_mtu}>"

@@ -1,0 +1,261 @@
+"""Network and Host: one event queue for every machine and link.
+
+``Network`` owns the single :class:`uvmloan.sim.Scheduler` whose ``now`` is
+global simulated time in integer nanoseconds; every host's machine uses it
+as its platform scheduler.  ``Host`` is a :class:`uvmloan.Machine` with a
+stack attached (``host.stack``, an :class:`netstack.ip.IPStack`).
+
+Kernel activities (section "Time" of specs/netstack.md): ``host.kernel(fn,
+cpu)`` runs ``fn`` now, on CPU ``cpu``, starting at ``max(net.now, cpu
+clock)``; what ``fn`` charges advances that CPU's clock, and whatever it
+emits with ``host.emit`` is scheduled at the CPU's clock when ``fn``
+returns.  The activity runs synchronously (its result is returned), so it
+sees the state of the world at ``net.now``; only its effects are
+time-stamped by the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from uvmloan.machine import Machine
+from uvmloan.profile import Profile
+from uvmloan.sim import Scheduler, Timer
+from uvmloan.trace import Tracer
+
+from .ip import IPStack
+from .link import Link, Switch
+from .wire import inet_aton, inet_ntoa
+
+if TYPE_CHECKING:
+    from .netif import Netif
+
+T = TypeVar("T")
+
+# TEST-NET-1 (RFC 5737): documentation addresses, never routed anywhere real.
+NET_BASE = inet_aton("192.0.2.0")
+
+
+class _Activity:
+    __slots__ = ("cpu", "emits")
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+        self.emits: list[Callable[[], None]] = []
+
+
+class Host:
+    """A machine with a network stack, on a :class:`Network`."""
+
+    def __init__(self, net: Network, name: str, machine: Machine) -> None:
+        self.net = net
+        self.name = name
+        self.machine = machine
+        # Every machine on the network shares the network's clock.
+        machine.platform.sched = net.sched
+        self._act: _Activity | None = None
+        self.stack = IPStack(self)
+
+    # ---------------------------------------------------------------- time
+
+    def kernel(self, fn: Callable[[], T], cpu: int | None = None) -> T:
+        """Run ``fn`` as a kernel activity on ``cpu`` (default CPU 0, where
+        the NIC's interrupts are routed) and return its result."""
+        plat = self.machine.platform
+        idx = 0 if cpu is None else plat.cpu(cpu).index
+        outer = self._act
+        saved = plat.cur
+        if outer is not None and outer.cpu == idx:
+            # nested on the same CPU: part of the running activity
+            plat.cur = idx
+            try:
+                return fn()
+            finally:
+                plat.cur = saved
+        c = plat.cpus[idx]
+        now = self.net.sched.now
+        if c.clock < now:
+            c.clock = now
+        act = _Activity(idx)
+        self._act = act
+        plat.cur = idx  # curcpu() for the activity (Platform.on_cpu, inlined)
+        try:
+            result = fn()
+        finally:
+            plat.cur = saved
+            self._act = outer
+            if act.emits:
+                end = c.clock
+                call_at = self.net.sched.call_at
+                for e in act.emits:
+                    call_at(end, e)
+        return result
+
+    def emit(self, fn: Callable[[], None]) -> None:
+        """Schedule ``fn`` when the running activity finishes (at its CPU's
+        clock then); outside an activity, at the network's now."""
+        act = self._act
+        if act is None:
+            self.net.sched.call_at(self.net.sched.now, fn)
+        else:
+            act.emits.append(fn)
+
+    def clock(self) -> int:
+        """Simulated time as the running activity sees it (its CPU's clock)."""
+        act = self._act
+        if act is None:
+            return self.net.sched.now
+        return self.machine.cpus[act.cpu].clock
+
+    @property
+    def in_activity(self) -> bool:
+        return self._act is not None
+
+    def schedule(self, when: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
+        """Run ``fn`` as a kernel activity at ``when`` (not before now)."""
+        return self.net.sched.call_at(
+            max(when, self.net.sched.now), lambda: self.kernel(fn, cpu)
+        )
+
+    def timeout(self, delay_ns: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
+        """callout_schedule: run ``fn`` as a kernel activity ``delay_ns`` from now."""
+        if not isinstance(delay_ns, int) or delay_ns < 0:
+            raise ValueError(f"delay must be a non-negative int of ns, got {delay_ns!r}")
+        return self.schedule(self.clock() + delay_ns, fn, cpu)
+
+    # ------------------------------------------------------------- helpers
+
+    @property
+    def interfaces(self) -> list[Netif]:
+        return self.stack.ifnet
+
+    @property
+    def addr(self) -> str:
+        """The address of the host's first interface, dotted."""
+        if not self.stack.ifnet:
+            raise ValueError(f"host {self.name} has no interface yet")
+        return inet_ntoa(self.stack.ifnet[0].addr)
+
+    def socket(self, kind: str) -> Any:
+        """A socket of ``kind`` "tcp" or "udp" (netstack.socket.socreate)."""
+        from . import socket as _socket  # the socket layer sits above this one
+
+        return _socket.socreate(self, kind)
+
+    def __repr__(self) -> str:
+        addrs = ", ".join(inet_ntoa(i.addr) for i in self.stack.ifnet)
+        return f"<Host {self.name} [{addrs}] {self.machine!r}>"
+
+
+class Network:
+    """Hosts, links and switches driven by one scheduler; deterministic for a seed."""
+
+    def __init__(self, seed: int = 0) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+        self.seed = seed
+        self.sched = Scheduler()
+        self.hosts: dict[str, Host] = {}
+        self.links: list[Link] = []
+        self.switches: dict[str, Switch] = {}
+        self._next_host_addr = 1
+
+    @property
+    def now(self) -> int:
+        return self.sched.now
+
+    def host(
+        self,
+        name: str,
+        *,
+        ncpus: int = 1,
+        memory: int | str | None = None,
+        profile: str | Profile = "netbsd-10",
+        profile_overrides: dict[str, Any] | None = None,
+        trace: bool | str | Path | Tracer = "counters",
+    ) -> Host:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"host name must be a non-empty string, got {name!r}")
+        if name in self.hosts or name in self.switches:
+            raise ValueError(f"the network already has a node named {name!r}")
+        machine = Machine(
+            ncpus=ncpus, memory=memory, profile=profile,
+            profile_overrides=profile_overrides, trace=trace,
+        )
+        h = Host(self, name, machine)
+        self.hosts[name] = h
+        return h
+
+    def switch(self, name: str) -> Switch:
+        """A switch: forwards each frame to the port whose host owns its IP
+        destination (no learning, no flooding), queueing per output port."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"switch name must be a non-empty string, got {name!r}")
+        if name in self.hosts or name in self.switches:
+            raise ValueError(f"the network already has a node named {name!r}")
+        sw = Switch(self, name)
+        self.switches[name] = sw
+        return sw
+
+    def _alloc_addr(self) -> int:
+        n = self._next_host_addr
+        if n > 254:
+            raise ValueError("192.0.2.0/24 is exhausted: at most 254 interfaces per network")
+        self._next_host_addr += 1
+        return NET_BASE + n
+
+    def link(self, a: Host | Switch, b: Host | Switch, **params: Any) -> Link:
+        """A full-duplex link between two hosts, or a host and a switch.
+
+        Parameters are :class:`netstack.link.LinkParams` fields
+        (``bandwidth_bps``, ``delay_ns``, ``mtu``, ``queue_limit``, ``loss``,
+        ``duplicate``, ``reorder``, ``reorder_delay_ns``, ``corrupt``,
+        ``overhead_bytes``) plus ``csum_offload`` for the interfaces.
+        """
+        for end in (a, b):
+            if isinstance(end, Host):
+                if self.hosts.get(end.name) is not end:
+                    raise ValueError(f"host {end.name} is not on this network")
+            elif isinstance(end, Switch):
+                if self.switches.get(end.name) is not end:
+                    raise ValueError(f"switch {end.name} is not on this network")
+            else:
+                raise TypeError(f"a link joins hosts or switches, not {type(end).__name__}")
+        if a is b:
+            raise ValueError("a link needs two different ends")
+        if isinstance(a, Switch) and isinstance(b, Switch):
+            raise ValueError("switch-to-switch links are not modelled")
+        from .link import make_link
+
+        lk = make_link(self, len(self.links), a, b, params)
+        self.links.append(lk)
+        return lk
+
+    # ----------------------------------------------------------------- run
+
+    def run(self, until: int) -> int:
+        """Run every event due at or before ``until`` ns; returns how many ran."""
+        if not isinstance(until, int) or isinstance(until, bool):
+            raise TypeError(f"until must be integer nanoseconds, not {type(until).__name__}")
+        if until < self.sched.now:
+            raise ValueError(f"until {until} ns is before now ({self.sched.now} ns)")
+        return self.sched.run_until(until)
+
+    def run_for(self, ns: int) -> int:
+        return self.run(self.sched.now + ns)
+
+    def run_until_idle(self, max_events: int | None = None) -> int:
+        """Run until no event is pending (or ``max_events`` ran)."""
+        return self.sched.run(max_events)
+
+    def close(self) -> None:
+        for h in self.hosts.values():
+            h.machine.close()
+
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

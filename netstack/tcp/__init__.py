@@ -1,0 +1,95 @@
+"""The TCP protocol core: sans-I/O (events in, actions out), no bytes, no clock.
+
+See specs/tcp.md for every behaviour and its RFC or NetBSD source, and
+specs/netstack.md for how the socket glue (netstack.tcp_usrreq) drives it.
+"""
+
+from __future__ import annotations
+
+from .config import TCPConfig, TCPStats
+from .conn import (
+    ECONNABORTED,
+    ECONNREFUSED,
+    ECONNRESET,
+    ETIMEDOUT,
+    TCPConnection,
+    TCPInvariantError,
+    TCPUsageError,
+)
+from .events import (
+    TCP_MAX_WINSHIFT,
+    TCP_MAXWIN,
+    TH_ACK,
+    TH_FIN,
+    TH_PUSH,
+    TH_RST,
+    TH_SYN,
+    TH_URG,
+    Action,
+    ActiveOpen,
+    CancelTimer,
+    Closed,
+    DataAcked,
+    Deliver,
+    Established,
+    Event,
+    PassiveOpen,
+    PeerClosed,
+    ReceiveRead,
+    Segment,
+    SegmentArrived,
+    SendQueued,
+    SetTimer,
+    TCPState,
+    TimerExpired,
+    TimerKind,
+    Transmit,
+    UserAbort,
+    UserClose,
+)
+from .reass import ReassEntry, ReassQueue
+from .respond import respond_to_closed
+
+__all__ = [
+    "ECONNABORTED",
+    "ECONNREFUSED",
+    "ECONNRESET",
+    "ETIMEDOUT",
+    "TCP_MAXWIN",
+    "TCP_MAX_WINSHIFT",
+    "TH_ACK",
+    "TH_FIN",
+    "TH_PUSH",
+    "TH_RST",
+    "TH_SYN",
+    "TH_URG",
+    "Action",
+    "ActiveOpen",
+    "CancelTimer",
+    "Closed",
+    "DataAcked",
+    "Deliver",
+    "Established",
+    "Event",
+    "PassiveOpen",
+    "PeerClosed",
+    "ReassEntry",
+    "ReassQueue",
+    "ReceiveRead",
+    "Segment",
+    "SegmentArrived",
+    "SendQueued",
+    "SetTimer",
+    "TCPConfig",
+    "TCPConnection",
+    "TCPInvariantError",
+    "TCPState",
+    "TCPStats",
+    "TCPUsageError",
+    "TimerExpired",
+    "TimerKind",
+    "Transmit",
+    "UserAbort",
+    "UserClose",
+    "respond_to_closed",
+]

@@ -1,0 +1,294 @@
+"""A hypothesis state machine for the socket layer over a lossy link.
+
+``SocketStateMachine`` builds a :class:`~netstack.network.Network` of two
+hosts (uniprocessor kernels, so sockets loan) joined by a link with seeded
+loss, duplication and reordering, and one TCP connection from ``a`` to
+``b``.  Its rules, in random interleavings:
+
+* ``send``: a non-blocking ``send(2)`` of a random size from a random
+  offset (any alignment) of the sender's buffer (loaned or copied as
+  NetBSD's rules decide);
+* ``overwrite``: the sender stores into its buffer right after sending
+  (breaking the loans of the pages it touches);
+* ``receive``: a non-blocking ``recv(2)`` of a random size;
+* ``reply``/``receive_reply``: the same in the other direction, from the
+  receiver's process memory (``REPLIES``);
+* ``datagram``/``receive_datagram``: UDP datagrams of up to 9216 bytes
+  from the sender's buffer; they may be lost, never altered (``DATAGRAMS``);
+* ``advance``: simulated time passes (segments, ACKs, retransmissions,
+  the sopendfree thread).
+
+Invariants after every step: ``check_invariants`` of both machines (the
+VM's loan and TLB invariants), ``check_socket_invariants`` of both socket
+layers (S1-S4, also after every simulation event), and the bytes
+received so far are a prefix of the bytes each send call took (as they
+were when it took them).  At the end
+(``teardown``) the sender closes, everything is delivered: the receiver
+got exactly those bytes, and no loan, loan KVA, mbuf, cluster or frame is
+left (``check_quiescent``; the sender's pages return to the allocator).
+
+Subclass to change ``LINK`` (link parameters), ``BUFPAGES`` or ``INJECT``
+(bugs of :mod:`netstack.inject`); run with
+:func:`uvmloan.testing.run_machine` and :func:`socket_settings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from hypothesis import Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from uvmloan.invariants import check_invariants
+from uvmloan.testing.profiles import machine_settings
+
+from ..inject import inject
+from ..network import Network
+from ..sockapi import SO_SNDBUF, SOL_SOCKET, UserSocket, get_layer
+from ..sockcheck import check_quiescent, check_socket_invariants
+from ..sockerr import SocketError
+
+__all__ = ["SOCKET_SIZES", "SocketStateMachine", "no_shrink_settings", "socket_settings"]
+
+# Short profile name -> (max_examples, stateful_step_count).
+SOCKET_SIZES = {"ci": (12, 25), "deep": (200, 60)}
+
+PS = 4096
+
+
+def socket_settings(name: str | None = None) -> settings:
+    """ "socket-ci" (default) or "socket-deep" (``UVMLOAN_HYPOTHESIS_PROFILE=deep``)."""
+    return machine_settings("socket", SOCKET_SIZES, name)
+
+
+def no_shrink_settings(max_examples: int, steps: int = 30) -> settings:
+    """Settings for proving an injected bug is found: deterministic, no shrink."""
+    return settings(
+        socket_settings(),
+        max_examples=max_examples,
+        stateful_step_count=steps,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        database=None,
+        report_multiple_bugs=False,
+        print_blob=False,
+    )
+
+
+class SocketStateMachine(RuleBasedStateMachine):
+    LINK: ClassVar[dict[str, Any]] = {
+        "bandwidth_bps": 100_000_000,
+        "delay_ns": 200_000,
+        "loss": 0.05,
+        "duplicate": 0.03,
+        "reorder": 0.03,
+    }
+    BUFPAGES: ClassVar[int] = 40
+    SNDBUF: ClassVar[int] = 3 * 65536
+    INJECT: ClassVar[Sequence[str]] = ()
+    SEED: ClassVar[int] = 0
+    # Also drive the reverse direction (b sends from its process memory)
+    # and UDP datagrams from a's buffer.
+    REPLIES: ClassVar[bool] = True
+    DATAGRAMS: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Network(seed=self.SEED)
+        over = {"multiprocessor": False}
+        self.a = self.net.host("a", memory="16M", profile_overrides=over)
+        self.b = self.net.host("b", memory="16M", profile_overrides=over)
+        self.net.link(self.a, self.b, **self.LINK)
+        for bug in self.INJECT:
+            inject(self.a, bug)
+        self.base_pages = self.a.machine.uvm.allocated
+        ls = self.b.socket("tcp")
+        ls.bind(("", 7))
+        ls.listen()
+        self.c = self.a.socket("tcp")
+        self.c.setsockopt(SOL_SOCKET, SO_SNDBUF, self.SNDBUF)
+        self.c.connect((self.b.addr, 7))
+        self.s, _ = ls.accept()
+        ls.close()
+        self.c.setblocking(False)
+        self.s.setblocking(False)
+        self.p = self.a.machine.spawn("sender")
+        self.size = self.BUFPAGES * PS
+        self.va = self.p.mmap(self.size)
+        self.buf = bytearray((7 * i + 1) % 251 for i in range(self.size))
+        self.p.write(self.va, bytes(self.buf))
+        self.expected = bytearray()
+        self.got = bytearray()
+        self.closed = False
+        # The reverse direction: b's process sends on the accepted socket.
+        self.q = self.b.machine.spawn("replier")
+        self.qva = self.q.mmap(4 * PS)
+        self.qbuf = bytes((3 * i + 5) % 253 for i in range(4 * PS))
+        self.q.write(self.qva, self.qbuf)
+        self.rexpected = bytearray()
+        self.rgot = bytearray()
+        # UDP from a's buffer to b: datagrams may be lost, never altered.
+        self.ua = self.a.socket("udp")
+        self.ub = self.b.socket("udp")
+        self.ub.bind(("", 9))
+        self.ub.setblocking(False)
+        self.ua.setblocking(False)
+        self.datagrams: list[bytes] = []
+
+    # ------------------------------------------------------------------ rules
+
+    @precondition(lambda self: not self.closed)
+    @rule(
+        off=st.integers(0, 1 << 20),
+        # Any size, and sizes just above three segments (MSS 1460) whose
+        # last segment is small enough for tcp_build_datapkt to copy it
+        # into the header mbuf: the CPU then reads lent pages through the
+        # loan KVA.
+        n=st.one_of(st.integers(1, 80_000), st.integers(3 * 1460 + 1, 3 * 1460 + 300)),
+    )
+    def send(self, off: int, n: int) -> None:
+        off %= self.size
+        n = min(n, self.size - off)
+        try:
+            took = self.c.send(self.p, self.va + off, n)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e  # EWOULDBLOCK: the buffer is full
+            return
+        self.expected += self.buf[off : off + took]
+
+    @precondition(lambda self: not self.closed)
+    @rule(off=st.integers(0, 1 << 20), n=st.integers(1, 3 * PS), byte=st.integers(0, 255))
+    def overwrite(self, off: int, n: int, byte: int) -> None:
+        off %= self.size
+        n = min(n, self.size - off)
+        data = bytes([byte]) * n
+        self.p.write(self.va + off, data)
+        self.buf[off : off + n] = data
+
+    @precondition(lambda self: self.REPLIES and not self.closed)
+    @rule(off=st.integers(0, 4 * PS - 1), n=st.integers(1, 4 * PS))
+    def reply(self, off: int, n: int) -> None:
+        n = min(n, 4 * PS - off)
+        try:
+            took = self.s.send(self.q, self.qva + off, n)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e
+            return
+        self.rexpected += self.qbuf[off : off + took]
+
+    @precondition(lambda self: self.REPLIES)
+    @rule(n=st.integers(1, 100_000))
+    def receive_reply(self, n: int) -> None:
+        try:
+            d = self.c.recv_bytes(n)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e
+            return
+        self.rgot += d
+
+    @precondition(lambda self: self.DATAGRAMS and not self.closed)
+    @rule(off=st.integers(0, 1 << 20), n=st.integers(1, 9216))
+    def datagram(self, off: int, n: int) -> None:
+        off %= self.size
+        n = min(n, self.size - off)
+        try:
+            self.ua.sendto(self.p, self.va + off, n, (self.b.addr, 9))
+        except SocketError as e:
+            assert e.bsd_errno in (35, 55), e  # EWOULDBLOCK, ENOBUFS
+            return
+        self.datagrams.append(bytes(self.buf[off : off + n]))
+
+    @precondition(lambda self: self.DATAGRAMS)
+    @rule()
+    def receive_datagram(self) -> None:
+        try:
+            d, _src = self.ub.recvfrom_bytes(9216)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e
+            return
+        assert d in self.datagrams, "a datagram arrived that was never sent"
+
+    @rule(n=st.integers(1, 100_000))
+    def receive(self, n: int) -> None:
+        try:
+            d = self.s.recv_bytes(n)
+        except SocketError as e:
+            assert e.bsd_errno == 35, e
+            return
+        self.got += d
+
+    @rule(ns=st.sampled_from([10_000, 300_000, 2_000_000, 50_000_000, 1_500_000_000]))
+    def advance(self, ns: int) -> None:
+        self._run(self.net.now + ns)
+
+    def _run(self, until: int | None) -> None:
+        """Run the network event by event, checking the socket layers after each."""
+        sched = self.net.sched
+        while True:
+            nxt = sched.next_time()
+            if nxt is None or (until is not None and nxt > until):
+                break
+            sched.step()
+            for h in (self.a, self.b):
+                check_socket_invariants(get_layer(h))
+        if until is not None:
+            self.net.run(until)
+
+    # ------------------------------------------------------------- invariants
+
+    @invariant()
+    def machines_consistent(self) -> None:
+        for h in (self.a, self.b):
+            check_invariants(h.machine)
+            check_socket_invariants(get_layer(h))
+
+    @invariant()
+    def stream_is_a_prefix(self) -> None:
+        assert self.got == self.expected[: len(self.got)], "received bytes differ from sent"
+        assert self.rgot == self.rexpected[: len(self.rgot)], "reply bytes differ from sent"
+
+    # --------------------------------------------------------------- teardown
+
+    def _drain(self, us: UserSocket, into: bytearray) -> None:
+        while True:
+            try:
+                d = us.recv_bytes(65536)
+            except SocketError:
+                return
+            if not d:
+                return
+            into += d
+
+    def teardown(self) -> None:
+        try:
+            self.closed = True
+            self.s.on_readable(lambda us: self._drain(us, self.got))
+            self.c.on_readable(lambda us: self._drain(us, self.rgot))
+            self._drain(self.s, self.got)
+            self._drain(self.c, self.rgot)
+            self.ua.close()
+            self.ub.close()
+            self.c.shutdown(1)
+            self.s.shutdown(1)
+            self._run(None)
+            self._drain(self.s, self.got)
+            self._drain(self.c, self.rgot)
+            self.c.close()
+            self.s.close()
+            self._run(None)
+            assert self.got == self.expected, (
+                f"received {len(self.got)} bytes, sent {len(self.expected)}"
+            )
+            assert self.rgot == self.rexpected, (
+                f"reply: received {len(self.rgot)} bytes, sent {len(self.rexpected)}"
+            )
+            for h in (self.a, self.b):
+                check_quiescent(get_layer(h))
+                check_invariants(h.machine)
+            self.p.exit()
+            self.q.exit()
+            assert self.a.machine.uvm.allocated == self.base_pages, "frames leaked"
+        finally:
+            self.net.close()
