@@ -174,7 +174,7 @@ class Network:
         memory: int | str | None = None,
         profile: str | Profile = "netbsd-10",
         profile_overrides: dict[str, Any] | None = None,
-        trace: bool | str | Path | Tracer = "counters",
+        trace: str | Path | Tracer = "counters",
     ) -> Host:
         if not isinstance(name, str) or not name:
             raise ValueError(f"host name must be a non-empty string, got {name!r}")

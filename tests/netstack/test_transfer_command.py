@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tshark import assert_checksums_good, follow_tcp
 
 from netstack.demo import _pattern
 from uvmloan.cli import main
-
-from .tshark import assert_checksums_good, follow_tcp
 
 KIB = 1024
 
@@ -44,8 +43,8 @@ def test_transfer_by_copy_and_by_loan(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--size", "0"], "--size must be from 1 byte"),
-        (["--size", "65M"], "at most 64M"),
+        (["--size", "0"], "size must be positive"),
+        (["--size", "65M"], "--size must be from 1 byte to 64M"),
         (["--size", "lots"], "--size"),
         (["--loss", "0.9"], "--loss must be from 0 to 0.5"),
         (["--mode", "zerocopy"], "invalid choice"),
