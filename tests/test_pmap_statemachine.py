@@ -22,18 +22,10 @@ from uvmloan.testing.pmap_machine import (
     pmap_state_snapshot,
 )
 
-
-class MIAsidPmapStateMachine(PmapStateMachine):
-    """The same machine on the MI ASID policy (sys/uvm/pmap/pmap_tlb.c)."""
-
-    profile_overrides: ClassVar[dict[str, Any]] = {"tlb_policy": "mi-asid"}
-
-
+# The x86 policy; the MI ASID run (pool small enough to wrap) is in
+# test_sm_hooks.py.
 TestPmapStateMachine = PmapStateMachine.TestCase
 TestPmapStateMachine.settings = hypothesis_settings()
-
-TestMIAsidPmapStateMachine = MIAsidPmapStateMachine.TestCase
-TestMIAsidPmapStateMachine.settings = hypothesis_settings()
 
 
 # --- bug injection ------------------------------------------------------------
@@ -42,20 +34,18 @@ TestMIAsidPmapStateMachine.settings = hypothesis_settings()
 class SkipUpdate(PmapStateMachine):
     """pmap_update does nothing: deferred shootdowns never happen."""
 
-    def configure(self, m: Machine) -> None:
-        m.pmap.inject_skip_update = True
+    INJECT = ("skip-pmap-update",)
 
 
 class SkipUpdateMI(SkipUpdate):
-    profile_overrides: ClassVar[dict[str, Any]] = {"tlb_policy": "mi-asid"}
+    PROFILE_OVERRIDES: ClassVar[dict[str, Any]] = {"tlb_policy": "mi-asid"}
 
 
 class SyncPvForgetsShootdown(PmapStateMachine):
     """pmap_sync_pv (pmap_page_protect, pmap_clear_*) changes PTEs but queues
     no TLB shootdown: a loan's write-protect would not be global."""
 
-    def configure(self, m: Machine) -> None:
-        m.pmap.inject_sync_pv_no_shootdown = True
+    INJECT = ("sync-pv-no-shootdown",)
 
 
 def _hunt(machine: type[PmapStateMachine], examples: int) -> BaseException:

@@ -620,6 +620,10 @@ class PmapModule:
             )
         if plat.profile.tlb_policy == "x86":
             self._local_flush(cpu, False, "cr3 load")
+        else:
+            # pmap_activate -> pmap_tlb_asid_acquire (a pmap whose ASID was
+            # reset later gets a new one at its next use: asid_of).
+            pmap_tlb_asid_acquire(plat, cpu, pmap)
 
     def pmap_deactivate(self, cpu: CPU | None = None) -> None:
         """The CPU leaves user mode for good (idle, exit): x86 lazy TLB state.

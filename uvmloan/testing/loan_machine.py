@@ -12,7 +12,8 @@ default) with random interleavings of
 * user stores and loads on any CPU, ``write(2)`` and ``ftruncate(2)`` of
   the files, ``mmap``/``munmap``, ``mprotect`` (a store into a read-only
   region, a load from a PROT_NONE one, must fault), ``mlock``/``munlock``,
-  ``fork``, ``exit``;
+  ``fork``, ``exit``, and short-lived processes (spawn, write, exit in one
+  step: they cycle through the MI policy's ASIDs);
 * releases of the loans (``sodoloanfree``'s order), borrower reads through
   the read-only kernel mapping on any CPU, and the pagedaemon reclaiming
   single pages or scanning.
@@ -48,14 +49,15 @@ Run it from pytest::
 
 ``loan_settings()`` returns the "loan-ci" profile (a default run well under
 a minute) or, with ``UVMLOAN_HYPOTHESIS_PROFILE=deep``, "loan-deep".
-Extend it by subclassing: the class attributes ``NCPUS``, ``MEMORY``,
-``MAX_PROCS``, ``MAX_REGIONS``, ``MAX_REGION_PAGES``, ``MAX_FILES``,
-``MAX_LOANS`` size the world; ``PROFILE_OVERRIDES`` changes profile fields
-(``{"tlb_policy": "mi-asid"}``, ``{"tlb_entries": 4}``); ``INJECT`` names bugs of
-:mod:`uvmloan.inject` to switch on (the suite proves each one is caught);
-override :meth:`configure` to change the fresh machine, add ``@rule``
-methods that keep the reference up to date through :meth:`apply_write`
-and friends, and ``@invariant`` methods for your own properties.
+Extend it by subclassing.  The machine itself is configured through the
+hooks every shipped machine shares (:mod:`uvmloan.testing.hooks`):
+``NCPUS``, ``MEMORY``, ``PROFILE``, ``PROFILE_OVERRIDES``
+(``{"tlb_policy": "mi-asid"}``, ``{"tlb_entries": 4}``), ``INJECT`` (bugs of
+:mod:`uvmloan.inject`; the suite proves each one is caught) and the factory
+:meth:`make_machine`.  ``MAX_PROCS``, ``MAX_REGIONS``, ``MAX_REGION_PAGES``,
+``MAX_FILES``, ``MAX_LOANS`` size the world; add ``@rule`` methods that keep
+the reference up to date through :meth:`apply_write` and friends, and
+``@invariant`` methods for your own properties.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from ..borrow import KernelLoan
 from ..errors import SegmentationFault, UVMError
-from ..inject import inject
 from ..invariants import check_invariants
 from ..machine import Machine
 from ..object import AnonObject, VnodeObject
@@ -85,6 +86,7 @@ from ..param import (
 )
 from ..process import Process
 from ..trace import Event, PageFree
+from .hooks import MachineHooks
 from .loan_ops import leaked_pages, mappings_of, release_order_problems
 from .profiles import PROFILE_ENV, machine_settings
 
@@ -159,28 +161,21 @@ class LoanRef:
     what: str
 
 
-class LoanStateMachine(RuleBasedStateMachine):
+class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
     """Kernel loans vs. a plain-copy reference; see the module docstring."""
 
-    NCPUS: ClassVar[int] = 3
-    MEMORY: ClassVar[str] = "1M"
+    NCPUS: ClassVar[int | None] = 3
+    MEMORY: ClassVar[int | str] = "1M"
     MAX_PROCS: ClassVar[int] = 4
     MAX_REGIONS: ClassVar[int] = 4
     MAX_REGION_PAGES: ClassVar[int] = 4
     MAX_FILES: ClassVar[int] = 2
     MAX_FILE_PAGES: ClassVar[int] = 3
     MAX_LOANS: ClassVar[int] = 6
-    INJECT: ClassVar[Sequence[str]] = ()
-    PROFILE_OVERRIDES: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         super().__init__()
-        self.m = Machine(
-            ncpus=self.NCPUS,
-            memory=self.MEMORY,
-            trace="counters",
-            profile_overrides=dict(self.PROFILE_OVERRIDES),
-        )
+        self.m: Machine = self.make_machine()
         self.ps = self.m.page_size
         self.events: list[Event] = []
         self.m.tracer.add_sink(self.events.append)
@@ -190,12 +185,6 @@ class LoanStateMachine(RuleBasedStateMachine):
         self.files: list[FileRef] = []
         self.loans: list[LoanRef] = []
         self.nspawned = 0
-        for bug in self.INJECT:
-            inject(self.m, bug)
-        self.configure(self.m)
-
-    def configure(self, m: Machine) -> None:
-        """Hook for subclasses: change the fresh machine."""
 
     def _on_event(self, ev: Event) -> None:
         """At the moment a frame is freed nothing may map or cache it (I4:
@@ -324,7 +313,7 @@ class LoanStateMachine(RuleBasedStateMachine):
 
     @initialize(ncpu=st.integers(0, 2))
     def first_process(self, ncpu: int) -> None:
-        self.spawn_proc(ncpu % self.NCPUS)
+        self.spawn_proc(ncpu % self.m.ncpus)
 
     def spawn_proc(self, cpu: int) -> ProcRef:
         self.nspawned += 1
@@ -337,7 +326,20 @@ class LoanStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.procs) < 2)
     @rule(cpu=IDX)
     def spawn(self, cpu: int) -> None:
-        self.spawn_proc(cpu % self.NCPUS)
+        self.spawn_proc(cpu % self.m.ncpus)
+
+    @rule(cpu=IDX, seed=IDX)
+    def short_lived(self, cpu: int, seed: int) -> None:
+        """A process that lives for one step: spawn, write a page on ``cpu``,
+        exit.  Each one takes an ASID on that CPU under the MI policy, so
+        runs cycle through (and wrap) the ASID pool (specs/pmap.md M-A6)."""
+        pr = self.spawn_proc(cpu % self.m.ncpus)
+        va = pr.proc.mmap(self.ps)
+        data = _pattern(seed, 16)
+        pr.proc.write(va + seed % (self.ps - 16), data)
+        assert pr.proc.read(va + seed % (self.ps - 16), 16) == data
+        pr.proc.exit()
+        self.procs.remove(pr)
 
     @precondition(lambda self: len(self.files) < self.MAX_FILES)
     @rule(size=st.integers(1, 3 * 4096), seed=st.integers(0, 250))
@@ -394,13 +396,13 @@ class LoanStateMachine(RuleBasedStateMachine):
         if r.prot != "rw":
             # uvm_fault_check: EACCES before anything changes -> SIGSEGV.
             try:
-                pr.proc.write(r.va + off, data, cpu=cpu % self.NCPUS)
+                pr.proc.write(r.va + off, data, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
             raise AssertionError(f"{pr.proc.name}: a store into a {r.prot} region succeeded")
         if not self.writable(r, off, n):
             return
-        pr.proc.write(r.va + off, data, cpu=cpu % self.NCPUS)
+        pr.proc.write(r.va + off, data, cpu=cpu % self.m.ncpus)
         self.apply_write(r, off, data)
 
     @precondition(lambda self: any(pr.regions for pr in self.procs))
@@ -414,7 +416,7 @@ class LoanStateMachine(RuleBasedStateMachine):
         first = off // ps
         if r.prot == "none":
             try:
-                pr.proc.read(r.va + off, n, cpu=cpu % self.NCPUS)
+                pr.proc.read(r.va + off, n, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
             raise AssertionError(f"{pr.proc.name}: a load from a PROT_NONE region succeeded")
@@ -424,12 +426,12 @@ class LoanStateMachine(RuleBasedStateMachine):
             # written follows the file): SIGBUS.
             bad = r.va + (first + views.index(None)) * ps
             try:
-                pr.proc.read(bad, 1, cpu=cpu % self.NCPUS)
+                pr.proc.read(bad, 1, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
             raise AssertionError(f"{pr.proc.name}: read past EOF at {bad:#x} did not fault")
         want = b"".join(v for v in views if v is not None)[off % ps : off % ps + n]
-        got = pr.proc.read(r.va + off, n, cpu=cpu % self.NCPUS)
+        got = pr.proc.read(r.va + off, n, cpu=cpu % self.m.ncpus)
         assert got == want, f"{pr.proc.name} reads {r.kind} at +{off:#x}: not the reference bytes"
 
     @precondition(lambda self: self.files)
@@ -490,7 +492,7 @@ class LoanStateMachine(RuleBasedStateMachine):
     def fork(self, i: int, cpu: int) -> None:
         pr: ProcRef = self.pick(self.procs, i)
         self.nspawned += 1
-        child = pr.proc.fork(f"p{self.nspawned}", cpu=cpu % self.NCPUS)
+        child = pr.proc.fork(f"p{self.nspawned}", cpu=cpu % self.m.ncpus)
         cr = ProcRef(child)
         for r in pr.regions:
             if r.kind == "anon":
@@ -532,7 +534,7 @@ class LoanStateMachine(RuleBasedStateMachine):
                 n = min(n, r.va + size - start)
         else:
             start = 0x20000000 + (va % 7) * self.ps + va % self.ps
-        self.lend(pr, start, n, cpu % self.NCPUS)
+        self.lend(pr, start, n, cpu % self.m.ncpus)
 
     @precondition(
         lambda self: (
@@ -547,7 +549,7 @@ class LoanStateMachine(RuleBasedStateMachine):
         pr, r = self.pick(cands, i)
         size = r.npages * self.ps
         start = r.va + va % size
-        self.lend(pr, start, min(n, r.va + size - start), cpu % self.NCPUS)
+        self.lend(pr, start, min(n, r.va + size - start), cpu % self.m.ncpus)
 
     def lend(self, pr: ProcRef, start: int, n: int, cpu: int) -> None:
         """Machine.kernel_loan, checked against :meth:`loan_expectation`."""
@@ -574,7 +576,7 @@ class LoanStateMachine(RuleBasedStateMachine):
         pages = range(off // self.ps, (end - 1) // self.ps + 1)
         views = [self.file_page(f, p) for p in pages]
         try:
-            kl = self.m.kernel_loan_file(f.vn, off, n, cpu=cpu % self.NCPUS)
+            kl = self.m.kernel_loan_file(f.vn, off, n, cpu=cpu % self.m.ncpus)
         except UVMError as e:
             assert any(v is None for v in views), f"kernel_loan_file failed: {e}"
             assert e.errno == EINVAL
@@ -590,14 +592,14 @@ class LoanStateMachine(RuleBasedStateMachine):
         lr: LoanRef = self.pick(self.loans, k)
         off %= len(lr.expect)
         n = n % (len(lr.expect) - off) + 1
-        got = lr.kl.read(off, n, cpu=cpu % self.NCPUS)
+        got = lr.kl.read(off, n, cpu=cpu % self.m.ncpus)
         assert got == lr.expect[off : off + n], f"borrower of {lr.what} reads changed bytes"
 
     @precondition(lambda self: self.loans)
     @rule(k=IDX, cpu=IDX)
     def release(self, k: int, cpu: int) -> None:
         lr: LoanRef = self.pick(self.loans, k)
-        self.release_loan(lr, cpu % self.NCPUS)
+        self.release_loan(lr, cpu % self.m.ncpus)
 
     def release_loan(self, lr: LoanRef, cpu: int = 0) -> None:
         kl = lr.kl
@@ -613,11 +615,11 @@ class LoanStateMachine(RuleBasedStateMachine):
     def reclaim(self, frame: int, scan: bool, n: int, cpu: int) -> None:
         m = self.m
         if scan:
-            m.reclaim(pages=n, cpu=cpu % self.NCPUS)
+            m.reclaim(pages=n, cpu=cpu % self.m.ncpus)
             return
         pages = sorted(m.uvm.pages)
         if pages:
-            m.reclaim(page=m.uvm.pages[self.pick(pages, frame)], cpu=cpu % self.NCPUS)
+            m.reclaim(page=m.uvm.pages[self.pick(pages, frame)], cpu=cpu % self.m.ncpus)
 
     # -------------------------------------------------------- invariants
 

@@ -38,11 +38,13 @@ Run it from pytest with::
     TestPmap = PmapStateMachine.TestCase
     TestPmap.settings = hypothesis_settings()
 
-Extend it by subclassing: class attributes choose the profile
-(``profile_overrides``, e.g. ``{"tlb_policy": "mi-asid"}``) and the sizes
-(``NPAGES``, ``NUSER_VAS``, ``NKERNEL_VAS``, ``MIN_CPUS``/``MAX_CPUS``);
-override :meth:`configure` to change the fresh machine (switch on an
-injected bug: ``m.pmap.inject_skip_update = True``); add ``@rule`` methods
+Extend it by subclassing.  The machine is configured through the hooks
+every shipped machine shares (:mod:`uvmloan.testing.hooks`): ``NCPUS``
+(``None``, the default: drawn per example from ``MIN_CPUS``..``MAX_CPUS``),
+``MEMORY``, ``PROFILE``, ``PROFILE_OVERRIDES`` (e.g. ``{"tlb_policy":
+"mi-asid"}``), ``INJECT`` and the factory :meth:`make_machine` (override it
+to change the fresh machine: ``m.pmap.inject_skip_update = True``).  The
+sizes are ``NPAGES``, ``NUSER_VAS``, ``NKERNEL_VAS``; add ``@rule`` methods
 that call pmap operations through :meth:`on_cpu` and update the references
 with :meth:`ref_enter`/:meth:`ref_remove`/:meth:`mark_dirty` (or reuse
 :meth:`do_enter`; rules may draw earlier mappings from the ``mappings``
@@ -72,6 +74,7 @@ from ..pmap.cpu import CPU, TLBState
 from ..pmap.pmap import PMAP_WIRED, Pmap
 from ..pmap.pte import PTE_D, PTE_P, PTE_U, PTE_W, pte_frame
 from ..trace import counters_from
+from .hooks import MachineHooks
 from .profiles import PROFILE_ENV, machine_settings, register_profiles
 
 __all__ = [
@@ -159,14 +162,18 @@ def pmap_state_snapshot(m: Machine) -> dict[str, Any]:
     }
 
 
-class PmapStateMachine(RuleBasedStateMachine):
+class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
     """Random pmap/TLB/MMU operations on 2-4 CPUs against reference models.
 
     See the module docstring for what is checked and how to extend it.
     """
 
     # --- knobs for subclasses -------------------------------------------------
-    profile_overrides: ClassVar[dict[str, Any]] = {}
+    # The shared hooks (uvmloan.testing.hooks); NCPUS None: drawn per example
+    # from MIN_CPUS..MAX_CPUS.  MEMORY must hold NPAGES + 8 pages.
+    NCPUS: ClassVar[int | None] = None
+    MEMORY: ClassVar[int | str] = "256k"
+    TRACE: ClassVar[str] = "record"
     NPAGES: ClassVar[int] = 4
     NUSER_VAS: ClassVar[int] = 4
     NKERNEL_VAS: ClassVar[int] = 3
@@ -189,13 +196,10 @@ class PmapStateMachine(RuleBasedStateMachine):
 
     @initialize(n=st.integers(0, 255))
     def init_machine(self, n: int) -> None:
-        ncpus = self.MIN_CPUS + n % (self.MAX_CPUS - self.MIN_CPUS + 1)
-        m = Machine(
-            ncpus=ncpus,
-            npages=max(64, self.NPAGES + 8),
-            profile_overrides=dict(self.profile_overrides),
-            trace="record",
-        )
+        ncpus = self.NCPUS
+        if ncpus is None:
+            ncpus = self.MIN_CPUS + n % (self.MAX_CPUS - self.MIN_CPUS + 1)
+        m = self.make_machine(ncpus)
         # Pure hardware semantics: no VM layer resolves faults.
         m.platform.fault_handler = None
         self.m = m
@@ -221,10 +225,6 @@ class PmapStateMachine(RuleBasedStateMachine):
         for c in m.cpus:
             with m.on_cpu(c.index):
                 m.pmap.pmap_activate(self.pmaps[c.index % len(self.pmaps)], c)
-        self.configure(m)
-
-    def configure(self, m: Machine) -> None:
-        """Hook for subclasses: change the fresh machine (e.g. inject a bug)."""
 
     def teardown(self) -> None:
         if self.m is not None:

@@ -54,10 +54,11 @@ Use it from pytest::
     TestVM.settings = vm_settings()
 
 ``vm_settings()`` reads ``UVMLOAN_HYPOTHESIS_PROFILE`` (``default`` or
-``deep``).  Subclass and change the class attributes (``NCPUS``,
-``MAX_PROCS``, ``MAX_PAGES`` ...) to explore other shapes; set
-``INJECT`` to a name from ``uvmloan.inject.BUGS`` to run against a broken
-model.
+``deep``).  Subclass to explore other shapes: the machine through the hooks
+every shipped machine shares (:mod:`uvmloan.testing.hooks`: ``NCPUS``,
+``MEMORY``, ``PROFILE``, ``PROFILE_OVERRIDES``, ``INJECT`` with names from
+``uvmloan.inject.BUGS``, and the factory :meth:`make_machine`), the world
+through ``PAGE_SIZE``, ``MAX_PROCS``, ``MAX_PAGES`` ...
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ from ..param import (
 )
 from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
 from ..process import Process
+from .hooks import MachineHooks
 
 ANON_PRIVATE = "anon-private"
 ANON_SHARED = "anon-shared"
@@ -236,11 +238,11 @@ def vm_settings(profile: str | None = None, **overrides: Any) -> settings:
     return settings(**kw)
 
 
-class VMStateMachine(RuleBasedStateMachine):
+class VMStateMachine(MachineHooks, RuleBasedStateMachine):
     """Processes, mappings, forks, wiring and file I/O against a reference model."""
 
-    NCPUS: ClassVar[int] = 2
-    MEMORY: ClassVar[str] = "4M"
+    NCPUS: ClassVar[int | None] = 2
+    MEMORY: ClassVar[int | str] = "4M"
     PAGE_SIZE: ClassVar[int] = 4096
     MAX_PROCS: ClassVar[int] = 5  # fork stops here; spawn only below 2
     MAX_REGIONS: ClassVar[int] = 5
@@ -250,18 +252,11 @@ class VMStateMachine(RuleBasedStateMachine):
     # Generate truncates that cut off pages wired through a shared mapping
     # (see the module docstring: the model keeps them, NetBSD frees them).
     TRUNCATE_WIRED: ClassVar[bool] = False
-    INJECT: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         super().__init__()
-        self.m = Machine(
-            ncpus=self.NCPUS, memory=self.MEMORY, page_size=self.PAGE_SIZE, trace="counters"
-        )
-        if self.INJECT is not None:
-            from ..inject import inject
-
-            inject(self.m, self.INJECT)
-        self.ps = self.PAGE_SIZE
+        self.m: Machine = self.make_machine()
+        self.ps = self.m.page_size
         self.procs: list[RefProc] = []
         self.files: list[RefFile] = []
         self.nspawned = 0
@@ -271,6 +266,9 @@ class VMStateMachine(RuleBasedStateMachine):
         self.wiring_exact = True
 
     # ------------------------------------------------------------ helpers
+
+    def machine_options(self) -> dict[str, Any]:
+        return {"page_size": self.PAGE_SIZE}
 
     def _spawn(self, cpu: int) -> None:
         self.nspawned += 1
@@ -394,7 +392,7 @@ class VMStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.procs) < 2)
     @rule(cpu=st.integers(0, 7))
     def spawn(self, cpu: int) -> None:
-        self._spawn(cpu % self.NCPUS)
+        self._spawn(cpu % self.m.ncpus)
 
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), kind=st.sampled_from(KINDS), prot=st.sampled_from(MMAP_PROTS))
@@ -451,7 +449,7 @@ class VMStateMachine(RuleBasedStateMachine):
     def _read_one(self, data: st.DataObject) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         self._read_checked(rp, va, n, cpu)
 
     def _read_checked(self, rp: RefProc, va: int, n: int, cpu: int) -> None:
@@ -492,7 +490,7 @@ class VMStateMachine(RuleBasedStateMachine):
         if not cands or not data.draw(st.booleans(), label="probe"):
             return
         rp, va = cands[self._index(data, len(cands), "probe page")]
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         self._read_checked(rp, va, self.ps, cpu)
 
     def _ref_bytes(self, rp: RefProc, va: int, n: int) -> bytes:
@@ -514,7 +512,7 @@ class VMStateMachine(RuleBasedStateMachine):
     def _write_one(self, data: st.DataObject, seed: int) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         self._write_checked(rp, va, bytes((seed + 7 * i) % 256 for i in range(n)), cpu)
 
     def _write_checked(self, rp: RefProc, va: int, payload: bytes, cpu: int) -> None:
@@ -544,7 +542,7 @@ class VMStateMachine(RuleBasedStateMachine):
         the child at once (``amap_cow_now``), the parent keeps its wired page
         mapped as before (still writable), the child's copy is unwired."""
         rp = self._pick_proc(data)
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         wired: list[tuple[int, RefPage, Page, int]] = []
         if self.wiring_exact:
             for va, pg in sorted(rp.pages.items()):
@@ -620,7 +618,7 @@ class VMStateMachine(RuleBasedStateMachine):
         if len(prots) > 1:
             # Use the first page again, as a program that dropped write
             # access for a while would.
-            cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+            cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
             if data.draw(st.booleans(), label="store"):
                 seed = data.draw(st.integers(0, 255), label="seed")
                 self._write_checked(rp, vas[0], bytes([seed]) * 16, cpu)
@@ -748,7 +746,7 @@ class VMStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), cpu=st.integers(0, 7))
     def run_on(self, data: st.DataObject, cpu: int) -> None:
-        self._pick_proc(data).proc.run_on(cpu % self.NCPUS)
+        self._pick_proc(data).proc.run_on(cpu % self.m.ncpus)
 
     @rule(data=st.data(), what=st.sampled_from(("write", "read", "fsync")))
     def file_io(self, data: st.DataObject, what: str) -> None:
@@ -772,7 +770,7 @@ class VMStateMachine(RuleBasedStateMachine):
         n = data.draw(st.integers(1, min(limit - off, ps + 9)), label="n")
         seed = data.draw(st.integers(0, 255), label="seed")
         payload = bytes((seed * 3 + i) % 256 for i in range(n))
-        with self.m.on_cpu(data.draw(st.integers(0, self.NCPUS - 1), label="cpu")):
+        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
             assert f.vn.write(off, payload) == n
         f.write(off, payload)
         assert f.vn.size == f.size, f"write(2) left {f.vn.name} {f.vn.size} bytes, want {f.size}"
@@ -807,7 +805,7 @@ class VMStateMachine(RuleBasedStateMachine):
             else:
                 size = lowest
         event("truncate: " + ("shrink" if size < f.size else "grow or keep"))
-        with self.m.on_cpu(data.draw(st.integers(0, self.NCPUS - 1), label="cpu")):
+        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
             f.vn.truncate(size)
         f.truncate(size)
         assert f.vn.size == size, f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}"
