@@ -86,6 +86,7 @@ from ..param import (
 )
 from ..process import Process
 from ..trace import Event, PageFree
+from .failures import CheckFailure
 from .hooks import MachineHooks
 from .loan_ops import leaked_pages, mappings_of, release_order_problems
 from .profiles import PROFILE_ENV, machine_settings
@@ -337,7 +338,10 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
         va = pr.proc.mmap(self.ps)
         data = _pattern(seed, 16)
         pr.proc.write(va + seed % (self.ps - 16), data)
-        assert pr.proc.read(va + seed % (self.ps - 16), 16) == data
+        if pr.proc.read(va + seed % (self.ps - 16), 16) != data:
+            raise CheckFailure(
+                "bytes", "pr.proc.read(va + seed % (self.ps - 16), 16) == data failed"
+            )
         pr.proc.exit()
         self.procs.remove(pr)
 
@@ -399,7 +403,7 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
                 pr.proc.write(r.va + off, data, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
-            raise AssertionError(f"{pr.proc.name}: a store into a {r.prot} region succeeded")
+            raise CheckFailure("fault", f"{pr.proc.name}: a store into a {r.prot} region succeeded")
         if not self.writable(r, off, n):
             return
         pr.proc.write(r.va + off, data, cpu=cpu % self.m.ncpus)
@@ -419,7 +423,7 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
                 pr.proc.read(r.va + off, n, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
-            raise AssertionError(f"{pr.proc.name}: a load from a PROT_NONE region succeeded")
+            raise CheckFailure("fault", f"{pr.proc.name}: a load from a PROT_NONE region succeeded")
         views = [self.page_view(r, p) for p in range(first, (off + n - 1) // ps + 1)]
         if any(v is None for v in views):
             # The first page past EOF faults (a private file page not yet
@@ -429,10 +433,13 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
                 pr.proc.read(bad, 1, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
-            raise AssertionError(f"{pr.proc.name}: read past EOF at {bad:#x} did not fault")
+            raise CheckFailure("fault", f"{pr.proc.name}: read past EOF at {bad:#x} did not fault")
         want = b"".join(v for v in views if v is not None)[off % ps : off % ps + n]
         got = pr.proc.read(r.va + off, n, cpu=cpu % self.m.ncpus)
-        assert got == want, f"{pr.proc.name} reads {r.kind} at +{off:#x}: not the reference bytes"
+        if got != want:
+            raise CheckFailure(
+                "bytes", f"{pr.proc.name} reads {r.kind} at +{off:#x}: not the reference bytes"
+            )
 
     @precondition(lambda self: self.files)
     @rule(j=IDX, off=IDX, n=st.integers(1, 4096 + 10), seed=IDX)
@@ -558,12 +565,21 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
         try:
             kl = self.m.kernel_loan(pr.proc, start, n, cpu=cpu)
         except UVMError as e:
-            assert errno, f"kernel_loan of {n} bytes at {start:#x} failed: {e}"
-            assert e.errno == errno, f"expected errno {errno}, got {e}"
-            assert self.m.uvm.loan_ledger == before, "a failed uvm_loan left loans behind"
+            if not errno:
+                raise CheckFailure(
+                    "errno", f"kernel_loan of {n} bytes at {start:#x} failed: {e}"
+                ) from e
+            if e.errno != errno:
+                raise CheckFailure("errno", f"expected errno {errno}, got {e}") from e
+            if self.m.uvm.loan_ledger != before:
+                raise CheckFailure("undo", "a failed uvm_loan left loans behind") from e
             return
-        assert errno == 0, f"kernel_loan at {start:#x} should have failed with {errno}"
-        assert kl.read() == want, "the borrower does not see the lender's bytes"
+        if errno != 0:
+            raise CheckFailure(
+                "errno", f"kernel_loan at {start:#x} should have failed with {errno}"
+            )
+        if kl.read() != want:
+            raise CheckFailure("bytes", "the borrower does not see the lender's bytes")
         self.loans.append(LoanRef(kl, want, f"{pr.proc.name} {start:#x}+{n}"))
 
     @precondition(lambda self: self.files and len(self.loans) < self.MAX_LOANS)
@@ -578,12 +594,16 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
         try:
             kl = self.m.kernel_loan_file(f.vn, off, n, cpu=cpu % self.m.ncpus)
         except UVMError as e:
-            assert any(v is None for v in views), f"kernel_loan_file failed: {e}"
-            assert e.errno == EINVAL
+            if not any(v is None for v in views):
+                raise CheckFailure("errno", f"kernel_loan_file failed: {e}") from e
+            if e.errno != EINVAL:
+                raise CheckFailure("errno", f"kernel_loan_file past EOF: {e}, want EINVAL") from e
             return
-        assert all(v is not None for v in views), "a loan past EOF succeeded"
+        if not all(v is not None for v in views):
+            raise CheckFailure("errno", "a loan past EOF succeeded")
         want = b"".join(v for v in views if v is not None)[off % self.ps : off % self.ps + n]
-        assert kl.read() == want
+        if kl.read() != want:
+            raise CheckFailure("bytes", "kl.read() == want failed")
         self.loans.append(LoanRef(kl, want, f"file {off:#x}+{n}"))
 
     @precondition(lambda self: self.loans)
@@ -593,7 +613,8 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
         off %= len(lr.expect)
         n = n % (len(lr.expect) - off) + 1
         got = lr.kl.read(off, n, cpu=cpu % self.m.ncpus)
-        assert got == lr.expect[off : off + n], f"borrower of {lr.what} reads changed bytes"
+        if got != lr.expect[off : off + n]:
+            raise CheckFailure("bytes", f"borrower of {lr.what} reads changed bytes")
 
     @precondition(lambda self: self.loans)
     @rule(k=IDX, cpu=IDX)
@@ -609,7 +630,8 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
         with self.m.on_cpu(cpu):
             kl.release()
         problems = release_order_problems(self.events[start:], kl.kva, kl.npages * self.ps, frames)
-        assert not problems, f"release of {lr.what}: {problems[0]}"
+        if problems:
+            raise CheckFailure("release-order", f"release of {lr.what}: {problems[0]}")
 
     @rule(frame=IDX, scan=st.booleans(), n=st.integers(1, 8), cpu=IDX)
     def reclaim(self, frame: int, scan: bool, n: int, cpu: int) -> None:
@@ -625,7 +647,8 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
 
     @invariant()
     def diagnostic(self) -> None:
-        assert not self.freed_while_mapped, self.freed_while_mapped[0]
+        if self.freed_while_mapped:
+            raise CheckFailure("freed-while-mapped", self.freed_while_mapped[0])
         check_invariants(self.m)
         del self.events[:-2000]
 
@@ -634,7 +657,10 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
         physmem = self.m.physmem
         for lr in self.loans:
             got = physmem.gather(lr.kl.pieces())
-            assert got == lr.expect, f"the bytes lent by {lr.what} changed under the borrower"
+            if got != lr.expect:
+                raise CheckFailure(
+                    "bytes", f"the bytes lent by {lr.what} changed under the borrower"
+                )
 
     @invariant()
     def lenders_hold_reference_bytes(self) -> None:
@@ -643,12 +669,15 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
                 for p in range(r.npages):
                     want = self.page_view(r, p)
                     got = self.structural_view(pr, r, p)
-                    assert got == want, (
-                        f"{pr.proc.name} {r.kind} region at {r.va:#x} page {p}: "
-                        "not the copy-semantics reference"
-                    )
+                    if got != want:
+                        raise CheckFailure(
+                            "bytes",
+                            f"{pr.proc.name} {r.kind} region at {r.va:#x} page {p}: "
+                            "not the copy-semantics reference",
+                        )
         for f in self.files:
-            assert f.vn.contents() == bytes(f.data), f"{f.vn.name}: file bytes differ"
+            if f.vn.contents() != bytes(f.data):
+                raise CheckFailure("bytes", f"{f.vn.name}: file bytes differ")
 
     # -------------------------------------------------------- the end
 
@@ -661,15 +690,22 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
             check_invariants(m)
             for lr in list(self.loans):
                 got = m.physmem.gather(lr.kl.pieces())
-                assert got == lr.expect, f"{lr.what}: borrowed bytes changed after exit"
+                if got != lr.expect:
+                    raise CheckFailure("bytes", f"{lr.what}: borrowed bytes changed after exit")
                 self.release_loan(lr)
             check_invariants(m)
             leaks = leaked_pages(m)
-            assert not leaks, f"pages leaked after everything was released: {leaks[:4]}"
-            assert not m.uvm.loan_ledger, "loans outstanding after every release"
-            assert not any(e.vaonly for e in m.kernel_map), "loan KVA never freed"
+            if leaks:
+                raise CheckFailure(
+                    "leak", f"pages leaked after everything was released: {leaks[:4]}"
+                )
+            if m.uvm.loan_ledger:
+                raise CheckFailure("leak", "loans outstanding after every release")
+            if any(e.vaonly for e in m.kernel_map):
+                raise CheckFailure("leak", "loan KVA never freed")
             for f in self.files:
-                assert f.vn.contents() == bytes(f.data)
+                if f.vn.contents() != bytes(f.data):
+                    raise CheckFailure("bytes", "f.vn.contents() == bytes(f.data) failed")
         finally:
             m.close()
 

@@ -74,6 +74,7 @@ from ..pmap.cpu import CPU, TLBState
 from ..pmap.pmap import PMAP_WIRED, Pmap
 from ..pmap.pte import PTE_D, PTE_P, PTE_U, PTE_W, pte_frame
 from ..trace import counters_from
+from .failures import CheckFailure
 from .hooks import MachineHooks
 from .profiles import PROFILE_ENV, machine_settings, register_profiles
 
@@ -480,14 +481,16 @@ class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
                 if ent is None or ent[0] is not pm or pte_frame(ent[1]) != pg.frame:
                     continue
                 if prot == NONE:
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "page-protect",
                         f"pmap_page_protect(NONE) returned but CPU {cpu.index} still caches "
-                        f"{pm.name} {va:#x} -> frame {pg.frame}"
+                        f"{pm.name} {va:#x} -> frame {pg.frame}",
                     )
                 if ent[1] & PTE_W and ent[1] & PTE_D:
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "page-protect",
                         f"pmap_page_protect(READ) returned but CPU {cpu.index} can still write "
-                        f"{pm.name} {va:#x} -> frame {pg.frame} through a cached dirty entry"
+                        f"{pm.name} {va:#x} -> frame {pg.frame} through a cached dirty entry",
                     )
 
     @rule(cpu=st.integers(0, 15), pgi=st.integers(0, 15), which=st.sampled_from(["mod", "ref"]))
@@ -504,9 +507,11 @@ class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
                 expect = self.referenced[pg.frame]
                 self.referenced[pg.frame] = False
         self.mark_flushed(cpu)
-        assert was == expect, (
-            f"pmap_clear_{which}(frame {pg.frame}) returned {was}, expected {expect}"
-        )
+        if was != expect:
+            raise CheckFailure(
+                "attributes",
+                f"pmap_clear_{which}(frame {pg.frame}) returned {was}, expected {expect}",
+            )
         if self.at_barrier:
             check_invariants(self.machine)
 
@@ -570,10 +575,11 @@ class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
             if (kind == "fault") != (truth[0] == "fault") or (
                 kind != "fault" and frame != truth[1]
             ):
-                raise AssertionError(
+                raise CheckFailure(
+                    "stale-tlb",
                     f"after the barrier CPU {cpu.index} {'writes' if write else 'reads'} "
                     f"{pm.name} {va:#x} through a stale TLB entry: {kind} frame {frame}, "
-                    f"page tables say {truth[0]} frame {truth[1]}"
+                    f"page tables say {truth[0]} frame {truth[1]}",
                 )
         expected_exc: type[BaseException] = SegmentationFault if user else KernelAssertion
         if kind == "fault":
@@ -585,9 +591,10 @@ class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
                     m.mmu.load(cpu, va, WINDOW, user=user)
             except expected_exc:
                 return
-            raise AssertionError(
+            raise CheckFailure(
+                "fault",
                 f"CPU {cpu.index} {'wrote' if write else 'read'} {pm.name} {va:#x}; "
-                f"expected a {expected_exc.__name__}"
+                f"expected a {expected_exc.__name__}",
             )
         if write:
             assert data is not None
@@ -597,9 +604,10 @@ class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
             got = m.mmu.load(cpu, va, WINDOW, user=user)
             want = bytes(self.bytes[frame])
             if got != want:
-                raise AssertionError(
+                raise CheckFailure(
+                    "bytes",
                     f"CPU {cpu.index} read {pm.name} {va:#x} (frame {frame}): {got.hex()} "
-                    f"!= reference {want.hex()}"
+                    f"!= reference {want.hex()}",
                 )
         if kind == "walk" and not pm.is_kernel:
             self.referenced[frame] = True
@@ -702,13 +710,16 @@ class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
         for pm in self.pmaps:
             got = {va: (pte_frame(p), bool(p & PTE_W)) for va, p in pm.ptes.items()}
             want = {va: v for (name, va), v in self.maps.items() if name == pm.name}
-            assert got == want, f"{pm.name} page table {got} != reference {want}"
+            if got != want:
+                raise CheckFailure("page-table", f"{pm.name} page table {got} != reference {want}")
         kgot = {va: (pte_frame(p), bool(p & PTE_W)) for va, p in self.kpm.ptes.items()}
-        assert kgot == self.kmaps, f"kernel page table {kgot} != reference {self.kmaps}"
+        if kgot != self.kmaps:
+            raise CheckFailure("page-table", f"kernel page table {kgot} != reference {self.kmaps}")
         for pg in self.pages:
             pv = sorted((pm.name, va) for pm, va in pg.mdpage.pv)
             want_pv = sorted(k for k, (f, _w) in self.maps.items() if f == pg.frame)
-            assert pv == want_pv, f"pv list of frame {pg.frame}: {pv} != {want_pv}"
+            if pv != want_pv:
+                raise CheckFailure("page-table", f"pv list of frame {pg.frame}: {pv} != {want_pv}")
         check_pages(m)
         check_pmaps(m)
 
@@ -719,8 +730,10 @@ class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
         pmm = self.m.pmap
         for pg in self.pages:
             mod, ref = pmm.pmap_is_modified(pg), pmm.pmap_is_referenced(pg)
-            assert mod == self.modified[pg.frame], f"pmap_is_modified(frame {pg.frame}) = {mod}"
-            assert ref == self.referenced[pg.frame], f"pmap_is_referenced(frame {pg.frame}) = {ref}"
+            if mod != self.modified[pg.frame]:
+                raise CheckFailure("attributes", f"pmap_is_modified(frame {pg.frame}) = {mod}")
+            if ref != self.referenced[pg.frame]:
+                raise CheckFailure("attributes", f"pmap_is_referenced(frame {pg.frame}) = {ref}")
 
     @invariant()
     def counters_are_derived_from_the_trace(self) -> None:

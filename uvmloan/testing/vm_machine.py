@@ -90,6 +90,7 @@ from ..param import (
 )
 from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
 from ..process import Process
+from .failures import CheckFailure
 from .hooks import MachineHooks
 
 ANON_PRIVATE = "anon-private"
@@ -459,12 +460,14 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
             try:
                 got = rp.proc.read(va, n, cpu=cpu)
             except SegmentationFault as e:
-                assert e.va == bad, f"read fault at {e.va:#x}, expected at {bad:#x}"
+                if e.va != bad:
+                    raise CheckFailure("fault", f"read fault at {e.va:#x}, not {bad:#x}") from e
                 if rp.pages.get(bad) is not None and rp.pages[bad].beyond_eof():
                     event("read: SIGSEGV past EOF")
                 return
-            raise AssertionError(
-                f"read of {n} bytes at {va:#x} gave {got[:8]!r}...; expected SIGSEGV at {bad:#x}"
+            raise CheckFailure(
+                "fault",
+                f"read of {n} bytes at {va:#x} gave {got[:8]!r}...; expected SIGSEGV at {bad:#x}",
             )
         got = rp.proc.read(va, n, cpu=cpu)
         want = self._ref_bytes(rp, va, n)
@@ -474,9 +477,10 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
                 event("read: a private copy past EOF")
         if got != want:
             i = next(i for i in range(n) if got[i] != want[i])
-            raise AssertionError(
+            raise CheckFailure(
+                "bytes",
                 f"{rp.proc.name} read {n} bytes at {va:#x} on CPU {cpu}: byte {i} "
-                f"(va {va + i:#x}) is {got[i]:#x}, the reference says {want[i]:#x}"
+                f"(va {va + i:#x}) is {got[i]:#x}, the reference says {want[i]:#x}",
             )
 
     def _probe_file(self, data: st.DataObject, f: RefFile) -> None:
@@ -522,10 +526,15 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         try:
             rp.proc.write(va, payload, cpu=cpu)
         except SegmentationFault as e:
-            assert bad is not None, f"write at {va:#x} ({n} bytes) raised {e}"
-            assert e.va == bad, f"write fault at {e.va:#x}, expected at {bad:#x}"
+            if not (bad is not None):
+                raise CheckFailure("fault", f"write at {va:#x} ({n} bytes) raised {e}") from e
+            if e.va != bad:
+                raise CheckFailure("fault", f"write fault at {e.va:#x}, not {bad:#x}") from e
             return
-        assert bad is None, f"write of {n} bytes at {va:#x} worked; expected SIGSEGV at {bad:#x}"
+        if bad is not None:
+            raise CheckFailure(
+                "fault", f"write of {n} bytes at {va:#x} worked; expected SIGSEGV at {bad:#x}"
+            )
         pos, end, i = va, va + n, 0
         while pos < end:
             base = pos - pos % self.ps
@@ -557,25 +566,36 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
             pte = rp.proc.pmap.pte(va)
             # uvmspace_fork write-protects the parent's copy-on-write ranges
             # (a wired one is copied instead), so the next store copies.
-            assert pg.wired or pg.kind not in PRIVATE_KINDS or not pte & PTE_W, (
-                f"fork of {rp.proc.name}: private page {va:#x} ({pg.kind}) is still "
-                f"writable in the parent: {pte_str(pte)}"
-            )
+            if not (pg.wired or pg.kind not in PRIVATE_KINDS or not pte & PTE_W):
+                raise CheckFailure(
+                    "page-table",
+                    f"fork of {rp.proc.name}: private page {va:#x} ({pg.kind}) is still "
+                    f"writable in the parent: {pte_str(pte)}",
+                )
         if wired:
             event("fork: with wired pages")
         for va, pg, mpg, pte in wired:
             who = f"fork of {rp.proc.name}: wired {pg.kind} page {va:#x}"
-            assert self._model_page(rp, va) is mpg, f"{who}: the parent's page changed"
+            if self._model_page(rp, va) is not mpg:
+                raise CheckFailure("wiring", f"{who}: the parent's page changed")
             now = rp.proc.pmap.pte(va)
-            assert now == pte, f"{who}: parent PTE {pte_str(pte)} became {pte_str(now)}"
+            if now != pte:
+                raise CheckFailure(
+                    "wiring", f"{who}: parent PTE {pte_str(pte)} became {pte_str(now)}"
+                )
             cpg = self._model_page(crp, va)
             if pg.kind in PRIVATE_KINDS:
-                assert cpg is not None and cpg is not mpg, (
-                    f"{who}: the child has no private copy ({cpg!r}, parent {mpg!r})"
-                )
-                assert cpg.wire_count == 0, f"{who}: the child's copy {cpg!r} is wired"
+                if not (cpg is not None and cpg is not mpg):
+                    raise CheckFailure(
+                        "wiring", f"{who}: the child has no private copy ({cpg!r}, parent {mpg!r})"
+                    )
+                if cpg.wire_count != 0:
+                    raise CheckFailure("wiring", f"{who}: the child's copy {cpg!r} is wired")
             else:
-                assert cpg is mpg, f"{who}: the child does not share it ({cpg!r} vs {mpg!r})"
+                if cpg is not mpg:
+                    raise CheckFailure(
+                        "wiring", f"{who}: the child does not share it ({cpg!r} vs {mpg!r})"
+                    )
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
@@ -608,11 +628,15 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
             try:
                 rp.proc.mprotect(vas[0], len(vas) * self.ps, pr)
             except UVMError as e:
-                assert hole and e.errno == ENOMEM, (
-                    f"mprotect [{vas[0]:#x}, +{len(vas)}p) raised {e}"
-                )
+                if not (hole and e.errno == ENOMEM):
+                    raise CheckFailure(
+                        "errno", f"mprotect [{vas[0]:#x}, +{len(vas)}p) raised {e}"
+                    ) from e
                 return
-            assert not hole, f"mprotect over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+            if hole:
+                raise CheckFailure(
+                    "errno", f"mprotect over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+                )
             for v in vas:
                 rp.pages[v].prot = pr
         if len(prots) > 1:
@@ -649,10 +673,17 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
             rp.proc.mlock(vas[0], len(vas) * self.ps)
         except UVMError as e:
             event(f"mlock: errno {e.errno}")
-            assert want is not None, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}"
-            assert e.errno == want, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}, want {want}"
+            if not (want is not None):
+                raise CheckFailure("errno", f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}") from e
+            if e.errno != want:
+                raise CheckFailure(
+                    "errno", f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}, want {want}"
+                ) from e
             return
-        assert want is None, f"mlock [{vas[0]:#x}, +{len(vas)}p) worked; want errno {want}"
+        if want is not None:
+            raise CheckFailure(
+                "errno", f"mlock [{vas[0]:#x}, +{len(vas)}p) worked; want errno {want}"
+            )
         event("mlock: wired" + (" (some already)" if len(newly) < len(vas) else ""))
         for v in vas:
             rp.pages[v].wired = True
@@ -662,18 +693,23 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
             pg = rp.pages[v]
             mpg = self._wired_page(rp, v)
             who = f"after mlock, {rp.proc.name} {v:#x} ({pg.kind})"
-            assert mpg.wire_count >= 1, f"{who}: {mpg!r} is not wired"
+            if not (mpg.wire_count >= 1):
+                raise CheckFailure("wiring", f"{who}: {mpg!r} is not wired")
             pte = rp.proc.pmap.pte(v)
             if v in newly:
-                assert pte & PTE_P, f"{who}: no PTE"
-                if pg.kind in PRIVATE_KINDS:
-                    assert mpg.flags & PG.ANON, f"{who}: {mpg!r} is not a private anon page"
-                assert bool(pte & PTE_W) == bool(pg.prot & VM_PROT_WRITE), (
-                    f"{who}: PTE {pte_str(pte)} for protection {pg.prot}"
-                )
+                if not (pte & PTE_P):
+                    raise CheckFailure("wiring", f"{who}: no PTE")
+                if pg.kind in PRIVATE_KINDS and not (mpg.flags & PG.ANON):
+                    raise CheckFailure("wiring", f"{who}: {mpg!r} is not a private anon page")
+                if bool(pte & PTE_W) != bool(pg.prot & VM_PROT_WRITE):
+                    raise CheckFailure(
+                        "wiring", f"{who}: PTE {pte_str(pte)} for protection {pg.prot}"
+                    )
             if pte & PTE_P:
-                assert pte & PTE_WIRED, f"{who}: PTE {pte_str(pte)} lacks PTE_WIRED"
-                assert pte_frame(pte) == mpg.frame, f"{who}: PTE {pte_str(pte)} maps not {mpg!r}"
+                if not (pte & PTE_WIRED):
+                    raise CheckFailure("wiring", f"{who}: PTE {pte_str(pte)} lacks PTE_WIRED")
+                if pte_frame(pte) != mpg.frame:
+                    raise CheckFailure("wiring", f"{who}: PTE {pte_str(pte)} maps not {mpg!r}")
 
     def _expect_mlock(self, rp: RefProc, vas: list[int]) -> int | None:
         """The errno mlock must fail with (None: success), applying the
@@ -711,19 +747,27 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         try:
             rp.proc.munlock(vas[0], len(vas) * self.ps)
         except UVMError as e:
-            assert hole and e.errno == ENOMEM, f"munlock [{vas[0]:#x}, +{len(vas)}p) raised {e}"
+            if not (hole and e.errno == ENOMEM):
+                raise CheckFailure("errno", f"munlock [{vas[0]:#x}, +{len(vas)}p): {e}") from e
             return
-        assert not hole, f"munlock over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+        if hole:
+            raise CheckFailure(
+                "errno", f"munlock over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+            )
         for v in vas:
             rp.pages[v].wired = False
             pte = rp.proc.pmap.pte(v)
-            assert not pte & PTE_WIRED, f"after munlock, {v:#x} has PTE {pte_str(pte)}"
+            if pte & PTE_WIRED:
+                raise CheckFailure("wiring", f"after munlock, {v:#x} has PTE {pte_str(pte)}")
         if before:
             event("munlock: unwired pages")
         for frame, (mpg, count) in before.items():
-            assert mpg.wire_count == count - drops[frame], (
-                f"munlock of {drops[frame]} wired mapping(s) of {mpg!r}: wire_count was {count}"
-            )
+            if mpg.wire_count != count - drops[frame]:
+                raise CheckFailure(
+                    "wiring",
+                    f"munlock of {drops[frame]} wired mapping(s) of {mpg!r}: "
+                    f"wire_count was {count}",
+                )
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())
@@ -741,7 +785,8 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         self.procs.remove(rp)
         for frame in frames:
             left = self.m.uvm.pages.get(frame)
-            assert left is None, f"exit of {rp.proc.name} left its wired page {left!r}"
+            if left is not None:
+                raise CheckFailure("wiring", f"exit of {rp.proc.name} left its wired page {left!r}")
 
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), cpu=st.integers(0, 7))
@@ -757,13 +802,15 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         if what == "fsync":
             with self.m.on_cpu(0):
                 f.vn.fsync()
-            assert f.vn.backing == f.data, f"fsync of {f.vn.name}: the disk differs from read(2)"
+            if f.vn.backing != f.data:
+                raise CheckFailure("bytes", f"fsync of {f.vn.name}: the disk differs from read(2)")
             return
         if what == "read":
             off = data.draw(st.integers(0, f.size + 9), label="offset")
             n = data.draw(st.integers(1, 2 * ps), label="n")
             got = f.vn.read(off, n)
-            assert got == f.data[off : off + n], f"read(2) of {f.vn.name} at {off}, {n} bytes"
+            if got != f.data[off : off + n]:
+                raise CheckFailure("bytes", f"read(2) of {f.vn.name} at {off}, {n} bytes")
             return
         limit = self.MAX_FILE_PAGES * ps
         off = data.draw(st.integers(0, min(f.size + ps, limit - 1)), label="offset")
@@ -773,7 +820,10 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
             assert f.vn.write(off, payload) == n
         f.write(off, payload)
-        assert f.vn.size == f.size, f"write(2) left {f.vn.name} {f.vn.size} bytes, want {f.size}"
+        if f.vn.size != f.size:
+            raise CheckFailure(
+                "bytes", f"write(2) left {f.vn.name} {f.vn.size} bytes, want {f.size}"
+            )
         self._probe_file(data, f)
 
     @rule(data=st.data())
@@ -808,7 +858,8 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
             f.vn.truncate(size)
         f.truncate(size)
-        assert f.vn.size == size, f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}"
+        if f.vn.size != size:
+            raise CheckFailure("bytes", f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}")
         self._probe_file(data, f)
 
     # -------------------------------------------------------- invariants
@@ -840,21 +891,30 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
                 pte = pmap.pte(va)
                 where = f"{rp.proc.name} {va:#x} ({pg.kind})"
                 if not pg.wired:
-                    assert not pte & PTE_WIRED, (
-                        f"{where} is not wired but its PTE is {pte_str(pte)}"
-                    )
+                    if pte & PTE_WIRED:
+                        raise CheckFailure(
+                            "wiring", f"{where} is not wired but its PTE is {pte_str(pte)}"
+                        )
                     continue
                 mpg = self._wired_page(rp, va)
                 n = want[pg.key()]
-                assert mpg.wire_count == n, (
-                    f"{where}: {mpg!r} has wire_count {mpg.wire_count}, wired by {n} mapping(s)"
-                )
+                if mpg.wire_count != n:
+                    raise CheckFailure(
+                        "wiring",
+                        f"{where}: {mpg!r} has wire_count {mpg.wire_count}, "
+                        f"wired by {n} mapping(s)",
+                    )
                 seen.add(mpg.frame)
                 if pte & PTE_P:
-                    assert pte & PTE_WIRED, f"{where} is wired but its PTE is {pte_str(pte)}"
-                    assert pte_frame(pte) == mpg.frame, f"{where}: PTE {pte_str(pte)}, not {mpg!r}"
+                    if not (pte & PTE_WIRED):
+                        raise CheckFailure(
+                            "wiring", f"{where} is wired but its PTE is {pte_str(pte)}"
+                        )
+                    if pte_frame(pte) != mpg.frame:
+                        raise CheckFailure("wiring", f"{where}: PTE {pte_str(pte)}, not {mpg!r}")
         for frame, mpg in self.m.uvm.pages.items():
-            assert not mpg.wire_count or frame in seen, f"{mpg!r} is wired by no wired mapping"
+            if not (not mpg.wire_count or frame in seen):
+                raise CheckFailure("wiring", f"{mpg!r} is wired by no wired mapping")
 
     def check_all_memory(self) -> None:
         """Every readable page of every process holds what the reference says
@@ -867,19 +927,24 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
                     try:
                         got = rp.proc.read(va, self.ps)
                     except SegmentationFault as e:
-                        assert e.va == va, f"read fault at {e.va:#x}, expected at {va:#x}"
+                        if e.va != va:
+                            raise CheckFailure(
+                                "fault", f"read fault at {e.va:#x}, expected at {va:#x}"
+                            ) from e
                         continue
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "fault",
                         f"{rp.proc.name} page {va:#x} ({pg.kind}) is past end of file but "
-                        f"read {got[:8]!r}..."
+                        f"read {got[:8]!r}...",
                     )
                 got = rp.proc.read(va, self.ps)
                 want = bytes(pg.view())
                 if got != want:
                     i = next(i for i in range(self.ps) if got[i] != want[i])
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "bytes",
                         f"{rp.proc.name} page {va:#x} ({pg.kind}): byte {i} is {got[i]:#x}, "
-                        f"the reference says {want[i]:#x}"
+                        f"the reference says {want[i]:#x}",
                     )
 
     @rule()
@@ -892,7 +957,8 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         try:
             self.check_all_memory()
             for f in self.files:
-                assert f.vn.read(0, f.size + 1) == f.data, f"read(2) of all of {f.vn.name}"
+                if f.vn.read(0, f.size + 1) != f.data:
+                    raise CheckFailure("bytes", f"read(2) of all of {f.vn.name}")
             for rp in list(self.procs):
                 rp.proc.exit()
             self.procs.clear()
@@ -906,11 +972,19 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
             ]
             cache = sum(len(f.vn.uo_pages) for f in self.files)
             leftover = [pg for pg in uvm.pages.values() if pg not in kept]
-            assert not leftover, f"pages still allocated after every process exited: {leftover}"
-            assert len(kept) >= cache and uvm.allocated == len(kept)
-            assert uvm.free_count == uvm.npages - len(kept)
+            if leftover:
+                raise CheckFailure(
+                    "leak", f"pages still allocated after every process exited: {leftover}"
+                )
+            if not (len(kept) >= cache and uvm.allocated == len(kept)):
+                raise CheckFailure(
+                    "leak", "len(kept) >= cache and uvm.allocated == len(kept) failed"
+                )
+            if uvm.free_count != uvm.npages - len(kept):
+                raise CheckFailure("leak", "uvm.free_count == uvm.npages - len(kept) failed")
             wired = [pg for pg in kept if pg.wire_count]
-            assert not wired, f"pages still wired after every process exited: {wired}"
+            if wired:
+                raise CheckFailure("leak", f"pages still wired after every process exited: {wired}")
         finally:
             self.closed = True
             self.m.close()
