@@ -20,6 +20,7 @@ from hypothesis.stateful import rule
 import uvmloan.pmap.pmap as pmap_mod
 from uvmloan import VM_PROT_READ, Machine
 from uvmloan.pmap.pmap import PmapModule
+from uvmloan.pmap.tlb import TLB
 from uvmloan.testing.failures import expect_caught, hunt
 from uvmloan.testing.pmap_machine import (
     PROFILE_ENV,
@@ -152,3 +153,12 @@ def test_snapshot_sees_a_pmap_change() -> None:
         assert pmap_state_snapshot(m) == before
         m.pmap.pmap_enter(pm, 0x10000, pg.pa, VM_PROT_READ, 0)
         assert pmap_state_snapshot(m) != before
+
+
+def test_a_tlb_that_never_hits_is_found_by_the_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model bug that changes no byte at the barrier: TLB lookups always
+    miss, so every access walks.  Only the MMU statistics against the
+    hardware rules' prediction can see it (counters); the old check, counters
+    against counters_from(trace), held by construction."""
+    monkeypatch.setattr(TLB, "lookup", lambda self, key: None)
+    expect_caught(PmapStateMachine, "counters", HUNT_BUDGET, SEEDS)
