@@ -2,10 +2,14 @@
 
 "An invariant that can never fail is worth nothing" (DESIGN.md): for each
 deliberate bug there is a directed test (the smallest sequence that shows
-it, caught by ``check_invariants`` or by the release-order check) and a run
-of the loan state machine that must find it.  Two of the bugs are also
-found by the state machine's observational checks alone (the bytes the
-borrower holds, the lender's view), with ``check_invariants`` switched off.
+it, caught by ``check_invariants`` or by the release-order check) and runs
+of the loan state machine under five fixed seeds that must find it, each
+through the check named for the bug in ``CAUGHT_BY`` (the failure's
+identity: ``uvmloan.testing.failures.failure_id``); another check firing
+first fails the test.  Three of the bugs are also found by the machine's
+observational checks alone (bytes and faults), with ``check_invariants``
+switched off, helped by two biased rules.  The bug-free machines run each
+hunt's budget too.
 """
 
 from __future__ import annotations
@@ -14,20 +18,15 @@ from typing import ClassVar
 
 import pytest
 from helpers import PS, machine_fixture
-from hypothesis.errors import Flaky
-from hypothesis.stateful import RuleBasedStateMachine
+from hypothesis import strategies as st
+from hypothesis.stateful import precondition, rule
 
-from uvmloan import InvariantViolation, KernelLoan, Machine, check_invariants
+from uvmloan import InvariantViolation, KernelLoan, Machine, SegmentationFault, check_invariants
 from uvmloan.inject import BUGS, inject
-from uvmloan.testing import run_machine
-from uvmloan.testing.loan_machine import LoanRef, LoanStateMachine, no_shrink_settings
+from uvmloan.testing.failures import CheckFailure, expect_caught, hunt
+from uvmloan.testing.loan_machine import LoanRef, LoanStateMachine, Region, no_shrink_settings
 from uvmloan.testing.loan_ops import mappings_of, page_at, release_order_problems
 from uvmloan.trace import Event, PageFree
-
-
-def _run(cls: type[RuleBasedStateMachine], n: int) -> None:
-    run_machine(cls, settings=no_shrink_settings(n))
-
 
 m = machine_fixture(ncpus=3, memory="1M", trace="record")
 
@@ -138,6 +137,26 @@ def test_correct_release_has_no_order_problem(m: Machine) -> None:
 
 # ------------------------------------------------------------ state machine
 
+# What must catch each planted bug when the whole machine runs: the first
+# failure a hunt reports must come from these checks and no other.
+#
+# * skip-pmap-update: TLB1 -- at the next barrier a CPU still caches what
+#   the page tables no longer say.
+# * sync-pv-no-shootdown: the TLB check, at the barrier (TLB1: a CPU can
+#   still write a page pmap_page_protect made read-only) or at the moment
+#   the page is freed (freed-while-mapped: pmap_page_protect(NONE) before
+#   uvm_pagefree left the entry cached); which comes first depends on the run.
+# * skip-loan-protect: I3 -- a loaned page keeps a writable mapping.
+# * unloan-before-kremove: the release-order check (sodoloanfree's order).
+CAUGHT_BY: dict[str, tuple[str, ...]] = {
+    "skip-pmap-update": ("TLB1",),
+    "sync-pv-no-shootdown": ("TLB1", "freed-while-mapped"),
+    "skip-loan-protect": ("I3",),
+    "unloan-before-kremove": ("release-order",),
+}
+HUNT_BUDGET = no_shrink_settings(50)
+SEEDS = (1, 2, 3, 4, 5)
+
 
 def _machine_with(bug: str) -> type[LoanStateMachine]:
     class Buggy(LoanStateMachine):
@@ -147,17 +166,40 @@ def _machine_with(bug: str) -> type[LoanStateMachine]:
     return Buggy
 
 
+def test_every_bug_names_its_check() -> None:
+    assert set(CAUGHT_BY) == set(BUGS)
+
+
 @pytest.mark.parametrize("bug", BUGS)
 def test_state_machine_finds(bug: str) -> None:
-    """Deterministic (derandomized) runs without shrinking: the machine
-    reports the bug within the budget."""
-    with pytest.raises((AssertionError, Flaky)):
-        _run(_machine_with(bug), 200)
+    """Five fixed seeds, the CI budget, no shrinking: each run finds the
+    bug, and through the check named for it (failure_id)."""
+    expect_caught(_machine_with(bug), CAUGHT_BY[bug], HUNT_BUDGET, SEEDS)
+
+
+def test_state_machine_passes_at_the_hunt_budget() -> None:
+    """The bug-free machine survives a hunt's budget (examples and steps)."""
+    exc = hunt(LoanStateMachine, HUNT_BUDGET, SEEDS[0])
+    assert exc is None, repr(exc)
 
 
 class _ObservationOnly(LoanStateMachine):
     """The state machine without check_invariants, the release-order check
-    and the freed-while-mapped check: only bytes are compared."""
+    and the freed-while-mapped check: only bytes (and faults) are compared.
+
+    Two rules bias it towards the states the byte-changing bugs need, so
+    that a short hunt reaches them under any seed:
+
+    * ``lend_then_store``: lend part of a written private buffer, then
+      store into the lent range on some CPU (a missing write-protect lets
+      the store reach the borrower's page; a missing shootdown lets a CPU
+      that cached the writable entry do the same);
+    * ``store_unmap_remap``: store into a fresh page on a CPU, unmap it, map
+      a new one and store there on the same CPU (a missing pmap_update
+      leaves the old translation cached: the second store lands in the freed
+      frame and the new page reads back zeros, or the old address still
+      reads: the fault check).
+    """
 
     def diagnostic(self) -> None:  # replaces the @invariant of the base class
         pass
@@ -170,23 +212,71 @@ class _ObservationOnly(LoanStateMachine):
     def teardown(self) -> None:
         self.m.close()
 
+    @precondition(lambda self: self.procs and len(self.loans) < self.MAX_LOANS)
+    @rule(i=st.integers(0, 7), cpu=st.integers(0, 7), seed=st.integers(0, 250))
+    def lend_then_store(self, i: int, cpu: int, seed: int) -> None:
+        pr = self.pick(self.procs, i)
+        if len(pr.regions) >= self.MAX_REGIONS:
+            return
+        va = pr.proc.mmap(PS)
+        r = Region(va, 1, "anon", data=bytearray(PS))
+        pr.regions.append(r)
+        first = bytes([seed % 251 + 1]) * 64
+        pr.proc.write(va, first, cpu=(cpu + 1) % self.m.ncpus)
+        self.apply_write(r, 0, first)
+        self.lend(pr, va, 64, cpu % self.m.ncpus)
+        later = bytes([(seed + 1) % 251 + 1]) * 8
+        pr.proc.write(va, later, cpu=(cpu + 1) % self.m.ncpus)
+        self.apply_write(r, 0, later)
 
-@pytest.mark.parametrize("bug", ["skip-loan-protect", "skip-pmap-update"])
+    @precondition(lambda self: self.procs)
+    @rule(i=st.integers(0, 7), cpu=st.integers(0, 7))
+    def store_unmap_remap(self, i: int, cpu: int) -> None:
+        pr = self.pick(self.procs, i)
+        if len(pr.regions) >= self.MAX_REGIONS:
+            return
+        c = cpu % self.m.ncpus
+        va = pr.proc.mmap(PS)
+        pr.proc.write(va, b"old", cpu=c)
+        pr.proc.munmap(va, PS)
+        va2 = pr.proc.mmap(PS)
+        pr.proc.write(va2, b"new", cpu=c)
+        if va2 != va:
+            try:
+                old = pr.proc.read(va, 3, cpu=c)
+            except SegmentationFault:
+                pass
+            else:
+                raise CheckFailure("fault", f"{pr.proc.name}: unmapped {va:#x} reads {old!r}")
+        # The new page joins the reference: lenders_hold_reference_bytes
+        # reads it from the VM structures (a store that went through the
+        # old translation left it zero).
+        r = Region(va2, 1, "anon", data=bytearray(PS))
+        self.apply_write(r, 0, b"new")
+        pr.regions.append(r)
+
+
+OBSERVATION_BUDGET = no_shrink_settings(25)
+
+
+@pytest.mark.parametrize("bug", ["skip-loan-protect", "skip-pmap-update", "sync-pv-no-shootdown"])
 def test_state_machine_finds_by_bytes_alone(bug: str) -> None:
-    """Observational equivalence by itself catches the two bugs that change
-    bytes: the borrower's (a write that should have broken the loan) or the
-    lender's (a write through a stale TLB entry into a reused frame)."""
+    """Observational equivalence by itself (bytes and faults) catches the
+    bugs that change what a program sees: the borrower's bytes (a store that
+    should have broken the loan), a stale TLB entry (a store into a freed
+    frame, an unmapped address that still reads).  Five seeds; the biased
+    rules of _ObservationOnly reach the states."""
 
     class Buggy(_ObservationOnly):
         INJECT: ClassVar[tuple[str, ...]] = (bug,)
 
-    with pytest.raises(AssertionError, match=r"bytes|reference"):
-        _run(Buggy, 600)
+    expect_caught(Buggy, ("bytes", "fault"), OBSERVATION_BUDGET, SEEDS)
 
 
-def test_observation_only_machine_passes_without_bugs() -> None:
-    """The reduced machine is not failing for another reason."""
-    _run(_ObservationOnly, 30)
+def test_observation_only_machine_passes_at_the_hunt_budget() -> None:
+    """The reduced machine, biased rules included, survives a hunt's budget."""
+    exc = hunt(_ObservationOnly, OBSERVATION_BUDGET, SEEDS[0])
+    assert exc is None, repr(exc)
 
 
 def test_page_at_helper(m: Machine) -> None:

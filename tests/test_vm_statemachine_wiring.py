@@ -3,7 +3,8 @@
 * The fault on an already wired entry must enter a ``PMAP_WIRED`` mapping
   (``uvm_fault_check``: ``VM_MAPENT_ISWIRED(entry)`` sets ``wire_mapping``).
   The first version of ``fault.py`` did not (specs/fault.md section 6); the
-  state machine finds that bug when it is put back.
+  state machine finds that bug when it is put back (five seeds, with the
+  biased rule of ``WiredRefault`` that reaches the refault).
 * Truncating a file below pages that a shared mapping has wired: NetBSD
   frees them (``genfs_do_putpages`` with ``PGO_FREE`` calls
   ``pmap_page_protect(pg, VM_PROT_NONE)`` and ``uvm_pagefree`` on every page
@@ -17,7 +18,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import precondition, rule
 
 import uvmloan.fault as fault_mod
 from uvmloan.errors import SegmentationFault
@@ -25,20 +27,15 @@ from uvmloan.invariants import check_invariants
 from uvmloan.machine import Machine
 from uvmloan.param import MAP_SHARED, VM_PROT_READ, VM_PROT_WRITE
 from uvmloan.testing import run_machine
-from uvmloan.testing.vm_machine import VMStateMachine, vm_settings
+from uvmloan.testing.failures import expect_caught, hunt
+from uvmloan.testing.vm_machine import ANON_PRIVATE, PROTS, VMStateMachine, vm_settings
 
 PS = 4096
 
 
-def _hunt_settings(max_examples: int = 300) -> settings:
-    return vm_settings(
-        "default",
-        max_examples=max_examples,
-        derandomize=True,
-        database=None,
-        phases=(Phase.explicit, Phase.generate),
-        print_blob=False,
-    )
+# A hunt: five fixed seeds at this budget, caught by the wiring check.
+HUNT_BUDGET = vm_settings("default", max_examples=30)
+SEEDS = (1, 2, 3, 4, 5)
 
 
 def test_injected_fault_on_wired_entry_without_wire_mapping_is_found(
@@ -56,8 +53,36 @@ def test_injected_fault_on_wired_entry_without_wire_mapping_is_found(
         return err
 
     monkeypatch.setattr(fault_mod, "uvm_fault_check", check)
-    with pytest.raises(AssertionError, match="is wired but its PTE"):
-        run_machine(VMStateMachine, settings=_hunt_settings())
+    expect_caught(WiredRefault, "wiring", HUNT_BUDGET, SEEDS)
+
+
+class WiredRefault(VMStateMachine):
+    """The VM machine plus one biased rule, ``wired_refault``: map a private
+    page, write it, mlock it, mprotect it PROT_NONE and back, and store into
+    it again -- the fault on a wired entry that the hunt is about."""
+
+    @precondition(lambda self: bool(self.procs))
+    @rule(byte=st.integers(1, 255), cpu=st.integers(0, 7))
+    def wired_refault(self, byte: int, cpu: int) -> None:
+        rp = self.procs[0]
+        if len(rp.regions) >= self.MAX_REGIONS:
+            return
+        c = cpu % self.m.ncpus
+        self._mmap(rp, ANON_PRIVATE, PROTS[0], 1, self.files[0], 0)
+        va = rp.regions[-1][0]
+        self._write_checked(rp, va, bytes([byte]) * 8, c)
+        rp.proc.mlock(va, self.ps)
+        rp.pages[va].wired = True
+        for prot in (PROTS[2], PROTS[0]):
+            rp.proc.mprotect(va, self.ps, prot)
+            rp.pages[va].prot = prot
+        self._write_checked(rp, va, bytes([byte ^ 0xFF]) * 8, c)
+
+
+@pytest.mark.parametrize("machine", [VMStateMachine, WiredRefault])
+def test_state_machine_passes_at_the_hunt_budget(machine: type[VMStateMachine]) -> None:
+    exc = hunt(machine, HUNT_BUDGET, SEEDS[0])
+    assert exc is None, repr(exc)
 
 
 def test_truncate_frees_pages_wired_through_a_shared_mapping() -> None:
@@ -99,4 +124,7 @@ class TruncatingWiredPages(VMStateMachine):
 def test_state_machine_truncating_wired_pages_passes() -> None:
     """Truncates below wired shared pages free them; every byte and fault
     still matches the reference."""
-    run_machine(TruncatingWiredPages, settings=_hunt_settings())
+    run_machine(
+        TruncatingWiredPages,
+        settings=vm_settings("default", derandomize=True, database=None, print_blob=False),
+    )

@@ -8,7 +8,8 @@ invariant's name and the page, mapping or CPU at fault.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
 from .errors import InvariantViolation
 from .page import PQ
@@ -18,6 +19,8 @@ from .pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_U, PTE_W, PTE_WIRED, pte_fra
 
 if TYPE_CHECKING:
     from .machine import Machine
+    from .pmap.cpu import CPU
+    from .pmap.pmap import Pmap
 
 
 def check_pages(m: Machine) -> None:
@@ -92,30 +95,88 @@ def check_pmaps(m: Machine) -> None:
                 )
 
 
+def check_asids(m: Machine) -> None:
+    """TLB2: the MI ASID bookkeeping (``pmap_tlb.c``) keeps address spaces apart.
+
+    On every CPU: the pmaps holding an ASID are live and hold distinct ASIDs
+    in ``1..asid_max``, each marked in the bitmap; and every ASID that tags
+    a TLB entry is marked, so that ``pmap_tlb_asid_alloc`` can never hand a
+    new pmap an ASID whose old translations are still cached.
+    """
+    if m.profile.tlb_policy != "mi-asid":
+        return
+    asid_max = m.profile.asid_max
+    for cpu in m.cpus:
+        held: dict[int, str] = {}
+        for pm, asid in cpu.asids.items():
+            if pm.destroyed:
+                raise InvariantViolation(
+                    "TLB2", f"CPU {cpu.index}: destroyed {pm.name} holds ASID {asid}"
+                )
+            if not 0 < asid <= asid_max:
+                raise InvariantViolation("TLB2", f"CPU {cpu.index}: {pm.name} holds ASID {asid}")
+            if asid in held:
+                raise InvariantViolation(
+                    "TLB2", f"CPU {cpu.index}: {pm.name} and {held[asid]} both hold ASID {asid}"
+                )
+            held[asid] = pm.name
+            if asid not in cpu.asid_bitmap:
+                raise InvariantViolation(
+                    "TLB2", f"CPU {cpu.index}: {pm.name}'s ASID {asid} is not marked in use"
+                )
+        # Read from the entries themselves, not through the model's
+        # tlb_record_asids (TLB.asids_present), which this check judges.
+        unmarked = {k[0] for k, _e in cpu.tlb if k[0] != 0} - cpu.asid_bitmap
+        if unmarked:
+            raise InvariantViolation(
+                "TLB2",
+                f"CPU {cpu.index}: ASIDs {sorted(unmarked)} tag TLB entries but are free",
+            )
+
+
+def live_tlb_entries(m: Machine, cpu: CPU) -> Iterator[tuple[Pmap, int, int]]:
+    """The entries of ``cpu``'s TLB that an access can still hit, as
+    (pmap, va, cached PTE), the pmap being the one whose accesses hit it.
+
+    Skipped as dead: a STALE (lazy, shot-out) CPU's entries of its user pmap
+    (``pmap_reactivate`` flushes them before any use, pmap.c 1.381), and
+    under the MI ASID policy an entry whose ASID no pmap holds on that CPU
+    any more (``pmap_tlb_pai_reset`` orphans it; the ASID stays marked until
+    the pool is reinitialised, TLB2).  An entry whose ASID now belongs to
+    another pmap is that pmap's: reported against that pmap's page table.
+    """
+    stale_pm = cpu.curpmap if cpu.tlbstate is TLBState.STALE else None
+    holder = {asid: pm for pm, asid in cpu.asids.items()}
+    shift = m.pmap.page_shift
+    for (asid, vpn), (owner, snap) in cpu.tlb:
+        pm = cast("Pmap", owner)
+        if asid != 0:
+            hit = holder.get(asid)
+            if hit is None:
+                continue
+            pm = hit
+        if pm is stale_pm:
+            continue
+        yield pm, vpn << shift, snap
+
+
 def check_tlbs(m: Machine) -> None:
     """TLB1: after the barrier no TLB grants what its PTE does not.
 
-    Holds whenever no CPU has a shootdown pending: every cached entry maps the
-    frame the PTE maps, and a cached writable entry with D set has W in its
-    PTE (an entry with D clear cannot write without re-walking).  CPUs with
-    IPIs not yet taken (MI policy, which does not wait) are skipped, and so
-    are a STALE (lazy, shot-out) CPU's entries of its user pmap.
+    Holds whenever no CPU has a shootdown pending: every live cached entry
+    (:func:`live_tlb_entries`) maps the frame the PTE maps, and a cached
+    writable entry with D set has W in its PTE (an entry with D clear cannot
+    write without re-walking).  CPUs with IPIs not yet taken (MI policy,
+    which does not wait) are skipped.
     """
     if any(not c.packet.empty for c in m.cpus):
         raise InvariantViolation("TLB1", "checked with a shootdown still queued")
     for cpu in m.cpus:
         if cpu.pending_ipis:
             continue
-        # x86 lazy TLB: a STALE CPU left pm_cpus and gets no more shootdowns
-        # for its user pmap; pmap_reactivate flushes those entries before any
-        # use (pmap.c 1.381), so they are dead rather than wrong.
-        stale_pm = cpu.curpmap if cpu.tlbstate is TLBState.STALE else None
-        for (_asid, vpn), (pm, snap) in cpu.tlb:
-            if pm is stale_pm:
-                continue
-            va = vpn << m.pmap.page_shift
-            pte = pm.ptes.get(va, 0)  # type: ignore[attr-defined]
-            name = pm.name  # type: ignore[attr-defined]
+        for pm, va, snap in live_tlb_entries(m, cpu):
+            pte = pm.ptes.get(va, 0)
+            name = pm.name
             if not pte & PTE_P:
                 raise InvariantViolation(
                     "TLB1", f"CPU {cpu.index} caches {name} {va:#x} -> {pte_str(snap)}, unmapped"
@@ -138,6 +199,7 @@ def check_invariants(m: Machine) -> None:
     """Run every invariant check of the layers present."""
     check_pages(m)
     check_pmaps(m)
+    check_asids(m)
     check_tlbs(m)
     check_maps(m)
     check_loans(m)
@@ -234,11 +296,9 @@ def check_loans(m: Machine) -> None:
         for cpu in m.cpus:
             if cpu.pending_ipis:
                 continue
-            # A STALE CPU's user entries are dead (see check_tlbs).
-            stale_pm = cpu.curpmap if cpu.tlbstate is TLBState.STALE else None
-            for _key, (owner, snap) in cpu.tlb:
-                if owner is stale_pm:
-                    continue
+            # Dead entries (STALE CPU, orphaned ASID) cannot be used: see
+            # live_tlb_entries.
+            for _pm, _va, snap in live_tlb_entries(m, cpu):
                 if pte_frame(snap) in loaned_frames and snap & PTE_W and snap & PTE_D:
                     raise InvariantViolation(
                         "I3", f"CPU {cpu.index} can still write loaned frame {pte_frame(snap)}"

@@ -101,6 +101,10 @@ class Profile:
         default="x86", validator=attrs.validators.in_(("x86", "mi-asid"))
     )
     tlb_entries: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    # MI pmap_tlb.c (tlb_policy "mi-asid"): ti_asid_max, the highest user
+    # ASID; MIPS R4K pmap_md_tlb_asid_max() is MIPS_TLB_NUM_PIDS - 1 = 255.
+    # A small value makes the ASID pool wrap (pmap_tlb_asid_reinitialize).
+    asid_max: int = attrs.field(default=255, validator=attrs.validators.ge(1))
     tlb_replacement: TLBReplacement = attrs.field(
         default="lru", validator=attrs.validators.in_(("lru", "fifo", "random"))
     )

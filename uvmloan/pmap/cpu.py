@@ -69,9 +69,14 @@ class CPU:
     curpmap: Pmap | None = None
     tlbstate: TLBState = TLBState.VALID
     packet: ShootdownPacket = attrs.field(factory=ShootdownPacket)
-    # MI ASID policy: the ASID each pmap holds on this CPU's TLB.
+    # MI ASID policy (pmap_tlb.c, one TLB per CPU): the ASID each pmap holds
+    # on this CPU's TLB (ti_pais), the ASIDs marked in use (ti_asid_bitmap,
+    # KERNEL_PID 0 always), the next ASID to try (ti_asid_hint) and the
+    # number of ASID pool reinitialisations (evcnt "asid pool reinit").
     asids: dict[Pmap, int] = attrs.field(factory=dict)
-    next_asid: int = 1
+    asid_bitmap: set[int] = attrs.field(factory=lambda: {0})
+    asid_hint: int = 1
+    asid_reinits: int = 0
     # Shootdown IPIs not yet taken (MI policy: the initiator does not wait).
     pending_ipis: list[Callable[[], None]] = attrs.field(factory=list)
 

@@ -36,6 +36,7 @@ from ..trace import (
     TLBFlush,
     TLBInvalidate,
 )
+from .asid import pmap_tlb_asid_acquire, pmap_tlb_pai_reset
 from .cpu import CPU, Platform, TLBState
 from .pte import (
     PTE_A,
@@ -256,7 +257,7 @@ class PmapModule:
                 raise KernelAssertion(
                     f"pmap_destroy: pmap {pmap.name} is loaded on CPU {cpu.index}"
                 )
-            cpu.asids.pop(pmap, None)
+            pmap_tlb_pai_reset(cpu, pmap)  # pmap_tlb_asid_release_all: no flush
         pmap.destroyed = True
         pmap.cpus.clear()
         self.pmaps.remove(pmap)
@@ -619,6 +620,10 @@ class PmapModule:
             )
         if plat.profile.tlb_policy == "x86":
             self._local_flush(cpu, False, "cr3 load")
+        else:
+            # pmap_activate -> pmap_tlb_asid_acquire (a pmap whose ASID was
+            # reset later gets a new one at its next use: asid_of).
+            pmap_tlb_asid_acquire(plat, cpu, pmap)
 
     def pmap_deactivate(self, cpu: CPU | None = None) -> None:
         """The CPU leaves user mode for good (idle, exit): x86 lazy TLB state.
@@ -649,10 +654,9 @@ class PmapModule:
             cpu.tlbstate = TLBState.VALID
             if self.platform.profile.tlb_policy == "x86":
                 self._local_flush(cpu, False, "cr3 load")
-            else:
-                asid = cpu.asids.pop(old, None)
-                if asid is not None:
-                    cpu.tlb.flush_asid(asid)
+            # MI policy: pmap_tlb_asid_deactivate only leaves the CPU; the
+            # ASID goes at pmap_destroy (pmap_tlb_asid_release_all), without
+            # a flush (pmap_tlb_pai_reset).
 
     # ------------------------------------------------------------ shootdowns
 
@@ -660,12 +664,7 @@ class PmapModule:
         """The TLB tag of ``pmap`` on ``cpu`` (always 0 on x86)."""
         if pmap.is_kernel or self.platform.profile.tlb_policy == "x86":
             return 0
-        asid = cpu.asids.get(pmap)
-        if asid is None:
-            asid = cpu.next_asid
-            cpu.next_asid += 1
-            cpu.asids[pmap] = asid
-        return asid
+        return pmap_tlb_asid_acquire(self.platform, cpu, pmap)
 
     def pmap_tlb_shootdown(self, pmap: Pmap, va: int, pte: int, why: str) -> None:
         """x86_tlb.c ``pmap_tlb_shootdown``: add a request to this CPU's packet."""
@@ -873,9 +872,13 @@ class PmapModule:
                         tr.emit(IPISent(cpu.clock, me, pm.name, other.index, "IPI_SHOOTDOWN"))
                     other.pending_ipis.append(self._mi_handler(other, pm, me))
                 else:
-                    asid = other.asids.pop(pm, None)
-                    if asid is not None:
-                        other.tlb.flush_asid(asid)
+                    # pmap_tlb_pai_reset.  NetBSD leaves the entries to natural
+                    # replacement (orphaned: the ASID stays marked in use until
+                    # the pool is reinitialised); the model drops them at once
+                    # (specs/pmap.md M-A5), which no access can tell apart.
+                    if pm in other.asids:
+                        other.tlb.flush_asid(other.asids[pm])
+                        pmap_tlb_pai_reset(other, pm)
                     if tr.on:
                         tr.emit(ASIDReset(cpu.clock, me, pm.name, other.index))
         pkt.clear()
@@ -892,10 +895,16 @@ class PmapModule:
             if pm.is_kernel:
                 self._local_flush(target, True, "shootdown ALLKERNEL")
             else:
+                # pmap_tlb_shootdown_process, TLBINV_ONE: invalidate the
+                # ASID if the victim is still on-processor, else reset it.
                 asid = target.asids.get(pm)
-                if asid is not None:
+                if asid is not None and target.curpmap is pm:
                     target.tlb.flush_asid(asid)
                     target.charge(plat.costs.tlbflush_ns)
+                elif asid is not None:
+                    pmap_tlb_pai_reset(target, pm)
+                    if tr.on:
+                        tr.emit(ASIDReset(target.clock, target.index, pm.name, target.index))
 
         return run
 

@@ -76,6 +76,15 @@ class TLB:
     def flush_asid(self, asid: int) -> None:
         self.entries = {k: v for k, v in self.entries.items() if k[0] != asid}
 
+    def flush_user_asids(self) -> None:
+        """``tlb_invalidate_asids(KERNEL_PID + 1, ti_asid_max)``: every entry
+        tagged with a user ASID goes; the kernel's (ASID 0) stay."""
+        self.entries = {k: v for k, v in self.entries.items() if k[0] == 0}
+
+    def asids_present(self) -> set[int]:
+        """``tlb_record_asids``: the user ASIDs that tag some entry."""
+        return {k[0] for k in self.entries if k[0] != 0}
+
     def __len__(self) -> int:
         return len(self.entries)
 

@@ -12,7 +12,8 @@ default) with random interleavings of
 * user stores and loads on any CPU, ``write(2)`` and ``ftruncate(2)`` of
   the files, ``mmap``/``munmap``, ``mprotect`` (a store into a read-only
   region, a load from a PROT_NONE one, must fault), ``mlock``/``munlock``,
-  ``fork``, ``exit``;
+  ``fork``, ``exit``, and short-lived processes (spawn, write, exit in one
+  step: they cycle through the MI policy's ASIDs);
 * releases of the loans (``sodoloanfree``'s order), borrower reads through
   the read-only kernel mapping on any CPU, and the pagedaemon reclaiming
   single pages or scanning.
@@ -48,14 +49,15 @@ Run it from pytest::
 
 ``loan_settings()`` returns the "loan-ci" profile (a default run well under
 a minute) or, with ``UVMLOAN_HYPOTHESIS_PROFILE=deep``, "loan-deep".
-Extend it by subclassing: the class attributes ``NCPUS``, ``MEMORY``,
-``MAX_PROCS``, ``MAX_REGIONS``, ``MAX_REGION_PAGES``, ``MAX_FILES``,
-``MAX_LOANS`` size the world; ``PROFILE_OVERRIDES`` changes profile fields
-(``{"tlb_policy": "mi-asid"}``, ``{"tlb_entries": 4}``); ``INJECT`` names bugs of
-:mod:`uvmloan.inject` to switch on (the suite proves each one is caught);
-override :meth:`configure` to change the fresh machine, add ``@rule``
-methods that keep the reference up to date through :meth:`apply_write`
-and friends, and ``@invariant`` methods for your own properties.
+Extend it by subclassing.  The machine itself is configured through the
+hooks every shipped machine shares (:mod:`uvmloan.testing.hooks`):
+``NCPUS``, ``MEMORY``, ``PROFILE``, ``PROFILE_OVERRIDES``
+(``{"tlb_policy": "mi-asid"}``, ``{"tlb_entries": 4}``), ``INJECT`` (bugs of
+:mod:`uvmloan.inject`; the suite proves each one is caught) and the factory
+:meth:`make_machine`.  ``MAX_PROCS``, ``MAX_REGIONS``, ``MAX_REGION_PAGES``,
+``MAX_FILES``, ``MAX_LOANS`` size the world; add ``@rule`` methods that keep
+the reference up to date through :meth:`apply_write` and friends, and
+``@invariant`` methods for your own properties.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from ..borrow import KernelLoan
 from ..errors import SegmentationFault, UVMError
-from ..inject import inject
 from ..invariants import check_invariants
 from ..machine import Machine
 from ..object import AnonObject, VnodeObject
@@ -85,6 +86,8 @@ from ..param import (
 )
 from ..process import Process
 from ..trace import Event, PageFree
+from .failures import CheckFailure
+from .hooks import MachineHooks
 from .loan_ops import leaked_pages, mappings_of, release_order_problems
 from .profiles import PROFILE_ENV, machine_settings
 
@@ -159,28 +162,21 @@ class LoanRef:
     what: str
 
 
-class LoanStateMachine(RuleBasedStateMachine):
+class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
     """Kernel loans vs. a plain-copy reference; see the module docstring."""
 
-    NCPUS: ClassVar[int] = 3
-    MEMORY: ClassVar[str] = "1M"
+    NCPUS: ClassVar[int | None] = 3
+    MEMORY: ClassVar[int | str] = "1M"
     MAX_PROCS: ClassVar[int] = 4
     MAX_REGIONS: ClassVar[int] = 4
     MAX_REGION_PAGES: ClassVar[int] = 4
     MAX_FILES: ClassVar[int] = 2
     MAX_FILE_PAGES: ClassVar[int] = 3
     MAX_LOANS: ClassVar[int] = 6
-    INJECT: ClassVar[Sequence[str]] = ()
-    PROFILE_OVERRIDES: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         super().__init__()
-        self.m = Machine(
-            ncpus=self.NCPUS,
-            memory=self.MEMORY,
-            trace="counters",
-            profile_overrides=dict(self.PROFILE_OVERRIDES),
-        )
+        self.m: Machine = self.make_machine()
         self.ps = self.m.page_size
         self.events: list[Event] = []
         self.m.tracer.add_sink(self.events.append)
@@ -190,12 +186,6 @@ class LoanStateMachine(RuleBasedStateMachine):
         self.files: list[FileRef] = []
         self.loans: list[LoanRef] = []
         self.nspawned = 0
-        for bug in self.INJECT:
-            inject(self.m, bug)
-        self.configure(self.m)
-
-    def configure(self, m: Machine) -> None:
-        """Hook for subclasses: change the fresh machine."""
 
     def _on_event(self, ev: Event) -> None:
         """At the moment a frame is freed nothing may map or cache it (I4:
@@ -324,7 +314,7 @@ class LoanStateMachine(RuleBasedStateMachine):
 
     @initialize(ncpu=st.integers(0, 2))
     def first_process(self, ncpu: int) -> None:
-        self.spawn_proc(ncpu % self.NCPUS)
+        self.spawn_proc(ncpu % self.m.ncpus)
 
     def spawn_proc(self, cpu: int) -> ProcRef:
         self.nspawned += 1
@@ -337,7 +327,23 @@ class LoanStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.procs) < 2)
     @rule(cpu=IDX)
     def spawn(self, cpu: int) -> None:
-        self.spawn_proc(cpu % self.NCPUS)
+        self.spawn_proc(cpu % self.m.ncpus)
+
+    @rule(cpu=IDX, seed=IDX)
+    def short_lived(self, cpu: int, seed: int) -> None:
+        """A process that lives for one step: spawn, write a page on ``cpu``,
+        exit.  Each one takes an ASID on that CPU under the MI policy, so
+        runs cycle through (and wrap) the ASID pool (specs/pmap.md M-A6)."""
+        pr = self.spawn_proc(cpu % self.m.ncpus)
+        va = pr.proc.mmap(self.ps)
+        data = _pattern(seed, 16)
+        pr.proc.write(va + seed % (self.ps - 16), data)
+        if pr.proc.read(va + seed % (self.ps - 16), 16) != data:
+            raise CheckFailure(
+                "bytes", "pr.proc.read(va + seed % (self.ps - 16), 16) == data failed"
+            )
+        pr.proc.exit()
+        self.procs.remove(pr)
 
     @precondition(lambda self: len(self.files) < self.MAX_FILES)
     @rule(size=st.integers(1, 3 * 4096), seed=st.integers(0, 250))
@@ -394,13 +400,13 @@ class LoanStateMachine(RuleBasedStateMachine):
         if r.prot != "rw":
             # uvm_fault_check: EACCES before anything changes -> SIGSEGV.
             try:
-                pr.proc.write(r.va + off, data, cpu=cpu % self.NCPUS)
+                pr.proc.write(r.va + off, data, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
-            raise AssertionError(f"{pr.proc.name}: a store into a {r.prot} region succeeded")
+            raise CheckFailure("fault", f"{pr.proc.name}: a store into a {r.prot} region succeeded")
         if not self.writable(r, off, n):
             return
-        pr.proc.write(r.va + off, data, cpu=cpu % self.NCPUS)
+        pr.proc.write(r.va + off, data, cpu=cpu % self.m.ncpus)
         self.apply_write(r, off, data)
 
     @precondition(lambda self: any(pr.regions for pr in self.procs))
@@ -414,23 +420,26 @@ class LoanStateMachine(RuleBasedStateMachine):
         first = off // ps
         if r.prot == "none":
             try:
-                pr.proc.read(r.va + off, n, cpu=cpu % self.NCPUS)
+                pr.proc.read(r.va + off, n, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
-            raise AssertionError(f"{pr.proc.name}: a load from a PROT_NONE region succeeded")
+            raise CheckFailure("fault", f"{pr.proc.name}: a load from a PROT_NONE region succeeded")
         views = [self.page_view(r, p) for p in range(first, (off + n - 1) // ps + 1)]
         if any(v is None for v in views):
             # The first page past EOF faults (a private file page not yet
             # written follows the file): SIGBUS.
             bad = r.va + (first + views.index(None)) * ps
             try:
-                pr.proc.read(bad, 1, cpu=cpu % self.NCPUS)
+                pr.proc.read(bad, 1, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
                 return
-            raise AssertionError(f"{pr.proc.name}: read past EOF at {bad:#x} did not fault")
+            raise CheckFailure("fault", f"{pr.proc.name}: read past EOF at {bad:#x} did not fault")
         want = b"".join(v for v in views if v is not None)[off % ps : off % ps + n]
-        got = pr.proc.read(r.va + off, n, cpu=cpu % self.NCPUS)
-        assert got == want, f"{pr.proc.name} reads {r.kind} at +{off:#x}: not the reference bytes"
+        got = pr.proc.read(r.va + off, n, cpu=cpu % self.m.ncpus)
+        if got != want:
+            raise CheckFailure(
+                "bytes", f"{pr.proc.name} reads {r.kind} at +{off:#x}: not the reference bytes"
+            )
 
     @precondition(lambda self: self.files)
     @rule(j=IDX, off=IDX, n=st.integers(1, 4096 + 10), seed=IDX)
@@ -490,7 +499,7 @@ class LoanStateMachine(RuleBasedStateMachine):
     def fork(self, i: int, cpu: int) -> None:
         pr: ProcRef = self.pick(self.procs, i)
         self.nspawned += 1
-        child = pr.proc.fork(f"p{self.nspawned}", cpu=cpu % self.NCPUS)
+        child = pr.proc.fork(f"p{self.nspawned}", cpu=cpu % self.m.ncpus)
         cr = ProcRef(child)
         for r in pr.regions:
             if r.kind == "anon":
@@ -532,7 +541,7 @@ class LoanStateMachine(RuleBasedStateMachine):
                 n = min(n, r.va + size - start)
         else:
             start = 0x20000000 + (va % 7) * self.ps + va % self.ps
-        self.lend(pr, start, n, cpu % self.NCPUS)
+        self.lend(pr, start, n, cpu % self.m.ncpus)
 
     @precondition(
         lambda self: (
@@ -547,7 +556,7 @@ class LoanStateMachine(RuleBasedStateMachine):
         pr, r = self.pick(cands, i)
         size = r.npages * self.ps
         start = r.va + va % size
-        self.lend(pr, start, min(n, r.va + size - start), cpu % self.NCPUS)
+        self.lend(pr, start, min(n, r.va + size - start), cpu % self.m.ncpus)
 
     def lend(self, pr: ProcRef, start: int, n: int, cpu: int) -> None:
         """Machine.kernel_loan, checked against :meth:`loan_expectation`."""
@@ -556,12 +565,21 @@ class LoanStateMachine(RuleBasedStateMachine):
         try:
             kl = self.m.kernel_loan(pr.proc, start, n, cpu=cpu)
         except UVMError as e:
-            assert errno, f"kernel_loan of {n} bytes at {start:#x} failed: {e}"
-            assert e.errno == errno, f"expected errno {errno}, got {e}"
-            assert self.m.uvm.loan_ledger == before, "a failed uvm_loan left loans behind"
+            if not errno:
+                raise CheckFailure(
+                    "errno", f"kernel_loan of {n} bytes at {start:#x} failed: {e}"
+                ) from e
+            if e.errno != errno:
+                raise CheckFailure("errno", f"expected errno {errno}, got {e}") from e
+            if self.m.uvm.loan_ledger != before:
+                raise CheckFailure("undo", "a failed uvm_loan left loans behind") from e
             return
-        assert errno == 0, f"kernel_loan at {start:#x} should have failed with {errno}"
-        assert kl.read() == want, "the borrower does not see the lender's bytes"
+        if errno != 0:
+            raise CheckFailure(
+                "errno", f"kernel_loan at {start:#x} should have failed with {errno}"
+            )
+        if kl.read() != want:
+            raise CheckFailure("bytes", "the borrower does not see the lender's bytes")
         self.loans.append(LoanRef(kl, want, f"{pr.proc.name} {start:#x}+{n}"))
 
     @precondition(lambda self: self.files and len(self.loans) < self.MAX_LOANS)
@@ -574,14 +592,18 @@ class LoanStateMachine(RuleBasedStateMachine):
         pages = range(off // self.ps, (end - 1) // self.ps + 1)
         views = [self.file_page(f, p) for p in pages]
         try:
-            kl = self.m.kernel_loan_file(f.vn, off, n, cpu=cpu % self.NCPUS)
+            kl = self.m.kernel_loan_file(f.vn, off, n, cpu=cpu % self.m.ncpus)
         except UVMError as e:
-            assert any(v is None for v in views), f"kernel_loan_file failed: {e}"
-            assert e.errno == EINVAL
+            if not any(v is None for v in views):
+                raise CheckFailure("errno", f"kernel_loan_file failed: {e}") from e
+            if e.errno != EINVAL:
+                raise CheckFailure("errno", f"kernel_loan_file past EOF: {e}, want EINVAL") from e
             return
-        assert all(v is not None for v in views), "a loan past EOF succeeded"
+        if not all(v is not None for v in views):
+            raise CheckFailure("errno", "a loan past EOF succeeded")
         want = b"".join(v for v in views if v is not None)[off % self.ps : off % self.ps + n]
-        assert kl.read() == want
+        if kl.read() != want:
+            raise CheckFailure("bytes", "kl.read() == want failed")
         self.loans.append(LoanRef(kl, want, f"file {off:#x}+{n}"))
 
     @precondition(lambda self: self.loans)
@@ -590,14 +612,15 @@ class LoanStateMachine(RuleBasedStateMachine):
         lr: LoanRef = self.pick(self.loans, k)
         off %= len(lr.expect)
         n = n % (len(lr.expect) - off) + 1
-        got = lr.kl.read(off, n, cpu=cpu % self.NCPUS)
-        assert got == lr.expect[off : off + n], f"borrower of {lr.what} reads changed bytes"
+        got = lr.kl.read(off, n, cpu=cpu % self.m.ncpus)
+        if got != lr.expect[off : off + n]:
+            raise CheckFailure("bytes", f"borrower of {lr.what} reads changed bytes")
 
     @precondition(lambda self: self.loans)
     @rule(k=IDX, cpu=IDX)
     def release(self, k: int, cpu: int) -> None:
         lr: LoanRef = self.pick(self.loans, k)
-        self.release_loan(lr, cpu % self.NCPUS)
+        self.release_loan(lr, cpu % self.m.ncpus)
 
     def release_loan(self, lr: LoanRef, cpu: int = 0) -> None:
         kl = lr.kl
@@ -607,23 +630,25 @@ class LoanStateMachine(RuleBasedStateMachine):
         with self.m.on_cpu(cpu):
             kl.release()
         problems = release_order_problems(self.events[start:], kl.kva, kl.npages * self.ps, frames)
-        assert not problems, f"release of {lr.what}: {problems[0]}"
+        if problems:
+            raise CheckFailure("release-order", f"release of {lr.what}: {problems[0]}")
 
     @rule(frame=IDX, scan=st.booleans(), n=st.integers(1, 8), cpu=IDX)
     def reclaim(self, frame: int, scan: bool, n: int, cpu: int) -> None:
         m = self.m
         if scan:
-            m.reclaim(pages=n, cpu=cpu % self.NCPUS)
+            m.reclaim(pages=n, cpu=cpu % self.m.ncpus)
             return
         pages = sorted(m.uvm.pages)
         if pages:
-            m.reclaim(page=m.uvm.pages[self.pick(pages, frame)], cpu=cpu % self.NCPUS)
+            m.reclaim(page=m.uvm.pages[self.pick(pages, frame)], cpu=cpu % self.m.ncpus)
 
     # -------------------------------------------------------- invariants
 
     @invariant()
     def diagnostic(self) -> None:
-        assert not self.freed_while_mapped, self.freed_while_mapped[0]
+        if self.freed_while_mapped:
+            raise CheckFailure("freed-while-mapped", self.freed_while_mapped[0])
         check_invariants(self.m)
         del self.events[:-2000]
 
@@ -632,7 +657,10 @@ class LoanStateMachine(RuleBasedStateMachine):
         physmem = self.m.physmem
         for lr in self.loans:
             got = physmem.gather(lr.kl.pieces())
-            assert got == lr.expect, f"the bytes lent by {lr.what} changed under the borrower"
+            if got != lr.expect:
+                raise CheckFailure(
+                    "bytes", f"the bytes lent by {lr.what} changed under the borrower"
+                )
 
     @invariant()
     def lenders_hold_reference_bytes(self) -> None:
@@ -641,12 +669,15 @@ class LoanStateMachine(RuleBasedStateMachine):
                 for p in range(r.npages):
                     want = self.page_view(r, p)
                     got = self.structural_view(pr, r, p)
-                    assert got == want, (
-                        f"{pr.proc.name} {r.kind} region at {r.va:#x} page {p}: "
-                        "not the copy-semantics reference"
-                    )
+                    if got != want:
+                        raise CheckFailure(
+                            "bytes",
+                            f"{pr.proc.name} {r.kind} region at {r.va:#x} page {p}: "
+                            "not the copy-semantics reference",
+                        )
         for f in self.files:
-            assert f.vn.contents() == bytes(f.data), f"{f.vn.name}: file bytes differ"
+            if f.vn.contents() != bytes(f.data):
+                raise CheckFailure("bytes", f"{f.vn.name}: file bytes differ")
 
     # -------------------------------------------------------- the end
 
@@ -659,15 +690,22 @@ class LoanStateMachine(RuleBasedStateMachine):
             check_invariants(m)
             for lr in list(self.loans):
                 got = m.physmem.gather(lr.kl.pieces())
-                assert got == lr.expect, f"{lr.what}: borrowed bytes changed after exit"
+                if got != lr.expect:
+                    raise CheckFailure("bytes", f"{lr.what}: borrowed bytes changed after exit")
                 self.release_loan(lr)
             check_invariants(m)
             leaks = leaked_pages(m)
-            assert not leaks, f"pages leaked after everything was released: {leaks[:4]}"
-            assert not m.uvm.loan_ledger, "loans outstanding after every release"
-            assert not any(e.vaonly for e in m.kernel_map), "loan KVA never freed"
+            if leaks:
+                raise CheckFailure(
+                    "leak", f"pages leaked after everything was released: {leaks[:4]}"
+                )
+            if m.uvm.loan_ledger:
+                raise CheckFailure("leak", "loans outstanding after every release")
+            if any(e.vaonly for e in m.kernel_map):
+                raise CheckFailure("leak", "loan KVA never freed")
             for f in self.files:
-                assert f.vn.contents() == bytes(f.data)
+                if f.vn.contents() != bytes(f.data):
+                    raise CheckFailure("bytes", "f.vn.contents() == bytes(f.data) failed")
         finally:
             m.close()
 

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..anon import Anon
 from ..borrow import KernelLoan
+from ..invariants import live_tlb_entries
 from ..loan import ZeroLoanObject
 from ..map import VMMap
 from ..object import UVMObject, VnodeObject
@@ -175,9 +176,10 @@ def write_paths(m: Machine, frames: Iterable[int]) -> list[str]:
 def mappings_of(m: Machine, frame: int) -> list[str]:
     """Every PTE that maps ``frame`` and every TLB entry that caches it.
 
-    CPUs with shootdown IPIs not yet taken (MI policy) are skipped.  A frame
-    about to be freed must have none (pmap(9): remove, then pmap_update,
-    then free).
+    CPUs with shootdown IPIs not yet taken (MI policy) are skipped, and so
+    are dead entries (``live_tlb_entries``: a STALE CPU's user entries, an
+    ASID no pmap holds any more).  A frame about to be freed must have none
+    (pmap(9): remove, then pmap_update, then free).
     """
     out: list[str] = []
     for pm in m.pmap.pmaps:
@@ -187,10 +189,9 @@ def mappings_of(m: Machine, frame: int) -> list[str]:
     for cpu in m.cpus:
         if cpu.pending_ipis:
             continue
-        for (_asid, vpn), (tpm, snap) in cpu.tlb:
+        for tpm, va, snap in live_tlb_entries(m, cpu):
             if pte_frame(snap) == frame:
-                name = getattr(tpm, "name", "?")
-                out.append(f"CPU {cpu.index} TLB caches {name} {vpn << m.pmap.page_shift:#x}")
+                out.append(f"CPU {cpu.index} TLB caches {tpm.name} {va:#x}")
     return out
 
 

@@ -30,7 +30,10 @@ reference follows the hardware rules of :mod:`uvmloan.mmu` (a cached entry
 is used as it is; a write through a clean entry re-walks).  After a
 ``pmap_page_protect`` issued while no other CPU owes a ``pmap_update``, the
 page's managed mappings must already be protected on every CPU (the x86
-call is synchronous).  Counters must always equal ``counters_from(m.trace)``.
+call is synchronous).  The event counters of pmap_enter, pmap_kenter_pa and
+pmap_update must equal the number of calls the rules made, and the MMU's own
+TLB-hit and page-walk statistics the number each access must take by the
+hardware rules (one translation per access: a hit, or a walk).
 
 Run it from pytest with::
 
@@ -38,11 +41,13 @@ Run it from pytest with::
     TestPmap = PmapStateMachine.TestCase
     TestPmap.settings = hypothesis_settings()
 
-Extend it by subclassing: class attributes choose the profile
-(``profile_overrides``, e.g. ``{"tlb_policy": "mi-asid"}``) and the sizes
-(``NPAGES``, ``NUSER_VAS``, ``NKERNEL_VAS``, ``MIN_CPUS``/``MAX_CPUS``);
-override :meth:`configure` to change the fresh machine (switch on an
-injected bug: ``m.pmap.inject_skip_update = True``); add ``@rule`` methods
+Extend it by subclassing.  The machine is configured through the hooks
+every shipped machine shares (:mod:`uvmloan.testing.hooks`): ``NCPUS``
+(``None``, the default: drawn per example from ``MIN_CPUS``..``MAX_CPUS``),
+``MEMORY``, ``PROFILE``, ``PROFILE_OVERRIDES`` (e.g. ``{"tlb_policy":
+"mi-asid"}``), ``INJECT`` and the factory :meth:`make_machine` (override it
+to change the fresh machine: ``m.pmap.inject_skip_update = True``).  The
+sizes are ``NPAGES``, ``NUSER_VAS``, ``NKERNEL_VAS``; add ``@rule`` methods
 that call pmap operations through :meth:`on_cpu` and update the references
 with :meth:`ref_enter`/:meth:`ref_remove`/:meth:`mark_dirty` (or reuse
 :meth:`do_enter`; rules may draw earlier mappings from the ``mappings``
@@ -55,6 +60,7 @@ returns the "ci" (default) or "deep" settings profile (registered as
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -71,7 +77,8 @@ from ..param import UVM_PGA_ZERO, VMProt
 from ..pmap.cpu import CPU, TLBState
 from ..pmap.pmap import PMAP_WIRED, Pmap
 from ..pmap.pte import PTE_D, PTE_P, PTE_U, PTE_W, pte_frame
-from ..trace import counters_from
+from .failures import CheckFailure
+from .hooks import MachineHooks
 from .profiles import PROFILE_ENV, machine_settings, register_profiles
 
 __all__ = [
@@ -88,6 +95,8 @@ PMAP_SIZES = {"ci": (150, 30), "deep": (1500, 80)}
 R = VMProt.READ
 RW = VMProt.READ | VMProt.WRITE
 NONE = VMProt.NONE
+
+FAULTS = ("fault", "tlbfault")
 
 # Bytes of each frame that the machine reads and writes (the rest of the page
 # is never touched, so the reference need not hold it).
@@ -159,14 +168,18 @@ def pmap_state_snapshot(m: Machine) -> dict[str, Any]:
     }
 
 
-class PmapStateMachine(RuleBasedStateMachine):
+class PmapStateMachine(MachineHooks, RuleBasedStateMachine):
     """Random pmap/TLB/MMU operations on 2-4 CPUs against reference models.
 
     See the module docstring for what is checked and how to extend it.
     """
 
     # --- knobs for subclasses -------------------------------------------------
-    profile_overrides: ClassVar[dict[str, Any]] = {}
+    # The shared hooks (uvmloan.testing.hooks); NCPUS None: drawn per example
+    # from MIN_CPUS..MAX_CPUS.  MEMORY must hold NPAGES + 8 pages.
+    NCPUS: ClassVar[int | None] = None
+    MEMORY: ClassVar[int | str] = "256k"
+    TRACE: ClassVar[str] = "record"
     NPAGES: ClassVar[int] = 4
     NUSER_VAS: ClassVar[int] = 4
     NKERNEL_VAS: ClassVar[int] = 3
@@ -189,13 +202,10 @@ class PmapStateMachine(RuleBasedStateMachine):
 
     @initialize(n=st.integers(0, 255))
     def init_machine(self, n: int) -> None:
-        ncpus = self.MIN_CPUS + n % (self.MAX_CPUS - self.MIN_CPUS + 1)
-        m = Machine(
-            ncpus=ncpus,
-            npages=max(64, self.NPAGES + 8),
-            profile_overrides=dict(self.profile_overrides),
-            trace="record",
-        )
+        ncpus = self.NCPUS
+        if ncpus is None:
+            ncpus = self.MIN_CPUS + n % (self.MAX_CPUS - self.MIN_CPUS + 1)
+        m = self.make_machine(ncpus)
         # Pure hardware semantics: no VM layer resolves faults.
         m.platform.fault_handler = None
         self.m = m
@@ -217,14 +227,15 @@ class PmapStateMachine(RuleBasedStateMachine):
         self.referenced: dict[int, bool] = {pg.frame: False for pg in self.pages}
         self.modified: dict[int, bool] = {pg.frame: False for pg in self.pages}
         self.dirty: set[int] = set()
+        # What the rules did, counted here (not by the tracer): pmap(9) calls
+        # made, and the TLB hits and page walks the accesses must have taken.
+        self.calls: Counter[str] = Counter()
+        self.expect_hits = 0
+        self.expect_walks = 0
         # Every CPU starts out running a user process.
         for c in m.cpus:
             with m.on_cpu(c.index):
                 m.pmap.pmap_activate(self.pmaps[c.index % len(self.pmaps)], c)
-        self.configure(m)
-
-    def configure(self, m: Machine) -> None:
-        """Hook for subclasses: change the fresh machine (e.g. inject a bug)."""
 
     def teardown(self) -> None:
         if self.m is not None:
@@ -308,6 +319,7 @@ class PmapStateMachine(RuleBasedStateMachine):
             flags |= PMAP_WIRED
         with self.on_cpu(cpu):
             self.machine.pmap.pmap_enter(pm, va, pg.pa, prot, flags)
+        self.calls["pmap enter"] += 1
         self.mark_dirty(cpu)
         self.ref_enter(pm, va, pg.frame, writable)
         if flags & int(R):
@@ -388,6 +400,7 @@ class PmapStateMachine(RuleBasedStateMachine):
         pg = self.pages[pgi % len(self.pages)]
         with self.on_cpu(cpu):
             self.machine.pmap.pmap_kenter_pa(va, pg.pa, RW if writable else R, 0)
+        self.calls["pmap kenter_pa"] += 1
         self.mark_dirty(cpu)
         self.ref_enter(self.kpm, va, pg.frame, writable)
 
@@ -409,6 +422,7 @@ class PmapStateMachine(RuleBasedStateMachine):
         pms = [*self.pmaps, self.kpm]
         with self.on_cpu(cpu):
             self.machine.pmap.pmap_update(pms[pmi % len(pms)])
+        self.calls["pmap update"] += 1
         self.mark_flushed(cpu)
         if self.at_barrier:
             check_invariants(self.machine)
@@ -422,6 +436,7 @@ class PmapStateMachine(RuleBasedStateMachine):
             if c in self.dirty:
                 with m.on_cpu(c):
                     m.pmap.pmap_update(self.kpm)
+                self.calls["pmap update"] += 1
                 self.mark_flushed(c)
         check_invariants(m)
 
@@ -480,14 +495,16 @@ class PmapStateMachine(RuleBasedStateMachine):
                 if ent is None or ent[0] is not pm or pte_frame(ent[1]) != pg.frame:
                     continue
                 if prot == NONE:
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "page-protect",
                         f"pmap_page_protect(NONE) returned but CPU {cpu.index} still caches "
-                        f"{pm.name} {va:#x} -> frame {pg.frame}"
+                        f"{pm.name} {va:#x} -> frame {pg.frame}",
                     )
                 if ent[1] & PTE_W and ent[1] & PTE_D:
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "page-protect",
                         f"pmap_page_protect(READ) returned but CPU {cpu.index} can still write "
-                        f"{pm.name} {va:#x} -> frame {pg.frame} through a cached dirty entry"
+                        f"{pm.name} {va:#x} -> frame {pg.frame} through a cached dirty entry",
                     )
 
     @rule(cpu=st.integers(0, 15), pgi=st.integers(0, 15), which=st.sampled_from(["mod", "ref"]))
@@ -504,9 +521,11 @@ class PmapStateMachine(RuleBasedStateMachine):
                 expect = self.referenced[pg.frame]
                 self.referenced[pg.frame] = False
         self.mark_flushed(cpu)
-        assert was == expect, (
-            f"pmap_clear_{which}(frame {pg.frame}) returned {was}, expected {expect}"
-        )
+        if was != expect:
+            raise CheckFailure(
+                "attributes",
+                f"pmap_clear_{which}(frame {pg.frame}) returned {was}, expected {expect}",
+            )
         if self.at_barrier:
             check_invariants(self.machine)
 
@@ -530,7 +549,9 @@ class PmapStateMachine(RuleBasedStateMachine):
     def _predict(
         self, cpu: CPU, pm: Pmap, va: int, write: bool, user: bool, use_tlb: bool
     ) -> tuple[str, int]:
-        """What the MMU will do: ("hit"|"walk", frame) or ("fault", -1)."""
+        """What the MMU will do: ("hit"|"walk", frame), or ("fault", -1) for
+        a fault found by the page walk and ("tlbfault", -1) for one found by
+        the cached entry (no walk: SDM 4.10.4.1 drops the entry)."""
         m = self.machine
         vpn = va >> m.pmap.page_shift
         ent = None
@@ -549,7 +570,7 @@ class PmapStateMachine(RuleBasedStateMachine):
                 elif not snap & PTE_D:
                     walk = True
             if not ok:
-                return ("fault", -1)
+                return ("tlbfault", -1)
             if not walk:
                 return ("hit", pte_frame(snap))
         pte = pm.ptes.get(va, 0)
@@ -567,16 +588,24 @@ class PmapStateMachine(RuleBasedStateMachine):
         kind, frame = self._predict(cpu, pm, va, write, user, use_tlb=True)
         if self.at_barrier:
             truth = self._predict(cpu, pm, va, write, user, use_tlb=False)
-            if (kind == "fault") != (truth[0] == "fault") or (
-                kind != "fault" and frame != truth[1]
+            if (kind in FAULTS) != (truth[0] in FAULTS) or (
+                kind not in FAULTS and frame != truth[1]
             ):
-                raise AssertionError(
+                raise CheckFailure(
+                    "stale-tlb",
                     f"after the barrier CPU {cpu.index} {'writes' if write else 'reads'} "
                     f"{pm.name} {va:#x} through a stale TLB entry: {kind} frame {frame}, "
-                    f"page tables say {truth[0]} frame {truth[1]}"
+                    f"page tables say {truth[0]} frame {truth[1]}",
                 )
         expected_exc: type[BaseException] = SegmentationFault if user else KernelAssertion
-        if kind == "fault":
+        # The MMU's own statistics (kept by mmu.py, not by the tracer) must
+        # follow the hardware rules the prediction applies: one translation
+        # per access (WINDOW bytes never cross a page), a hit or a walk.
+        if kind == "hit":
+            self.expect_hits += 1
+        elif kind != "tlbfault":
+            self.expect_walks += 1
+        if kind in FAULTS:
             try:
                 if write:
                     assert data is not None
@@ -585,9 +614,10 @@ class PmapStateMachine(RuleBasedStateMachine):
                     m.mmu.load(cpu, va, WINDOW, user=user)
             except expected_exc:
                 return
-            raise AssertionError(
+            raise CheckFailure(
+                "fault",
                 f"CPU {cpu.index} {'wrote' if write else 'read'} {pm.name} {va:#x}; "
-                f"expected a {expected_exc.__name__}"
+                f"expected a {expected_exc.__name__}",
             )
         if write:
             assert data is not None
@@ -597,9 +627,10 @@ class PmapStateMachine(RuleBasedStateMachine):
             got = m.mmu.load(cpu, va, WINDOW, user=user)
             want = bytes(self.bytes[frame])
             if got != want:
-                raise AssertionError(
+                raise CheckFailure(
+                    "bytes",
                     f"CPU {cpu.index} read {pm.name} {va:#x} (frame {frame}): {got.hex()} "
-                    f"!= reference {want.hex()}"
+                    f"!= reference {want.hex()}",
                 )
         if kind == "walk" and not pm.is_kernel:
             self.referenced[frame] = True
@@ -686,6 +717,7 @@ class PmapStateMachine(RuleBasedStateMachine):
         )
         with m.on_cpu(c.index):
             m.pmap.pmap_update(pm)
+        self.calls["pmap update"] += 1
         self.mark_flushed(c.index)
         if self.at_barrier:
             check_invariants(m)
@@ -702,13 +734,16 @@ class PmapStateMachine(RuleBasedStateMachine):
         for pm in self.pmaps:
             got = {va: (pte_frame(p), bool(p & PTE_W)) for va, p in pm.ptes.items()}
             want = {va: v for (name, va), v in self.maps.items() if name == pm.name}
-            assert got == want, f"{pm.name} page table {got} != reference {want}"
+            if got != want:
+                raise CheckFailure("page-table", f"{pm.name} page table {got} != reference {want}")
         kgot = {va: (pte_frame(p), bool(p & PTE_W)) for va, p in self.kpm.ptes.items()}
-        assert kgot == self.kmaps, f"kernel page table {kgot} != reference {self.kmaps}"
+        if kgot != self.kmaps:
+            raise CheckFailure("page-table", f"kernel page table {kgot} != reference {self.kmaps}")
         for pg in self.pages:
             pv = sorted((pm.name, va) for pm, va in pg.mdpage.pv)
             want_pv = sorted(k for k, (f, _w) in self.maps.items() if f == pg.frame)
-            assert pv == want_pv, f"pv list of frame {pg.frame}: {pv} != {want_pv}"
+            if pv != want_pv:
+                raise CheckFailure("page-table", f"pv list of frame {pg.frame}: {pv} != {want_pv}")
         check_pages(m)
         check_pmaps(m)
 
@@ -719,11 +754,25 @@ class PmapStateMachine(RuleBasedStateMachine):
         pmm = self.m.pmap
         for pg in self.pages:
             mod, ref = pmm.pmap_is_modified(pg), pmm.pmap_is_referenced(pg)
-            assert mod == self.modified[pg.frame], f"pmap_is_modified(frame {pg.frame}) = {mod}"
-            assert ref == self.referenced[pg.frame], f"pmap_is_referenced(frame {pg.frame}) = {ref}"
+            if mod != self.modified[pg.frame]:
+                raise CheckFailure("attributes", f"pmap_is_modified(frame {pg.frame}) = {mod}")
+            if ref != self.referenced[pg.frame]:
+                raise CheckFailure("attributes", f"pmap_is_referenced(frame {pg.frame}) = {ref}")
 
     @invariant()
-    def counters_are_derived_from_the_trace(self) -> None:
+    def counters_match_the_operations(self) -> None:
+        """One event per pmap(9) call, by kind, against the machine's own
+        tally of the calls its rules made; the MMU's hit and walk statistics
+        against the hardware rules' prediction for every access."""
         if self.m is None:
             return
-        assert self.m.counters == counters_from(self.m.trace), "counters disagree with the trace"
+        m = self.m
+        for kind, n in self.calls.items():
+            if m.counters[kind] != n:
+                raise CheckFailure("counters", f"{m.counters[kind]} {kind!r} events for {n} calls")
+        if (m.mmu.tlb_hits, m.mmu.page_walks) != (self.expect_hits, self.expect_walks):
+            raise CheckFailure(
+                "counters",
+                f"MMU counted {m.mmu.tlb_hits} TLB hits and {m.mmu.page_walks} walks; "
+                f"the accesses take {self.expect_hits} and {self.expect_walks}",
+            )

@@ -66,7 +66,8 @@ Every step may also carry:
 
 * ``expect_error = "SegmentationFault"`` (any class in the exception's MRO:
   ``"UVMError"``, ``"ValueError"``, ``"KernelAssertion"`` ...), or
-  ``"UVMError:EACCES"`` to also match the errno name.  The step must raise
+  ``"UVMError:EACCES"`` to also match the errno name, or
+  ``"InvariantViolation:I3"`` to also match the invariant that fired.  The step must raise
   it; any other outcome fails the scenario.
 * ``unchanged = true`` (or a list of aspects, see ``ASPECTS``): the model
   state after the step must equal the state before it.  Counters, TLB
@@ -705,13 +706,17 @@ def _build_machine(sc: Scenario) -> Machine:
 
 
 def _match_error(exc: BaseException, spec: str) -> bool:
-    name, _, errname = spec.partition(":")
+    name, _, detail = spec.partition(":")
     if not any(c.__name__ == name for c in type(exc).__mro__):
         return False
-    if errname:
-        code = getattr(exc, "errno", None)
-        return code is not None and _errno.errorcode.get(code) == errname
-    return True
+    if not detail:
+        return True
+    # "InvariantViolation:I3" names the invariant that must fire.
+    invariant = getattr(exc, "invariant", None)
+    if invariant is not None:
+        return bool(invariant == detail)
+    code = getattr(exc, "errno", None)
+    return code is not None and _errno.errorcode.get(code) == detail
 
 
 def _validate_keys(

@@ -54,10 +54,11 @@ Use it from pytest::
     TestVM.settings = vm_settings()
 
 ``vm_settings()`` reads ``UVMLOAN_HYPOTHESIS_PROFILE`` (``default`` or
-``deep``).  Subclass and change the class attributes (``NCPUS``,
-``MAX_PROCS``, ``MAX_PAGES`` ...) to explore other shapes; set
-``INJECT`` to a name from ``uvmloan.inject.BUGS`` to run against a broken
-model.
+``deep``).  Subclass to explore other shapes: the machine through the hooks
+every shipped machine shares (:mod:`uvmloan.testing.hooks`: ``NCPUS``,
+``MEMORY``, ``PROFILE``, ``PROFILE_OVERRIDES``, ``INJECT`` with names from
+``uvmloan.inject.BUGS``, and the factory :meth:`make_machine`), the world
+through ``PAGE_SIZE``, ``MAX_PROCS``, ``MAX_PAGES`` ...
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ from ..param import (
 )
 from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
 from ..process import Process
+from .failures import CheckFailure
+from .hooks import MachineHooks
 
 ANON_PRIVATE = "anon-private"
 ANON_SHARED = "anon-shared"
@@ -236,11 +239,11 @@ def vm_settings(profile: str | None = None, **overrides: Any) -> settings:
     return settings(**kw)
 
 
-class VMStateMachine(RuleBasedStateMachine):
+class VMStateMachine(MachineHooks, RuleBasedStateMachine):
     """Processes, mappings, forks, wiring and file I/O against a reference model."""
 
-    NCPUS: ClassVar[int] = 2
-    MEMORY: ClassVar[str] = "4M"
+    NCPUS: ClassVar[int | None] = 2
+    MEMORY: ClassVar[int | str] = "4M"
     PAGE_SIZE: ClassVar[int] = 4096
     MAX_PROCS: ClassVar[int] = 5  # fork stops here; spawn only below 2
     MAX_REGIONS: ClassVar[int] = 5
@@ -250,18 +253,11 @@ class VMStateMachine(RuleBasedStateMachine):
     # Generate truncates that cut off pages wired through a shared mapping
     # (see the module docstring: the model keeps them, NetBSD frees them).
     TRUNCATE_WIRED: ClassVar[bool] = False
-    INJECT: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         super().__init__()
-        self.m = Machine(
-            ncpus=self.NCPUS, memory=self.MEMORY, page_size=self.PAGE_SIZE, trace="counters"
-        )
-        if self.INJECT is not None:
-            from ..inject import inject
-
-            inject(self.m, self.INJECT)
-        self.ps = self.PAGE_SIZE
+        self.m: Machine = self.make_machine()
+        self.ps = self.m.page_size
         self.procs: list[RefProc] = []
         self.files: list[RefFile] = []
         self.nspawned = 0
@@ -271,6 +267,9 @@ class VMStateMachine(RuleBasedStateMachine):
         self.wiring_exact = True
 
     # ------------------------------------------------------------ helpers
+
+    def machine_options(self) -> dict[str, Any]:
+        return {"page_size": self.PAGE_SIZE}
 
     def _spawn(self, cpu: int) -> None:
         self.nspawned += 1
@@ -394,7 +393,7 @@ class VMStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.procs) < 2)
     @rule(cpu=st.integers(0, 7))
     def spawn(self, cpu: int) -> None:
-        self._spawn(cpu % self.NCPUS)
+        self._spawn(cpu % self.m.ncpus)
 
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), kind=st.sampled_from(KINDS), prot=st.sampled_from(MMAP_PROTS))
@@ -451,7 +450,7 @@ class VMStateMachine(RuleBasedStateMachine):
     def _read_one(self, data: st.DataObject) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         self._read_checked(rp, va, n, cpu)
 
     def _read_checked(self, rp: RefProc, va: int, n: int, cpu: int) -> None:
@@ -461,12 +460,14 @@ class VMStateMachine(RuleBasedStateMachine):
             try:
                 got = rp.proc.read(va, n, cpu=cpu)
             except SegmentationFault as e:
-                assert e.va == bad, f"read fault at {e.va:#x}, expected at {bad:#x}"
+                if e.va != bad:
+                    raise CheckFailure("fault", f"read fault at {e.va:#x}, not {bad:#x}") from e
                 if rp.pages.get(bad) is not None and rp.pages[bad].beyond_eof():
                     event("read: SIGSEGV past EOF")
                 return
-            raise AssertionError(
-                f"read of {n} bytes at {va:#x} gave {got[:8]!r}...; expected SIGSEGV at {bad:#x}"
+            raise CheckFailure(
+                "fault",
+                f"read of {n} bytes at {va:#x} gave {got[:8]!r}...; expected SIGSEGV at {bad:#x}",
             )
         got = rp.proc.read(va, n, cpu=cpu)
         want = self._ref_bytes(rp, va, n)
@@ -476,9 +477,10 @@ class VMStateMachine(RuleBasedStateMachine):
                 event("read: a private copy past EOF")
         if got != want:
             i = next(i for i in range(n) if got[i] != want[i])
-            raise AssertionError(
+            raise CheckFailure(
+                "bytes",
                 f"{rp.proc.name} read {n} bytes at {va:#x} on CPU {cpu}: byte {i} "
-                f"(va {va + i:#x}) is {got[i]:#x}, the reference says {want[i]:#x}"
+                f"(va {va + i:#x}) is {got[i]:#x}, the reference says {want[i]:#x}",
             )
 
     def _probe_file(self, data: st.DataObject, f: RefFile) -> None:
@@ -492,7 +494,7 @@ class VMStateMachine(RuleBasedStateMachine):
         if not cands or not data.draw(st.booleans(), label="probe"):
             return
         rp, va = cands[self._index(data, len(cands), "probe page")]
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         self._read_checked(rp, va, self.ps, cpu)
 
     def _ref_bytes(self, rp: RefProc, va: int, n: int) -> bytes:
@@ -514,7 +516,7 @@ class VMStateMachine(RuleBasedStateMachine):
     def _write_one(self, data: st.DataObject, seed: int) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         self._write_checked(rp, va, bytes((seed + 7 * i) % 256 for i in range(n)), cpu)
 
     def _write_checked(self, rp: RefProc, va: int, payload: bytes, cpu: int) -> None:
@@ -524,10 +526,15 @@ class VMStateMachine(RuleBasedStateMachine):
         try:
             rp.proc.write(va, payload, cpu=cpu)
         except SegmentationFault as e:
-            assert bad is not None, f"write at {va:#x} ({n} bytes) raised {e}"
-            assert e.va == bad, f"write fault at {e.va:#x}, expected at {bad:#x}"
+            if not (bad is not None):
+                raise CheckFailure("fault", f"write at {va:#x} ({n} bytes) raised {e}") from e
+            if e.va != bad:
+                raise CheckFailure("fault", f"write fault at {e.va:#x}, not {bad:#x}") from e
             return
-        assert bad is None, f"write of {n} bytes at {va:#x} worked; expected SIGSEGV at {bad:#x}"
+        if bad is not None:
+            raise CheckFailure(
+                "fault", f"write of {n} bytes at {va:#x} worked; expected SIGSEGV at {bad:#x}"
+            )
         pos, end, i = va, va + n, 0
         while pos < end:
             base = pos - pos % self.ps
@@ -544,7 +551,7 @@ class VMStateMachine(RuleBasedStateMachine):
         the child at once (``amap_cow_now``), the parent keeps its wired page
         mapped as before (still writable), the child's copy is unwired."""
         rp = self._pick_proc(data)
-        cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
         wired: list[tuple[int, RefPage, Page, int]] = []
         if self.wiring_exact:
             for va, pg in sorted(rp.pages.items()):
@@ -559,25 +566,36 @@ class VMStateMachine(RuleBasedStateMachine):
             pte = rp.proc.pmap.pte(va)
             # uvmspace_fork write-protects the parent's copy-on-write ranges
             # (a wired one is copied instead), so the next store copies.
-            assert pg.wired or pg.kind not in PRIVATE_KINDS or not pte & PTE_W, (
-                f"fork of {rp.proc.name}: private page {va:#x} ({pg.kind}) is still "
-                f"writable in the parent: {pte_str(pte)}"
-            )
+            if not (pg.wired or pg.kind not in PRIVATE_KINDS or not pte & PTE_W):
+                raise CheckFailure(
+                    "page-table",
+                    f"fork of {rp.proc.name}: private page {va:#x} ({pg.kind}) is still "
+                    f"writable in the parent: {pte_str(pte)}",
+                )
         if wired:
             event("fork: with wired pages")
         for va, pg, mpg, pte in wired:
             who = f"fork of {rp.proc.name}: wired {pg.kind} page {va:#x}"
-            assert self._model_page(rp, va) is mpg, f"{who}: the parent's page changed"
+            if self._model_page(rp, va) is not mpg:
+                raise CheckFailure("wiring", f"{who}: the parent's page changed")
             now = rp.proc.pmap.pte(va)
-            assert now == pte, f"{who}: parent PTE {pte_str(pte)} became {pte_str(now)}"
+            if now != pte:
+                raise CheckFailure(
+                    "wiring", f"{who}: parent PTE {pte_str(pte)} became {pte_str(now)}"
+                )
             cpg = self._model_page(crp, va)
             if pg.kind in PRIVATE_KINDS:
-                assert cpg is not None and cpg is not mpg, (
-                    f"{who}: the child has no private copy ({cpg!r}, parent {mpg!r})"
-                )
-                assert cpg.wire_count == 0, f"{who}: the child's copy {cpg!r} is wired"
+                if not (cpg is not None and cpg is not mpg):
+                    raise CheckFailure(
+                        "wiring", f"{who}: the child has no private copy ({cpg!r}, parent {mpg!r})"
+                    )
+                if cpg.wire_count != 0:
+                    raise CheckFailure("wiring", f"{who}: the child's copy {cpg!r} is wired")
             else:
-                assert cpg is mpg, f"{who}: the child does not share it ({cpg!r} vs {mpg!r})"
+                if cpg is not mpg:
+                    raise CheckFailure(
+                        "wiring", f"{who}: the child does not share it ({cpg!r} vs {mpg!r})"
+                    )
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
@@ -610,17 +628,21 @@ class VMStateMachine(RuleBasedStateMachine):
             try:
                 rp.proc.mprotect(vas[0], len(vas) * self.ps, pr)
             except UVMError as e:
-                assert hole and e.errno == ENOMEM, (
-                    f"mprotect [{vas[0]:#x}, +{len(vas)}p) raised {e}"
-                )
+                if not (hole and e.errno == ENOMEM):
+                    raise CheckFailure(
+                        "errno", f"mprotect [{vas[0]:#x}, +{len(vas)}p) raised {e}"
+                    ) from e
                 return
-            assert not hole, f"mprotect over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+            if hole:
+                raise CheckFailure(
+                    "errno", f"mprotect over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+                )
             for v in vas:
                 rp.pages[v].prot = pr
         if len(prots) > 1:
             # Use the first page again, as a program that dropped write
             # access for a while would.
-            cpu = data.draw(st.integers(0, self.NCPUS - 1), label="cpu")
+            cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
             if data.draw(st.booleans(), label="store"):
                 seed = data.draw(st.integers(0, 255), label="seed")
                 self._write_checked(rp, vas[0], bytes([seed]) * 16, cpu)
@@ -651,10 +673,17 @@ class VMStateMachine(RuleBasedStateMachine):
             rp.proc.mlock(vas[0], len(vas) * self.ps)
         except UVMError as e:
             event(f"mlock: errno {e.errno}")
-            assert want is not None, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}"
-            assert e.errno == want, f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}, want {want}"
+            if not (want is not None):
+                raise CheckFailure("errno", f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}") from e
+            if e.errno != want:
+                raise CheckFailure(
+                    "errno", f"mlock [{vas[0]:#x}, +{len(vas)}p) raised {e}, want {want}"
+                ) from e
             return
-        assert want is None, f"mlock [{vas[0]:#x}, +{len(vas)}p) worked; want errno {want}"
+        if want is not None:
+            raise CheckFailure(
+                "errno", f"mlock [{vas[0]:#x}, +{len(vas)}p) worked; want errno {want}"
+            )
         event("mlock: wired" + (" (some already)" if len(newly) < len(vas) else ""))
         for v in vas:
             rp.pages[v].wired = True
@@ -664,18 +693,23 @@ class VMStateMachine(RuleBasedStateMachine):
             pg = rp.pages[v]
             mpg = self._wired_page(rp, v)
             who = f"after mlock, {rp.proc.name} {v:#x} ({pg.kind})"
-            assert mpg.wire_count >= 1, f"{who}: {mpg!r} is not wired"
+            if not (mpg.wire_count >= 1):
+                raise CheckFailure("wiring", f"{who}: {mpg!r} is not wired")
             pte = rp.proc.pmap.pte(v)
             if v in newly:
-                assert pte & PTE_P, f"{who}: no PTE"
-                if pg.kind in PRIVATE_KINDS:
-                    assert mpg.flags & PG.ANON, f"{who}: {mpg!r} is not a private anon page"
-                assert bool(pte & PTE_W) == bool(pg.prot & VM_PROT_WRITE), (
-                    f"{who}: PTE {pte_str(pte)} for protection {pg.prot}"
-                )
+                if not (pte & PTE_P):
+                    raise CheckFailure("wiring", f"{who}: no PTE")
+                if pg.kind in PRIVATE_KINDS and not (mpg.flags & PG.ANON):
+                    raise CheckFailure("wiring", f"{who}: {mpg!r} is not a private anon page")
+                if bool(pte & PTE_W) != bool(pg.prot & VM_PROT_WRITE):
+                    raise CheckFailure(
+                        "wiring", f"{who}: PTE {pte_str(pte)} for protection {pg.prot}"
+                    )
             if pte & PTE_P:
-                assert pte & PTE_WIRED, f"{who}: PTE {pte_str(pte)} lacks PTE_WIRED"
-                assert pte_frame(pte) == mpg.frame, f"{who}: PTE {pte_str(pte)} maps not {mpg!r}"
+                if not (pte & PTE_WIRED):
+                    raise CheckFailure("wiring", f"{who}: PTE {pte_str(pte)} lacks PTE_WIRED")
+                if pte_frame(pte) != mpg.frame:
+                    raise CheckFailure("wiring", f"{who}: PTE {pte_str(pte)} maps not {mpg!r}")
 
     def _expect_mlock(self, rp: RefProc, vas: list[int]) -> int | None:
         """The errno mlock must fail with (None: success), applying the
@@ -713,19 +747,27 @@ class VMStateMachine(RuleBasedStateMachine):
         try:
             rp.proc.munlock(vas[0], len(vas) * self.ps)
         except UVMError as e:
-            assert hole and e.errno == ENOMEM, f"munlock [{vas[0]:#x}, +{len(vas)}p) raised {e}"
+            if not (hole and e.errno == ENOMEM):
+                raise CheckFailure("errno", f"munlock [{vas[0]:#x}, +{len(vas)}p): {e}") from e
             return
-        assert not hole, f"munlock over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+        if hole:
+            raise CheckFailure(
+                "errno", f"munlock over a hole at [{vas[0]:#x}, +{len(vas)}p) succeeded"
+            )
         for v in vas:
             rp.pages[v].wired = False
             pte = rp.proc.pmap.pte(v)
-            assert not pte & PTE_WIRED, f"after munlock, {v:#x} has PTE {pte_str(pte)}"
+            if pte & PTE_WIRED:
+                raise CheckFailure("wiring", f"after munlock, {v:#x} has PTE {pte_str(pte)}")
         if before:
             event("munlock: unwired pages")
         for frame, (mpg, count) in before.items():
-            assert mpg.wire_count == count - drops[frame], (
-                f"munlock of {drops[frame]} wired mapping(s) of {mpg!r}: wire_count was {count}"
-            )
+            if mpg.wire_count != count - drops[frame]:
+                raise CheckFailure(
+                    "wiring",
+                    f"munlock of {drops[frame]} wired mapping(s) of {mpg!r}: "
+                    f"wire_count was {count}",
+                )
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())
@@ -743,12 +785,13 @@ class VMStateMachine(RuleBasedStateMachine):
         self.procs.remove(rp)
         for frame in frames:
             left = self.m.uvm.pages.get(frame)
-            assert left is None, f"exit of {rp.proc.name} left its wired page {left!r}"
+            if left is not None:
+                raise CheckFailure("wiring", f"exit of {rp.proc.name} left its wired page {left!r}")
 
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), cpu=st.integers(0, 7))
     def run_on(self, data: st.DataObject, cpu: int) -> None:
-        self._pick_proc(data).proc.run_on(cpu % self.NCPUS)
+        self._pick_proc(data).proc.run_on(cpu % self.m.ncpus)
 
     @rule(data=st.data(), what=st.sampled_from(("write", "read", "fsync")))
     def file_io(self, data: st.DataObject, what: str) -> None:
@@ -759,23 +802,28 @@ class VMStateMachine(RuleBasedStateMachine):
         if what == "fsync":
             with self.m.on_cpu(0):
                 f.vn.fsync()
-            assert f.vn.backing == f.data, f"fsync of {f.vn.name}: the disk differs from read(2)"
+            if f.vn.backing != f.data:
+                raise CheckFailure("bytes", f"fsync of {f.vn.name}: the disk differs from read(2)")
             return
         if what == "read":
             off = data.draw(st.integers(0, f.size + 9), label="offset")
             n = data.draw(st.integers(1, 2 * ps), label="n")
             got = f.vn.read(off, n)
-            assert got == f.data[off : off + n], f"read(2) of {f.vn.name} at {off}, {n} bytes"
+            if got != f.data[off : off + n]:
+                raise CheckFailure("bytes", f"read(2) of {f.vn.name} at {off}, {n} bytes")
             return
         limit = self.MAX_FILE_PAGES * ps
         off = data.draw(st.integers(0, min(f.size + ps, limit - 1)), label="offset")
         n = data.draw(st.integers(1, min(limit - off, ps + 9)), label="n")
         seed = data.draw(st.integers(0, 255), label="seed")
         payload = bytes((seed * 3 + i) % 256 for i in range(n))
-        with self.m.on_cpu(data.draw(st.integers(0, self.NCPUS - 1), label="cpu")):
+        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
             assert f.vn.write(off, payload) == n
         f.write(off, payload)
-        assert f.vn.size == f.size, f"write(2) left {f.vn.name} {f.vn.size} bytes, want {f.size}"
+        if f.vn.size != f.size:
+            raise CheckFailure(
+                "bytes", f"write(2) left {f.vn.name} {f.vn.size} bytes, want {f.size}"
+            )
         self._probe_file(data, f)
 
     @rule(data=st.data())
@@ -807,10 +855,11 @@ class VMStateMachine(RuleBasedStateMachine):
             else:
                 size = lowest
         event("truncate: " + ("shrink" if size < f.size else "grow or keep"))
-        with self.m.on_cpu(data.draw(st.integers(0, self.NCPUS - 1), label="cpu")):
+        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
             f.vn.truncate(size)
         f.truncate(size)
-        assert f.vn.size == size, f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}"
+        if f.vn.size != size:
+            raise CheckFailure("bytes", f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}")
         self._probe_file(data, f)
 
     # -------------------------------------------------------- invariants
@@ -842,21 +891,30 @@ class VMStateMachine(RuleBasedStateMachine):
                 pte = pmap.pte(va)
                 where = f"{rp.proc.name} {va:#x} ({pg.kind})"
                 if not pg.wired:
-                    assert not pte & PTE_WIRED, (
-                        f"{where} is not wired but its PTE is {pte_str(pte)}"
-                    )
+                    if pte & PTE_WIRED:
+                        raise CheckFailure(
+                            "wiring", f"{where} is not wired but its PTE is {pte_str(pte)}"
+                        )
                     continue
                 mpg = self._wired_page(rp, va)
                 n = want[pg.key()]
-                assert mpg.wire_count == n, (
-                    f"{where}: {mpg!r} has wire_count {mpg.wire_count}, wired by {n} mapping(s)"
-                )
+                if mpg.wire_count != n:
+                    raise CheckFailure(
+                        "wiring",
+                        f"{where}: {mpg!r} has wire_count {mpg.wire_count}, "
+                        f"wired by {n} mapping(s)",
+                    )
                 seen.add(mpg.frame)
                 if pte & PTE_P:
-                    assert pte & PTE_WIRED, f"{where} is wired but its PTE is {pte_str(pte)}"
-                    assert pte_frame(pte) == mpg.frame, f"{where}: PTE {pte_str(pte)}, not {mpg!r}"
+                    if not (pte & PTE_WIRED):
+                        raise CheckFailure(
+                            "wiring", f"{where} is wired but its PTE is {pte_str(pte)}"
+                        )
+                    if pte_frame(pte) != mpg.frame:
+                        raise CheckFailure("wiring", f"{where}: PTE {pte_str(pte)}, not {mpg!r}")
         for frame, mpg in self.m.uvm.pages.items():
-            assert not mpg.wire_count or frame in seen, f"{mpg!r} is wired by no wired mapping"
+            if not (not mpg.wire_count or frame in seen):
+                raise CheckFailure("wiring", f"{mpg!r} is wired by no wired mapping")
 
     def check_all_memory(self) -> None:
         """Every readable page of every process holds what the reference says
@@ -869,19 +927,24 @@ class VMStateMachine(RuleBasedStateMachine):
                     try:
                         got = rp.proc.read(va, self.ps)
                     except SegmentationFault as e:
-                        assert e.va == va, f"read fault at {e.va:#x}, expected at {va:#x}"
+                        if e.va != va:
+                            raise CheckFailure(
+                                "fault", f"read fault at {e.va:#x}, expected at {va:#x}"
+                            ) from e
                         continue
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "fault",
                         f"{rp.proc.name} page {va:#x} ({pg.kind}) is past end of file but "
-                        f"read {got[:8]!r}..."
+                        f"read {got[:8]!r}...",
                     )
                 got = rp.proc.read(va, self.ps)
                 want = bytes(pg.view())
                 if got != want:
                     i = next(i for i in range(self.ps) if got[i] != want[i])
-                    raise AssertionError(
+                    raise CheckFailure(
+                        "bytes",
                         f"{rp.proc.name} page {va:#x} ({pg.kind}): byte {i} is {got[i]:#x}, "
-                        f"the reference says {want[i]:#x}"
+                        f"the reference says {want[i]:#x}",
                     )
 
     @rule()
@@ -894,7 +957,8 @@ class VMStateMachine(RuleBasedStateMachine):
         try:
             self.check_all_memory()
             for f in self.files:
-                assert f.vn.read(0, f.size + 1) == f.data, f"read(2) of all of {f.vn.name}"
+                if f.vn.read(0, f.size + 1) != f.data:
+                    raise CheckFailure("bytes", f"read(2) of all of {f.vn.name}")
             for rp in list(self.procs):
                 rp.proc.exit()
             self.procs.clear()
@@ -908,11 +972,19 @@ class VMStateMachine(RuleBasedStateMachine):
             ]
             cache = sum(len(f.vn.uo_pages) for f in self.files)
             leftover = [pg for pg in uvm.pages.values() if pg not in kept]
-            assert not leftover, f"pages still allocated after every process exited: {leftover}"
-            assert len(kept) >= cache and uvm.allocated == len(kept)
-            assert uvm.free_count == uvm.npages - len(kept)
+            if leftover:
+                raise CheckFailure(
+                    "leak", f"pages still allocated after every process exited: {leftover}"
+                )
+            if not (len(kept) >= cache and uvm.allocated == len(kept)):
+                raise CheckFailure(
+                    "leak", "len(kept) >= cache and uvm.allocated == len(kept) failed"
+                )
+            if uvm.free_count != uvm.npages - len(kept):
+                raise CheckFailure("leak", "uvm.free_count == uvm.npages - len(kept) failed")
             wired = [pg for pg in kept if pg.wire_count]
-            assert not wired, f"pages still wired after every process exited: {wired}"
+            if wired:
+                raise CheckFailure("leak", f"pages still wired after every process exited: {wired}")
         finally:
             self.closed = True
             self.m.close()
