@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import pytest
 from helpers import PS, machine_fixture
+from hypothesis import Phase
 
+import uvmloan.fault as fault_mod
 from uvmloan import MAP_SHARED, VM_PROT_READ, VM_PROT_WRITE, Machine, UVMError
 from uvmloan.errors import KernelAssertion, SegmentationFault
 from uvmloan.fault import uvm_fault
@@ -30,6 +32,8 @@ from uvmloan.param import EFAULT, EINVAL, PG
 from uvmloan.pdaemon import uvmpd_reclaim_page
 from uvmloan.pmap.pte import PTE_P, PTE_W, PTE_WIRED
 from uvmloan.process import Process
+from uvmloan.testing import run_machine
+from uvmloan.testing.vm_machine import VMStateMachine, vm_settings
 
 m = machine_fixture(ncpus=2, memory="1M", check=True)
 RW = VM_PROT_READ | VM_PROT_WRITE
@@ -282,3 +286,29 @@ def test_protection_failure_is_efault_and_sigsegv(m: Machine) -> None:
     assert ei.value.errno == EFAULT and "protection" in str(ei.value)
     with pytest.raises(SegmentationFault):
         p.write(va, b"x")
+
+
+def test_state_machine_finds_a_wired_entry_fault_that_does_not_wire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Put the old bug back (a fault on a wired entry sets wire_mapping only,
+    not wire_paging): the VM state machine's prediction of wired-entry
+    refaults, not another check, must catch it."""
+    real_check = fault_mod.uvm_fault_check
+
+    def check(flt: fault_mod.FaultCtx) -> int:
+        err = real_check(flt)
+        flt.wire_paging = flt.fault_wire
+        return err
+
+    monkeypatch.setattr(fault_mod, "uvm_fault_check", check)
+    hunt = vm_settings(
+        "default",
+        max_examples=300,
+        derandomize=True,
+        database=None,
+        phases=(Phase.explicit, Phase.generate),
+        print_blob=False,
+    )
+    with pytest.raises(AssertionError, match=r"fault\(s\) on a wired entry"):
+        run_machine(VMStateMachine, settings=hunt)

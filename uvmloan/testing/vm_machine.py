@@ -965,8 +965,15 @@ class VMStateMachine(RuleBasedStateMachine):
             # freed a wired page the count is unknown: a refault through the
             # still-wired entry wires the new page, and munmap may unwire it.
             if self.wiring_exact:
-                wired = [pg for pg in kept if pg.wire_count != self.extra_wires[pg]]
-                assert not wired, f"pages still wired after every process exited: {wired}"
+                wired = [
+                    (pg, self.extra_wires[pg])
+                    for pg in kept
+                    if pg.wire_count != self.extra_wires[pg]
+                ]
+                assert not wired, (
+                    "pages wired otherwise than by their fault(s) on a wired entry after"
+                    f" every process exited: {wired}"
+                )
         finally:
             self.closed = True
             self.m.close()
