@@ -488,6 +488,13 @@ def test_enomem_during_object_break_changes_nothing(m: Machine) -> None:
     before["tlb"][0] = [e for e in before["tlb"][0] if e[0] != (0, fva >> 12)]
     with pytest.raises(UVMError) as ei:
         p.write(fva, b"x")
+    # One change, as in NetBSD: the pager started the page's dirtiness
+    # tracking for the write before the break failed (genfs_io.c 1.100
+    # genfs_getpages: CLEAN -> UNKNOWN, uvm_page_status.c 1.6).
+    pg = vn.uvm_pagelookup(0)
+    assert pg is not None and not pg.flags & (PG.CLEAN | PG.DIRTY)
+    fl, *rest = before["pages"][pg.frame]
+    before["pages"][pg.frame] = (fl & ~PG.CLEAN, *rest)
     assert ei.value.errno == ENOMEM and machine_snapshot(m) == before
     with pytest.raises(UVMError) as ei2:
         vn.write(0, b"x")  # ubc_fault_page: NULL -> ENOMEM

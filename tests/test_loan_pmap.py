@@ -99,7 +99,12 @@ def test_clean_cached_entry_needs_no_shootdown_but_faults(m4: Machine) -> None:
     vn = m.vnode(b"c" * PS)
     p = m.spawn("reader", cpu=1)
     fva = p.mmap(PS, flags=MAP_SHARED, obj=vn)
-    p.read(fva, 1)  # read fault on a shared writable mapping: W set, D clear
+    # A CLEAN page is entered read-only (uvm_fault.c 1.226
+    # uvm_fault_lower_enter, uvm_pagereadonly_p in uvm_page.c 1.246), so
+    # write(2) makes the page DIRTY first; then a read fault on the shared
+    # writable mapping enters it with W set and D clear.
+    vn.write(0, b"c")
+    p.read(fva, 1)
     pg = vn.uvm_pagelookup(0)
     assert pg is not None
     pte = p.map.pmap.pte(fva)

@@ -41,15 +41,18 @@ SEEDS = (1, 2, 3, 4, 5)
 def test_injected_fault_on_wired_entry_without_wire_mapping_is_found(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Only the mlock fault itself (wire_paging) enters PMAP_WIRED; a later
-    fault on the wired entry (after mprotect PROT_NONE and back, say) enters
-    a plain PTE.  The state machine's wiring invariant must notice."""
+    """Only the mlock fault itself (UVM_FAULT_WIRE) enters PMAP_WIRED; a
+    later fault on the wired entry (after mprotect PROT_NONE and back, say)
+    enters a plain PTE.  The state machine's wiring invariant must notice.
+    (Since uvm_fault_check sets wire_paging too for a wired entry, uvm_fault.c
+    1.224/1.226, the injected bug now clears both, keyed on fault_wire.)"""
     real_check = fault_mod.uvm_fault_check
 
     def check(flt: fault_mod.FaultCtx) -> int:
         err = real_check(flt)
-        if not flt.wire_paging:
+        if not flt.fault_wire:
             flt.wire_mapping = False
+            flt.wire_paging = False
         return err
 
     monkeypatch.setattr(fault_mod, "uvm_fault_check", check)

@@ -17,7 +17,8 @@ import attrs
 from sortedcontainers import SortedDict
 
 from .errors import KernelAssertion, MachineClosed, UVMError
-from .param import ENOMEM, PG, VM_PROT_NONE
+from .page import UVM_PAGE_STATUS_CLEAN, UVM_PAGE_STATUS_DIRTY, UVM_PAGE_STATUS_UNKNOWN
+from .param import ENOMEM, PG, VM_PROT_EXECUTE, VM_PROT_NONE, VM_PROT_READ, VM_PROT_WRITE
 
 if TYPE_CHECKING:
     from .page import Page, PageAllocator
@@ -79,23 +80,30 @@ class UVMObject:
         """Pager-specific initial contents of a page just allocated."""
         self.uvm.uvm_pagezero(pg)
 
-    def pgo_get(self, off: int, flags: int = 0) -> Page:
+    def pgo_get(self, off: int, flags: int = 0, access_type: int = VM_PROT_READ) -> Page:
         """Return the resident page at ``off``, bringing it in if needed.
 
-        Raises UVMError(ENOMEM) when no page can be allocated (the caller
-        waits or fails; nothing has changed).
+        A page read in from the backing store is CLEAN; a request with
+        ``VM_PROT_WRITE`` in ``access_type`` starts the page's dirtiness
+        tracking: CLEAN -> UNKNOWN (genfs_io.c 1.100 ``genfs_getpages``,
+        both the PGO_LOCKED and the I/O path: "for a write fault, start
+        dirtiness tracking of requested pages").  Raises UVMError(ENOMEM)
+        when no page can be allocated (the caller waits or fails; nothing
+        has changed).
         """
         if off % self.page_size or off < 0:
             raise ValueError(f"pgo_get: offset {off:#x} is not a page-aligned offset")
+        uvm = self.uvm
         pg = self.uo_pages.get(off)
-        if pg is not None:
-            return pg
-        pg = self.uvm.uvm_pagealloc(self, off, None, 0)
         if pg is None:
-            raise UVMError(ENOMEM, f"{self.name}: no free page for offset {off:#x}")
-        self._fill_new_page(pg)
-        pg.flags &= ~(PG.BUSY | PG.FAKE)
-        self.uvm.uvm_pageactivate(pg)
+            pg = uvm.uvm_pagealloc(self, off, None, 0)
+            if pg is None:
+                raise UVMError(ENOMEM, f"{self.name}: no free page for offset {off:#x}")
+            self._fill_new_page(pg)
+            pg.flags &= ~(PG.BUSY | PG.FAKE)
+            uvm.uvm_pageactivate(pg)
+        if access_type & VM_PROT_WRITE and uvm.uvm_pagegetdirty(pg) == UVM_PAGE_STATUS_CLEAN:
+            uvm.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_UNKNOWN)
         return pg
 
     def _writeback(self, pg: Page) -> None:
@@ -119,12 +127,29 @@ class UVMObject:
         else:
             offs = list(self.uo_pages.irange(start, end, inclusive=(True, False)))
         freed = 0
+        # genfs_do_putpages (genfs_io.c 1.100): without FREE/DEACTIVATE only
+        # possibly-dirty pages are visited (dirtyonly); a page is cleaned by
+        # uvm_pagecheckdirty, CLEAN if it was write-protected first (always,
+        # for PGO_FREE; for cleaning, while no wired page was met: cleanall),
+        # else UNKNOWN, and written back if it was modified.
+        dirtyonly = not flags & (PGO_FREE | PGO_DEACTIVATE)
+        cleanall = True
         for off in offs:
             pg = self.uo_pages[off]
-            if flags & PGO_CLEANIT and (pg.flags & PG.DIRTY or pmap.pmap_is_modified(pg)):
-                self._writeback(pg)
-                pmap.pmap_clear_modify(pg)
-                pg.flags = (pg.flags & ~PG.DIRTY) | PG.CLEAN
+            if dirtyonly and uvm.uvm_pagegetdirty(pg) == UVM_PAGE_STATUS_CLEAN:
+                continue
+            if flags & PGO_CLEANIT:
+                pgprotected = False
+                if flags & PGO_FREE:
+                    pmap.pmap_page_protect(pg, VM_PROT_NONE)
+                    pgprotected = True
+                elif cleanall and pg.wire_count == 0:
+                    pmap.pmap_page_protect(pg, VM_PROT_READ | VM_PROT_EXECUTE)
+                    pgprotected = True
+                else:
+                    cleanall = False
+                if uvm.uvm_pagecheckdirty(pg, pgprotected):
+                    self._writeback(pg)
             if flags & PGO_FREE:
                 # genfs_do_putpages frees wired pages too (only PGO_DEACTIVATE
                 # looks at wire_count); uvm_pagefree unwires them.  Without
@@ -236,7 +261,8 @@ class VnodeObject(UVMObject):
         plat.physmem.copyin([pg.frame for pg in pages], offset - first, data)
         plat.charge(plat.costs.copy_ns(n))
         for pg in pages:
-            pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
+            # The UBC window is written by the kernel: the page is DIRTY.
+            self.uvm.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)
         if offset + n > old_size:
             self.backing.extend(bytes(offset + n - old_size))
         return n

@@ -23,6 +23,19 @@ if TYPE_CHECKING:
     from .pmap.pmap import PmapModule
 
 
+# Page dirtiness status (``uvm_page.h`` 1.109, ``uvm_page_status.c`` 1.6):
+# the values are the PG_CLEAN / PG_DIRTY bits themselves, UNKNOWN is neither
+# ("ask the pmap's modified bit").
+UVM_PAGE_STATUS_UNKNOWN = 0
+UVM_PAGE_STATUS_CLEAN = PG.CLEAN
+UVM_PAGE_STATUS_DIRTY = PG.DIRTY
+_STATUS_NAMES = {
+    UVM_PAGE_STATUS_UNKNOWN: "UNKNOWN",
+    UVM_PAGE_STATUS_CLEAN: "CLEAN",
+    UVM_PAGE_STATUS_DIRTY: "DIRTY",
+}
+
+
 class PQ(enum.Enum):
     """Which paging queue a page is on (``uvm_pdpolicy_clock`` queues)."""
 
@@ -173,8 +186,9 @@ class PageAllocator:
             obj._page_insert(pg)
             pg.flags |= PG.TABLED | obj.pgflag
         if flags & UVM_PGA_ZERO:
+            # uvm_pagealloc_strat (uvm_page.c 1.246): "A zero'd page is not clean."
             if obj is not None or anon is not None:
-                pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
+                self.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)
             plat.physmem.zero_page(frame)
             plat.charge(plat.costs.zero_ns(self.page_size))
         self.npagealloc += 1
@@ -337,14 +351,75 @@ class PageAllocator:
             self.uvm_pageactivate(pg)
 
     def uvm_pagecopy(self, src: Page, dst: Page) -> None:
-        """Copy contents (pmap_copy_page) and mark the destination dirty."""
+        """Copy contents (pmap_copy_page) and mark the destination DIRTY."""
+        self.uvm_pagemarkdirty(dst, UVM_PAGE_STATUS_DIRTY)
         plat = self.platform
         plat.physmem.copy_page(src.frame, dst.frame)
         plat.charge(plat.costs.copy_ns(self.page_size))
-        dst.flags = (dst.flags & ~PG.CLEAN) | PG.DIRTY
 
     def uvm_pagezero(self, pg: Page) -> None:
+        """Zero-fill (pmap_zero_page) and mark DIRTY (uvm_page.c 1.246)."""
+        self.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)
         plat = self.platform
         plat.physmem.zero_page(pg.frame)
         plat.charge(plat.costs.zero_ns(self.page_size))
-        pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
+
+    # ------------------------------------------------------ dirtiness status
+
+    def uvm_pagegetdirty(self, pg: Page) -> int:
+        """The page's dirtiness status (``uvm_pagegetdirty``, uvm_page_status.c 1.6).
+
+        UNKNOWN means "ask the pmap" (``pmap_is_modified``); a page is never
+        both PG_CLEAN and PG_DIRTY (KASSERT).
+        """
+        status = pg.flags & (PG.CLEAN | PG.DIRTY)
+        if status == PG.CLEAN | PG.DIRTY:
+            raise KernelAssertion(f"uvm_pagegetdirty: {pg!r} is both CLEAN and DIRTY")
+        return status
+
+    def uvm_pagemarkdirty(self, pg: Page, newstatus: int) -> None:
+        """Set the dirtiness status (``uvm_pagemarkdirty``, uvm_page_status.c 1.6).
+
+        Going to UNKNOWN clears the pmap's modified bit ("start relying on
+        pmap-level dirtiness tracking"), so a later ``uvm_pagecheckdirty``
+        sees only writes made after it.  The object's dirty tag and syncer
+        worklist are not modelled (see specs/fault.md 7).
+        """
+        if newstatus not in _STATUS_NAMES:
+            raise KernelAssertion(f"uvm_pagemarkdirty: bad status {newstatus:#x}")
+        if self.uvm_pagegetdirty(pg) == newstatus:
+            return
+        if newstatus == UVM_PAGE_STATUS_UNKNOWN and self.pmap is not None:
+            self.pmap.pmap_clear_modify(pg)
+        pg.flags = (pg.flags & ~(PG.CLEAN | PG.DIRTY)) | newstatus
+
+    def uvm_pagecheckdirty(self, pg: Page, pgprotected: bool) -> bool:
+        """Was the page modified?  Reset its status (``uvm_pagecheckdirty``).
+
+        CLEAN stays CLEAN (not modified); otherwise the page becomes CLEAN if
+        the caller write-protected it (``pgprotected``), else UNKNOWN, and
+        the pmap's modified bit is cleared on the way (uvm_page_status.c 1.6).
+        """
+        oldstatus = self.uvm_pagegetdirty(pg)
+        if oldstatus == UVM_PAGE_STATUS_CLEAN:
+            return False
+        newstatus = UVM_PAGE_STATUS_CLEAN if pgprotected else UVM_PAGE_STATUS_UNKNOWN
+        pmap = self.pmap
+        assert pmap is not None
+        if oldstatus == UVM_PAGE_STATUS_DIRTY:
+            modified = True
+            if newstatus == UVM_PAGE_STATUS_UNKNOWN:
+                pmap.pmap_clear_modify(pg)
+        else:
+            modified = pmap.pmap_clear_modify(pg)
+        self.uvm_pagemarkdirty(pg, newstatus)
+        return modified
+
+    def uvm_pagereadonly_p(self, pg: Page) -> bool:
+        """Must the page be mapped read-only?  (``uvm_pagereadonly_p``, uvm_page.c 1.246.)
+
+        ``PG_RDONLY`` or a CLEAN status.  NetBSD also says yes for a vnode
+        that needs write faults (``UVM_OBJ_NEEDS_WRITEFAULT``); in the model
+        that adds nothing (specs/fault.md 7).
+        """
+        return bool(pg.flags & PG.RDONLY) or self.uvm_pagegetdirty(pg) == UVM_PAGE_STATUS_CLEAN

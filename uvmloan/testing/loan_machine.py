@@ -398,7 +398,7 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
         n = min(n, size - off)
         data = _pattern(seed, n)
         if r.prot != "rw":
-            # uvm_fault_check: EACCES before anything changes -> SIGSEGV.
+            # uvm_fault_check: EFAULT before anything changes -> SIGSEGV.
             try:
                 pr.proc.write(r.va + off, data, cpu=cpu % self.m.ncpus)
             except SegmentationFault:
