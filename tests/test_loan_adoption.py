@@ -57,8 +57,11 @@ def _unadopted(
 
 
 def test_read_fault_adopts(m: Machine) -> None:
-    p, va, anon, pg, _ = _unadopted(m)
-    assert p.read(va, 4) == b"oooo"
+    # A dirty page: uvm_anon_lockloanpg (uvm_anon.c, NetBSD 10) sets PG_ANON
+    # and drops the loan but leaves the dirtiness alone, and the upper layer
+    # asserts its page is not CLEAN (test below).
+    p, va, anon, pg, _ = _unadopted(m, dirty=True)
+    assert p.read(va, 4) == b"dddd"
     assert page_role(pg) == "ANON" and pg.loan_count == 0 and anon.an_page is pg
     assert [e.frame for e in events(m, Adopt)] == [pg.frame]
     check_invariants(m)
@@ -67,12 +70,23 @@ def test_read_fault_adopts(m: Machine) -> None:
 def test_write_fault_adopts_and_writes_in_place(m: Machine) -> None:
     """No kernel loan: after adoption the page is the anon's own, so the
     write needs no break (NetBSD's upper layer sees loan_count 0)."""
-    p, va, anon, pg, _ = _unadopted(m)
+    p, va, anon, pg, _ = _unadopted(m, dirty=True)
     p.write(va, b"w")
     assert anon.an_page is pg and page_role(pg) == "ANON" and pg.loan_count == 0
     assert not events(m, LoanBreak)
-    assert p.read(va, 3) == b"woo"
+    assert p.read(va, 3) == b"wdd"
     check_invariants(m)
+
+
+def test_clean_adopted_page_trips_the_upper_layers_assertion(m: Machine) -> None:
+    """A clean file page adopted by its anon stays CLEAN (uvm_anon_lockloanpg
+    changes only PG_ANON and loan_count), and uvm_fault_upper_enter asserts
+    ``uvm_pagegetdirty(pg) != UVM_PAGE_STATUS_CLEAN``: a DIAGNOSTIC NetBSD 10
+    kernel would panic there, had O->A loans not been compiled out."""
+    p, va, _anon, pg, _ = _unadopted(m)
+    with pytest.raises(KernelAssertion, match="CLEAN"):
+        p.read(va, 4)
+    assert page_role(pg) == "ANON" and pg.loan_count == 0  # adopted first
 
 
 def test_write_fault_adopts_then_breaks_the_kernel_loan(m: Machine) -> None:

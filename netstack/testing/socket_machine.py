@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from uvmloan.invariants import check_invariants
+from uvmloan.testing.failures import CheckFailure
 from uvmloan.testing.profiles import machine_settings
 
 from ..inject import inject
@@ -246,8 +247,10 @@ class SocketStateMachine(RuleBasedStateMachine):
 
     @invariant()
     def stream_is_a_prefix(self) -> None:
-        assert self.got == self.expected[: len(self.got)], "received bytes differ from sent"
-        assert self.rgot == self.rexpected[: len(self.rgot)], "reply bytes differ from sent"
+        if self.got != self.expected[: len(self.got)]:
+            raise CheckFailure("bytes", "received bytes differ from sent")
+        if self.rgot != self.rexpected[: len(self.rgot)]:
+            raise CheckFailure("bytes", "reply bytes differ from sent")
 
     # --------------------------------------------------------------- teardown
 
@@ -278,12 +281,16 @@ class SocketStateMachine(RuleBasedStateMachine):
             self.c.close()
             self.s.close()
             self._run(None)
-            assert self.got == self.expected, (
-                f"received {len(self.got)} bytes, sent {len(self.expected)}"
-            )
-            assert self.rgot == self.rexpected, (
-                f"reply: received {len(self.rgot)} bytes, sent {len(self.rexpected)}"
-            )
+            if self.got != self.expected:
+                raise CheckFailure(
+                    "bytes", f"received {len(self.got)} bytes (not the ones sent), "
+                    f"sent {len(self.expected)}"
+                )
+            if self.rgot != self.rexpected:
+                raise CheckFailure(
+                    "bytes", f"reply: received {len(self.rgot)} bytes (not the ones sent), "
+                    f"sent {len(self.rexpected)}"
+                )
             for h in (self.a, self.b):
                 check_quiescent(get_layer(h))
                 check_invariants(h.machine)

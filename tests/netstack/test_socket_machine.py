@@ -14,6 +14,7 @@ from netstack.testing.socket_machine import (
 )
 from uvmloan.errors import InvariantViolation, KernelAssertion
 from uvmloan.testing import run_machine
+from uvmloan.testing.failures import CheckFailure, failure_id
 
 
 def test_clean_run() -> None:
@@ -37,7 +38,11 @@ MEANT = {
     # or S4 (storage queued for release still referenced), checked after
     # every event; or the mbuf layer's use-after-free KASSERTs.
     "free-loaned-early": ("S2", "S4", "already freed", "refcnt"),
-    "sbcompress-merge-loaned": ("I9",),
+    # Merging into loaned storage is a kernel store into a lent page (I9);
+    # when the merged bytes land where no CPU check sees the store first,
+    # the receiver's byte comparison does (which fires first depends on
+    # event order, and so on the interpreter's hash seed).
+    "sbcompress-merge-loaned": ("I9", "bytes"),
     "skip-kremove-barrier": ("TLB1",),
     "forget-retransmit-ref": ("S2", "S4", "already freed", "refcnt"),
 }
@@ -58,10 +63,10 @@ def test_bug_free_machine_survives_the_hunts_budget() -> None:
 @pytest.mark.parametrize("bug", BUGS)
 def test_state_machine_finds(bug: str) -> None:
     # derandomized and not shrunk: the first check that fires is reported
-    with pytest.raises((InvariantViolation, KernelAssertion)) as ei:
+    with pytest.raises((InvariantViolation, KernelAssertion, CheckFailure)) as ei:
         run_machine(_machine_with(bug), settings=no_shrink_settings(HUNT_EXAMPLES))
     err = ei.value
-    if isinstance(err, InvariantViolation):
-        assert err.invariant in MEANT[bug], err
+    if isinstance(err, InvariantViolation | CheckFailure):
+        assert failure_id(err) in MEANT[bug], err
     else:
         assert any(k in str(err) for k in MEANT[bug]), err
