@@ -69,3 +69,16 @@ def user_pmap(m: Machine, cpus: tuple[int, ...] | range, name: str = "p") -> Pma
         with m.on_cpu(c):
             m.pmap.pmap_activate(pm, m.cpu(c))
     return pm
+
+
+def ref_sum(data: bytes, initial: int = 0) -> int:
+    """RFC 1071 by the book, the checksum tests' reference: big-endian 16-bit
+    words, end-around carry, an odd trailing byte padded with zero."""
+    if len(data) % 2:
+        data += b"\x00"
+    s = initial
+    for i in range(0, len(data), 2):
+        s += (data[i] << 8) | data[i + 1]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s

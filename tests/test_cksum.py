@@ -8,24 +8,13 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from helpers import ref_sum
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from uvmloan.physmem import PhysMem, Piece
 
 PS = 512
-
-
-def ref_sum(data: bytes, initial: int = 0) -> int:
-    """Straightforward RFC 1071 sum: big-endian 16-bit words, end-around carry."""
-    if len(data) % 2:
-        data += b"\x00"
-    s = initial
-    for i in range(0, len(data), 2):
-        s += (data[i] << 8) | data[i + 1]
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import array
 from collections.abc import Iterator
 
 import pytest
+from helpers import ref_sum
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,18 +17,6 @@ from uvmloan.physmem import PhysMem, available_backends
 BACKENDS = available_backends()
 PS = 4096
 NFRAMES = 8
-
-
-def ref_sum(data: bytes, initial: int = 0) -> int:
-    """RFC 1071 by the book: 16-bit big-endian words, end-around carry."""
-    if len(data) % 2:
-        data += b"\0"
-    s = initial
-    for i in range(0, len(data), 2):
-        s += (data[i] << 8) | data[i + 1]
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 @pytest.fixture(params=BACKENDS)
