@@ -15,12 +15,13 @@ from uvmloan import (
     KernelAssertion,
     Machine,
     UVMError,
+    check_invariants,
 )
 from uvmloan.anon import Anon, anon_unref, uvm_anfree
 from uvmloan.errors import SegmentationFault
 from uvmloan.map import MAP_INHERIT_NONE, MAP_INHERIT_SHARE, uvmspace_fork
 from uvmloan.object import PGO_ALLPAGES, PGO_CLEANIT, PGO_FREE
-from uvmloan.param import EACCES, EINVAL, ENOMEM, PG, VMProt
+from uvmloan.param import EACCES, EFAULT, EINVAL, ENOMEM, PG, VMProt
 from uvmloan.pmap.pte import PTE_W, PTE_WIRED
 from uvmloan.testing.loan_ops import machine_snapshot
 
@@ -376,3 +377,22 @@ def test_vnode_write_grows_the_file(m: Machine) -> None:
     assert vn.read(0, vn.size) == b"ab" + bytes(PS + 1) + b"z"
     vn.fsync()
     assert bytes(vn.backing) == b"ab" + bytes(PS + 1) + b"z"
+
+
+def test_mlock_past_eof_keeps_what_earlier_faults_did(m: Machine) -> None:
+    """uvm_map_pageable (uvm_map.c) wires page by page; the wiring fault on
+    a page past EOF fails (EFAULT) and only the wiring is undone: page 0's
+    promoted private copy (pass 2's first fault, maximum protection has
+    write) stays, as the VM state machine's reference expects."""
+    vn = m.vnode(b"f")  # one byte: page 1 of the mapping is past EOF
+    p = m.spawn("p")
+    va = p.mmap(2 * PS, flags=MAP_PRIVATE, obj=vn)
+    with pytest.raises(UVMError) as e:
+        p.mlock(va, 2 * PS)
+    assert e.value.errno == EFAULT
+    ent = p.map.uvm_map_lookup_entry(va)
+    assert ent is not None and ent.wired_count == 0 and ent.amap is not None
+    anon = ent.amap.lookup(ent.slot(va))
+    assert anon is not None and anon.an_page is not None and anon.an_page.wire_count == 0
+    assert p.read(va, 1) == b"f"
+    check_invariants(m)

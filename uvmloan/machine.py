@@ -307,7 +307,10 @@ class Machine:
             if ent.protection == VMProt.NONE:
                 # uvm_map_pageable: an entry without access cannot be wired.
                 raise UVMError(EINVAL, f"mlock: {ent!r} has protection VM_PROT_NONE")
-        m.wire_check_eof(start, end)
+        # A page past the end of a file is not refused here: as in NetBSD,
+        # pass 2's wiring fault fails on it (EFAULT), the pages wired so far
+        # are unwired, and what the faults before it did stays (a private
+        # page's promoted copy, pass 1's amaps).
         # uvm_map_pageable pass 1: entries that may become writable, or have
         # no object, get their private amap now; the wiring faults below
         # never see needs-copy (uvm_fault_check KASSERTs !maxprot there).

@@ -19,7 +19,7 @@ from sortedcontainers import SortedDict
 from .anon import Amap, amap_unref_slots, uvm_analloc
 from .errors import KernelAssertion, UVMError
 from .object import UVMObject
-from .param import EACCES, EFAULT, EINVAL, ENOMEM, PG, VM_PROT_ALL, VM_PROT_WRITE, VMProt
+from .param import EACCES, EINVAL, ENOMEM, PG, VM_PROT_ALL, VM_PROT_WRITE, VMProt
 
 if TYPE_CHECKING:
     from .page import Page, PageAllocator
@@ -443,22 +443,6 @@ class VMMap:
                     elif cow_now and opg is not None and opg.loan_count:
                         n += 1  # uvm_loanbreak
         return n
-
-    def wire_check_eof(self, start: int, end: int) -> None:
-        """A wiring fault past the end of a file fails (EFAULT, as the fault
-        handler's bounds check): refuse before anything changes."""
-        ps = self.page_size
-        for e in self.entries_in(start, end):
-            if e.wired_count or e.object is None:
-                continue
-            size = getattr(e.object, "size", None)
-            if size is None:
-                continue
-            for va in range(max(start, e.start), min(end, e.end), ps):
-                if e.amap is not None and e.amap.lookup(e.slot(va)) is not None:
-                    continue
-                if e.objoff(va) >= size + (-size) % ps:
-                    raise UVMError(EFAULT, f"mlock: {va:#x} is past the end of {e.object.name}")
 
     def check(self) -> None:
         """Map invariants: ordered, non-overlapping, aligned, amap back-references."""
