@@ -331,3 +331,28 @@ def test_a_user_tracer_can_be_passed_in() -> None:
     with Machine(ncpus=2, memory="1M", trace=t) as m:
         _workload(m)
         assert m.tracer is t and m.trace is t.events and len(m.trace) > 0
+
+
+def test_tracer_full_follows_recording_and_sinks() -> None:
+    # ``full`` is what hot paths test before building an event; it must
+    # follow every way a tracer starts or stops wanting whole events.
+    from uvmloan.trace import Tracer
+
+    t = Tracer()
+    assert not t.full
+    t.record()
+    assert t.full
+    t.stop_recording()
+    assert not t.full
+    t.add_sink(lambda ev: None)
+    assert t.full
+    t.remove_sink(t.sinks[0])
+    assert not t.full
+    t.events = []
+    assert t.full
+    t.on = False
+    assert not t.full
+    assert not Tracer(on=False, events=[]).full
+    t2 = Tracer()
+    t2.count("a", "b", "a")
+    assert t2.counters == {"a": 2, "b": 1}

@@ -413,6 +413,15 @@ class Fault(Event):
 Sink = Callable[[Event], None]
 
 
+def _refresh_full(tr: Tracer, _a: attrs.Attribute[Any], value: Any) -> Any:
+    # runs before the assignment lands: recompute ``full`` from the new value
+    on = value if _a.name == "on" else tr.on
+    events = value if _a.name == "events" else tr.events
+    sinks = value if _a.name == "sinks" else tr.sinks
+    tr.full = bool(on) and (events is not None or bool(sinks))
+    return value
+
+
 @attrs.define(slots=True, eq=False)
 class Tracer:
     """Receives events, derives counters, forwards to sinks.
@@ -421,10 +430,28 @@ class Tracer:
     not even constructed then, and counters stay empty.
     """
 
-    on: bool = True
+    on: bool = attrs.field(default=True, on_setattr=_refresh_full)
     counters: Counter[str] = attrs.field(factory=Counter)
-    events: list[Event] | None = None
-    sinks: list[Sink] = attrs.field(factory=list)
+    events: list[Event] | None = attrs.field(default=None, on_setattr=_refresh_full)
+    sinks: list[Sink] = attrs.field(factory=list, on_setattr=_refresh_full)
+    #: True while something wants whole events (a recording list or a sink).
+    #: Hot paths test it and, when it is False, bump ``counters`` with the
+    #: event's ``counter_keys`` without building the event: constructing a
+    #: frozen event costs more than the operation it describes.
+    full: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.full = self.on and (self.events is not None or bool(self.sinks))
+
+    def count(self, *keys: str) -> None:
+        """Counting-only mode: what ``emit`` would add for an event with these
+        counter keys, when nobody records or sinks events."""
+        c = self.counters
+        for k in keys:
+            c[k] += 1
 
     def emit(self, ev: Event) -> None:
         c = self.counters
@@ -439,13 +466,21 @@ class Tracer:
         """Start keeping events in memory (idempotent); returns the list."""
         if self.events is None:
             self.events = []
+            self._refresh()
         return self.events
+
+    def stop_recording(self) -> None:
+        """Drop the in-memory event list (counters and sinks carry on)."""
+        self.events = None
+        self._refresh()
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
+        self._refresh()
 
     def remove_sink(self, sink: Sink) -> None:
         self.sinks.remove(sink)
+        self._refresh()
 
     def select(self, *kinds: type[Event]) -> Iterator[Event]:
         """Recorded events of the given classes (all if none given)."""
