@@ -27,18 +27,17 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .mbuf import (
-    M_EXT_PAGES,
     M_PKTHDR,
     MT_HEADER,
     Mbuf,
     MbufPool,
-    gather,
     m_adj,
     m_cat,
     m_copyback,
     m_copym,
     m_freem,
     m_length,
+    m_peek,
     m_pieces,
     m_prepend,
     mtod_bytes,
@@ -75,6 +74,14 @@ EHOSTUNREACH = 65
 M_CSUM_TCPv4 = 0x00000001
 M_CSUM_UDPv4 = 0x00000002
 M_CSUM_TCP_UDP_BAD = 0x00000004
+# Not a NetBSD flag.  ip_output sets it where NetBSD calls in_delayed_cksum
+# for an interface without offload: the CPU is charged for the sum there and
+# then, as in NetBSD, but the sum itself is taken in the same C pass as the
+# NIC's DMA read of the chain (pm_gather_cksum over the page frames), and
+# the field is written into the frame.  The bytes are the same: nothing
+# writes a queued packet's storage (it is shared or read-only), so summing
+# at the DMA read sees what in_delayed_cksum would have summed.
+M_CSUM_CPU_DEFERRED = 0x40000000
 # netinet/ip_var.h, ip.h
 IPFRAGTTL = 60  # ip_reass queue lifetime in slow ticks (PR_SLOWHZ 2/s): 30 s
 PR_SLOWHZ = 2
@@ -120,6 +127,15 @@ class _ReassQueue:
     ttl: int = IPFRAGTTL
 
 
+def in_delayed_cksum_charge(stack: IPStack, m: Mbuf, hlen: int) -> None:
+    """in_delayed_cksum for an unfragmented packet: charge the CPU for the
+    sum now; the interface computes it while it gathers the frame
+    (``M_CSUM_CPU_DEFERRED``)."""
+    machine = stack.machine
+    machine.platform.charge(machine.profile.costs.cksum_ns(m.m_pkthdr_len - hlen))
+    m.csum_flags |= M_CSUM_CPU_DEFERRED
+
+
 def in_delayed_cksum(stack: IPStack, m: Mbuf, hlen: int, src: int, dst: int, p: int) -> None:
     """ip_output.c in_delayed_cksum: sum the transport segment over the mbuf
     pieces in C, charge the CPU, store the result in the header mbuf."""
@@ -132,14 +148,6 @@ def in_delayed_cksum(stack: IPStack, m: Mbuf, hlen: int, src: int, dst: int, p: 
     machine.platform.charge(machine.profile.costs.cksum_ns(total))
     m_copyback(m, hlen + m.csum_data, struct.pack("!H", c))
     m.csum_flags &= ~(M_CSUM_TCPv4 | M_CSUM_UDPv4)
-
-
-def _peek(m: Mbuf, n: int) -> bytes | memoryview:
-    """The first ``n`` bytes, as the header code reads them in place (not a
-    charged copy: m_pullup leaves a contiguous header in the first mbuf)."""
-    if m.m_len >= n and not m.m_flags & M_EXT_PAGES:
-        return mtod_bytes(m)[:n]
-    return gather(m, m_pieces(m, 0, n))
 
 
 class IPStack:
@@ -244,7 +252,7 @@ class IPStack:
         mtu = ifp.if_mtu
         if length <= mtu:
             if m.csum_flags & (M_CSUM_TCPv4 | M_CSUM_UDPv4) and not ifp.csum_offload:
-                in_delayed_cksum(self, m, hlen, src, dst, proto)
+                in_delayed_cksum_charge(self, m, hlen)
             _write_ip(self.machine.physmem, m, tos, length, ident, off, ttl, proto, src, dst)
             return ifp.if_output(m)
         if df:
@@ -305,7 +313,7 @@ class IPStack:
         machine.platform.charge(costs.ip_packet_ns)
         st["ips_total"] += 1
         pktlen = m_length(m)
-        head = _peek(m, min(pktlen, 60))
+        head = m_peek(m, min(pktlen, 60))
         ip = parse_ip(head, pktlen=pktlen, pm=machine.physmem)
         machine.platform.charge(costs.cksum_ns(min(pktlen, 20)))
         if isinstance(ip, Malformed):

@@ -595,6 +595,7 @@ __all__ = [
     "m_free",
     "m_freem",
     "m_length",
+    "m_peek",
     "m_pieces",
     "m_prepend",
     "mtod_bytes",
@@ -608,6 +609,7 @@ from .mbuf_data import (  # noqa: E402
     m_copyback,
     m_copydata,
     m_devget,
+    m_peek,
     m_prepend,
     mtod_bytes,
 )

@@ -26,7 +26,9 @@ from .mbuf import (
     Mbuf,
     MbufPool,
     _bufsize,
+    gather,
     m_length,
+    m_pieces,
 )
 
 
@@ -193,6 +195,14 @@ def mtod_bytes(m: Mbuf) -> memoryview:
     return memoryview(buf)[m.m_data : m.m_data + m.m_len]
 
 
+def m_peek(m: Mbuf, n: int) -> bytes | memoryview:
+    """The first ``n`` bytes, as header code reads them in place (not a
+    charged copy: m_pullup leaves a contiguous header in the first mbuf)."""
+    if m.m_len >= n and not m.m_flags & M_EXT_PAGES:
+        return mtod_bytes(m)[:n]
+    return gather(m, m_pieces(m, 0, n))
+
+
 def m_adj(m: Mbuf, req_len: int) -> None:
     """Trim ``req_len`` bytes from the head (positive) or the tail (negative)."""
     if req_len >= 0:
@@ -236,6 +246,7 @@ __all__ = [
     "m_copyback",
     "m_copydata",
     "m_devget",
+    "m_peek",
     "m_prepend",
     "mtod_bytes",
 ]

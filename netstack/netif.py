@@ -31,6 +31,7 @@ injected by a test.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -39,18 +40,37 @@ import attrs
 
 from .ip import ENOBUFS, M_CSUM_TCP_UDP_BAD, M_CSUM_TCPv4, M_CSUM_UDPv4
 from .link import Channel, FrameMeta, Link
-from .mbuf import M_EXT_PAGES, MCLBYTES, Mbuf, m_freem, m_length, m_pieces
+from .mbuf import M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
 from .wire import (
     IP_MF,
     IP_OFFMASK,
     IPPROTO_TCP,
     IPPROTO_UDP,
-    gather_pieces,
+    fold,
     pseudo_sum,
 )
 
 if TYPE_CHECKING:
+    from uvmloan.physmem import PhysMem
+
     from .network import Host
+
+
+def _swap16(s: int) -> int:
+    return ((s >> 8) | (s << 8)) & 0xFFFF
+
+
+def _put_run(
+    pm: PhysMem, run: array[int], frame: bytearray, at: int, hl: int, summing: bool
+) -> int:
+    """Gather a run of page pieces into ``frame`` at ``at`` (and sum it);
+    returns its sum placed at its parity in the segment (0 if not summing)."""
+    _n, s = pm.gather_cksum(run, frame, at)
+    if not summing:
+        return 0
+    # loaned data never sits in the IP header: the run starts in the segment
+    assert at >= hl
+    return _swap16(s) if (at - hl) & 1 else s
 
 IfTap = Callable[[int, bytes | bytearray, FrameMeta], None]
 
@@ -134,27 +154,71 @@ class Netif:
         ch.send(frame, meta, lambda: self._tx_done(m))
 
     def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
+        """Read the chain into a frame; fill the transport checksum if owed.
+
+        One walk of the chain: kernel-memory data is copied, runs of loaned
+        page pieces go to C as a flat ``array('q')`` of (frame, offset,
+        length) triples (no Python object per piece) and, when a checksum is
+        owed (offload, or the CPU's deferred sum), are summed in the same
+        pass (``gather_cksum``).  Returns the frame and whether any of it
+        came from loaned pages.
+        """
         pm = self.host.machine.physmem
-        n = m_length(m)
+        ps = self.host.machine.page_size
+        n = m.m_pkthdr_len if m.m_flags & M_PKTHDR else m_length(m)
         frame = bytearray(n)
-        gather_pieces(pm, m_pieces(m, 0, n), memoryview(frame))
+        fl = m.csum_flags
+        summing = bool(fl & (M_CSUM_TCPv4 | M_CSUM_UDPv4))
+        # the transport segment starts after the IP header (in the first mbuf)
+        hl = (m._kmem()[m.m_data] & 15) << 2 if summing else 0
+        total = 0  # ones'-complement sum of frame[hl:], unfolded
         loaned = False
+        run = array("q")
+        run_at = 0  # frame position of the run's first byte
+        pos = 0
         cur: Mbuf | None = m
         while cur is not None:
-            if cur.m_flags & M_EXT_PAGES:
-                loaned = True
-                break
+            ln = cur.m_len
+            if ln:
+                if cur.m_flags & M_EXT_PAGES:
+                    ext = cur.m_ext
+                    assert ext is not None
+                    if not run:
+                        run_at = pos
+                    pgs = ext.ext_pgs
+                    va = ext.ext_buf % ps + cur.m_data
+                    left = ln
+                    while left:
+                        i, o = divmod(va, ps)
+                        take = ps - o if ps - o < left else left
+                        run.extend((pgs[i].frame, o, take))
+                        va += take
+                        left -= take
+                    loaned = True
+                else:
+                    if run:
+                        total += _put_run(pm, run, frame, run_at, hl, summing)
+                        run = array("q")
+                    d = cur.m_data
+                    end = pos + ln
+                    frame[pos:end] = cur._kmem()[d : d + ln]
+                    if summing and end > hl:
+                        start = pos if pos > hl else hl
+                        sm = pm.cksum_bytes(memoryview(frame)[start:end])
+                        total += _swap16(sm) if (start - hl) & 1 else sm
+                pos += ln
             cur = cur.m_next
-        if m.csum_flags & (M_CSUM_TCPv4 | M_CSUM_UDPv4):
-            # The NIC computes the transport checksum (offload): not charged.
-            hl = (frame[0] & 15) << 2
+        if run:
+            total += _put_run(pm, run, frame, run_at, hl, summing)
+        if summing:
+            # in_delayed_cksum's (or the NIC's) sum over the pseudo-header
+            # and the segment, whose checksum field is still zero
             p = frame[9]
             src, dst = struct.unpack_from("!II", frame, 12)
-            seg = memoryview(frame)[hl:]
-            s = pm.cksum_bytes(seg, pseudo_sum(src, dst, p, len(seg)))
+            s = fold(total + pseudo_sum(src, dst, p, n - hl))
             c = ~s & 0xFFFF
             if c == 0 and p == IPPROTO_UDP:
-                c = 0xFFFF
+                c = 0xFFFF  # RFC 768: a computed zero is sent as all ones
             struct.pack_into("!H", frame, hl + m.csum_data, c)
         return frame, loaned
 

@@ -34,6 +34,7 @@ from .mbuf import (
     m_copym,
     m_freem,
     m_length,
+    m_peek,
     m_prepend,
     mtod_bytes,
 )
@@ -82,7 +83,6 @@ from .tcp.events import (
     PeerClosed,
     ReceiveRead,
     Segment,
-    SegmentArrived,
     SendQueued,
     SetTimer,
     TimerExpired,
@@ -90,6 +90,7 @@ from .tcp.events import (
     Transmit,
     UserAbort,
     UserClose,
+    wire_segment,
 )
 from .tcp.reass import ReassQueue
 from .udp import ANONPORTMAX, ANONPORTMIN, InPcb
@@ -377,70 +378,85 @@ class TCPProtocol(Protocol):
         conn = inp.conn
         if conn is None:
             raise KernelAssertion(f"{so!r}: no TCP connection to drive")
-        host = _host(self.table)
-        actions = conn.handle(ev, host.clock())
+        self._carry_out(so, inp, conn.handle(ev, _host(self.table).clock()))
+
+    def drive_segment(self, so: Socket, inp: TCPPcb, seg: Segment) -> None:
+        """tcp_input's hand-off to the core for a segment of ``inp``'s connection."""
+        conn = inp.conn
+        assert conn is not None
+        self._carry_out(so, inp, conn.handle_segment(seg, _host(self.table).clock()))
+
+    def _carry_out(self, so: Socket, inp: TCPPcb, actions: list[Any]) -> None:
         for a in actions:
-            self._act(so, inp, a)
+            _ACTORS[type(a)](self, so, inp, a)
         if inp.pending:
+            conn = inp.conn
+            assert conn is not None
             held = {id(e.payload) for q in _reass_queues(conn) for _s, e in q.entries()}
             for k in [k for k in inp.pending if k not in held]:
                 m_freem(inp.pending.pop(k))
 
     def _act(self, so: Socket, inp: TCPPcb, a: Any) -> None:
-        if isinstance(a, Transmit):
-            self._output(so, inp, a)
-        elif isinstance(a, DataAcked):
-            if a.nbytes:
-                sbdrop(so.so_snd, a.nbytes)
-        elif isinstance(a, Deliver):
-            m = inp.pending.pop(id(a.payload), None)
-            if m is None:
-                # Delivered twice, or not ours: share what is needed.
-                assert isinstance(a.payload, Mbuf)
-                m = m_copym(a.payload, 0, m_length(a.payload))
-            if a.skip:
-                m_adj(m, a.skip)
-            extra = m_length(m) - a.length
-            if extra > 0:
-                m_adj(m, -extra)
-            if a.length == 0 or so.so_state & SS_CANTRCVMORE:
-                m_freem(m)
-            else:
-                sbappendstream(so.so_rcv, m)
-                inp.delivered += a.length
-                sorwakeup(so)
-        elif isinstance(a, SetTimer):
-            old = inp.timers.pop(a.kind, None)
-            if old is not None:
-                old.cancel()
-            kind = a.kind
-            host = _host(self.table)
-            inp.timers[kind] = host.schedule(a.when, lambda: self._timer(so, inp, kind))
-        elif isinstance(a, CancelTimer):
-            old = inp.timers.pop(a.kind, None)
-            if old is not None:
-                old.cancel()
-        elif isinstance(a, Established):
-            so.so_state = (so.so_state & ~SS_ISCONNECTING) | SS_ISCONNECTED
-            head = so.so_head
-            if head is not None and so not in head.so_q:
-                head.so_q.append(so)
-                sorwakeup(head)
+        _ACTORS[type(a)](self, so, inp, a)
+
+    def _act_acked(self, so: Socket, inp: TCPPcb, a: DataAcked) -> None:
+        if a.nbytes:
+            sbdrop(so.so_snd, a.nbytes)
+
+    def _act_deliver(self, so: Socket, inp: TCPPcb, a: Deliver) -> None:
+        m = inp.pending.pop(id(a.payload), None)
+        if m is None:
+            # Delivered twice, or not ours: share what is needed.
+            assert isinstance(a.payload, Mbuf)
+            m = m_copym(a.payload, 0, m_length(a.payload))
+        if a.skip:
+            m_adj(m, a.skip)
+        extra = m_length(m) - a.length
+        if extra > 0:
+            m_adj(m, -extra)
+        if a.length == 0 or so.so_state & SS_CANTRCVMORE:
+            m_freem(m)
+        else:
+            sbappendstream(so.so_rcv, m)
+            inp.delivered += a.length
             sorwakeup(so)
-        elif isinstance(a, PeerClosed):
-            so.so_state |= SS_CANTRCVMORE
-            sorwakeup(so)
-        elif isinstance(a, Closed):
-            if a.errno is not None:
-                so.so_error = a.errno
-            so.so_state &= ~(SS_ISCONNECTING | SS_ISCONNECTED)
-            so.so_state |= SS_CANTRCVMORE | SS_CANTSENDMORE
-            inp.closed = True
-            sorwakeup(so)
-            head = so.so_head
-            if head is not None and so in head.so_q and so.so_state & SS_NOFDREF:
-                head.so_q.remove(so)
-            self._release(so, inp)
+
+    def _act_set_timer(self, so: Socket, inp: TCPPcb, a: SetTimer) -> None:
+        old = inp.timers.pop(a.kind, None)
+        if old is not None:
+            old.cancel()
+        kind = a.kind
+        host = _host(self.table)
+        inp.timers[kind] = host.schedule(a.when, lambda: self._timer(so, inp, kind))
+
+    def _act_cancel_timer(self, so: Socket, inp: TCPPcb, a: CancelTimer) -> None:
+        old = inp.timers.pop(a.kind, None)
+        if old is not None:
+            old.cancel()
+
+    def _act_established(self, so: Socket, inp: TCPPcb, a: Established) -> None:
+        so.so_state = (so.so_state & ~SS_ISCONNECTING) | SS_ISCONNECTED
+        head = so.so_head
+        if head is not None and so not in head.so_q:
+            head.so_q.append(so)
+            sorwakeup(head)
+        sorwakeup(so)
+
+    def _act_peer_closed(self, so: Socket, inp: TCPPcb, a: PeerClosed) -> None:
+        so.so_state |= SS_CANTRCVMORE
+        sorwakeup(so)
+
+    def _act_closed(self, so: Socket, inp: TCPPcb, a: Closed) -> None:
+        if a.errno is not None:
+            so.so_error = a.errno
+        so.so_state &= ~(SS_ISCONNECTING | SS_ISCONNECTED)
+        so.so_state |= SS_CANTRCVMORE | SS_CANTSENDMORE
+        inp.closed = True
+        sorwakeup(so)
+        head = so.so_head
+        if head is not None and so in head.so_q and so.so_state & SS_NOFDREF:
+            head.so_q.remove(so)
+        self._release(so, inp)
 
     def _timer(self, so: Socket, inp: TCPPcb, kind: TimerKind) -> None:
         inp.timers.pop(kind, None)
@@ -490,6 +506,20 @@ class TCPProtocol(Protocol):
         t.stack.ip_output(m, inp.laddr, inp.faddr, IPPROTO_TCP)
 
 
+# What the glue does with each kind of action the core returns (one dict
+# lookup per action rather than a chain of isinstance tests).
+_ACTORS: dict[type, Any] = {
+    Transmit: TCPProtocol._output,
+    DataAcked: TCPProtocol._act_acked,
+    Deliver: TCPProtocol._act_deliver,
+    SetTimer: TCPProtocol._act_set_timer,
+    CancelTimer: TCPProtocol._act_cancel_timer,
+    Established: TCPProtocol._act_established,
+    PeerClosed: TCPProtocol._act_peer_closed,
+    Closed: TCPProtocol._act_closed,
+}
+
+
 def _has_loan(m: Mbuf) -> bool:
     return any(x.m_flags & M_EXT_PAGES for x in m.chain())
 
@@ -528,7 +558,9 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader) -> None:
     st = t.tcpstat
     st["tcps_rcvtotal"] += 1
     n = m_length(m)
-    th = parse_tcp(m_copydata(m, 0, min(n, 60)), n)
+    # the header is read in place (tcp_input's M_REGION_GET of a header
+    # that sits contiguous in the first mbuf), not copied
+    th = parse_tcp(m_peek(m, min(n, 60)), n)
     if isinstance(th, Malformed):
         st[th.stat] += 1
         m_freem(m)
@@ -555,22 +587,16 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader) -> None:
             m_freem(m)
             return
     so = inp.so
-    assert isinstance(so.proto, TCPProtocol)
-    seg = Segment(
-        th.seq,
-        th.ack,
-        th.flags,
-        th.win,
-        mss=th.mss,
-        wscale=th.wscale,
-        payload_len=plen,
-        payload=m if plen else None,
+    proto = so.proto
+    assert isinstance(proto, TCPProtocol)
+    seg = wire_segment(
+        th.seq, th.ack, th.flags, th.win, th.mss, th.wscale, plen, m if plen else None
     )
     if plen:
         inp.pending[id(m)] = m
     else:
         m_freem(m)
-    so.proto.drive(so, SegmentArrived(seg))
+    proto.drive_segment(so, inp, seg)
 
 
 def _sonewconn(t: TCPTable, lis: TCPPcb, ip: IPHeader, th: TCPHeader) -> TCPPcb | None:

@@ -134,6 +134,8 @@ class TCPStats:
     rcvackpack: int = 0  # ACKs that acknowledged new data
     rcvackbyte: int = 0  # bytes so acknowledged
     rcvwinupd: int = 0  # pure window updates received
+    predack: int = 0  # ACKs taken by header prediction
+    preddat: int = 0  # data segments taken by header prediction
     fastrexmt: int = 0  # fast retransmits (3 duplicate ACKs)
     partialack: int = 0  # NewReno partial ACKs
     rexmttimeo: int = 0  # retransmission timer expiries

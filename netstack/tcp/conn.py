@@ -153,23 +153,21 @@ class TCPConnection:
         self.now = 0
         self.timers: dict[TimerKind, int] = {}
         self._actions: list[Action] = []
+        # deadline of each timer armed or disarmed in this call, before it
+        self._touched: dict[TimerKind, int | None] = {}
 
     # ------------------------------------------------------------ public API
 
     def handle(self, event: Event, now: int) -> list[Action]:
         """Process one event at simulated time ``now`` (ns); return the actions."""
-        if not isinstance(now, int) or isinstance(now, bool) or now < 0:
+        if type(now) is not int or now < 0:
             raise ValueError(f"now must be a non-negative int of nanoseconds, got {now!r}")
         if now < self.now:
             raise ValueError(f"now ({now}) is before the previous event's time ({self.now})")
         self._check_event(event)
         self.now = now
-        before = dict(self.timers)
-        if isinstance(event, TimerExpired):
-            when = before.get(event.kind)
-            if when is not None and when <= now:
-                del before[event.kind]  # a callout that fired is no longer armed
         self._actions = []
+        self._touched = {}
         if isinstance(event, SegmentArrived):
             from .input import tcp_input
 
@@ -184,6 +182,11 @@ class TCPConnection:
             if not self.closed and self.state in _SYNCHRONIZED and self.state != TCPState.TIME_WAIT:
                 self.output()
         elif isinstance(event, TimerExpired):
+            when = self.timers.get(event.kind)
+            if when is not None and when <= now:
+                # a callout that fired is no longer armed: a re-arm in this
+                # call is a SetTimer even at the same deadline
+                self._touched[event.kind] = None
             self._timer(event.kind)
         elif isinstance(event, ActiveOpen):
             self._connect()
@@ -197,14 +200,40 @@ class TCPConnection:
             self._usrclosed()
         elif isinstance(event, UserAbort):
             self.drop(ECONNABORTED)
+        return self._finish()
+
+    def handle_segment(self, seg: Segment, now: int) -> list[Action]:
+        """``handle(SegmentArrived(seg), now)`` for the kernel's own glue.
+
+        The socket layer builds ``seg`` from a header ``parse_tcp`` accepted
+        (every field in range by construction) and passes the host clock,
+        which never runs backwards: validation happened at that boundary, so
+        this path skips it (the per-segment cost of checking an attrs event
+        twice was a fifth of the core's time).
+        """
+        from .input import tcp_input
+
+        self.now = now
+        self._actions = []
+        self._touched = {}
+        tcp_input(self, seg)
+        return self._finish()
+
+    def _finish(self) -> list[Action]:
+        """The call's actions, then one SetTimer/CancelTimer per timer whose
+        deadline changed (in ``_TIMER_ORDER``)."""
         actions = self._actions
         self._actions = []
-        timers = self.timers
-        if before != timers:
+        touched = self._touched
+        if touched:
+            timers = self.timers
             for kind in _TIMER_ORDER:
-                old, new = before.get(kind), timers.get(kind)
-                if old != new:
-                    actions.append(SetTimer(kind, new) if new is not None else CancelTimer(kind))
+                if kind in touched:
+                    new = timers.get(kind)
+                    if touched[kind] != new:
+                        actions.append(
+                            SetTimer(kind, new) if new is not None else CancelTimer(kind)
+                        )
         return actions
 
     def set_nodelay(self, on: bool) -> None:
@@ -254,6 +283,8 @@ class TCPConnection:
     # ------------------------------------------------------------ internals
 
     def _check_event(self, event: Event) -> None:
+        if type(event) is SegmentArrived:
+            return  # valid in every state (its Segment was checked when built)
         if self.closed and not isinstance(event, (SegmentArrived, TimerExpired, ReceiveRead)):
             raise TCPUsageError(f"{type(event).__name__} on a closed connection")
         if isinstance(event, (ActiveOpen, PassiveOpen)):
@@ -284,10 +315,27 @@ class TCPConnection:
         self._actions.append(action)
 
     def arm(self, kind: TimerKind, delay: int) -> None:
-        self.timers[kind] = self.now + delay
+        timers = self.timers
+        touched = self._touched
+        if kind not in touched:
+            touched[kind] = timers.get(kind)  # the deadline before this call
+        timers[kind] = self.now + delay
 
     def disarm(self, kind: TimerKind) -> None:
-        self.timers.pop(kind, None)
+        timers = self.timers
+        if kind in timers:
+            touched = self._touched
+            if kind not in touched:
+                touched[kind] = timers[kind]
+            del timers[kind]
+
+    def _clear_timers(self) -> None:
+        """tcp_canceltimers."""
+        touched = self._touched
+        for kind, when in self.timers.items():
+            if kind not in touched:
+                touched[kind] = when
+        self.timers.clear()
 
     def armed(self, kind: TimerKind) -> bool:
         return kind in self.timers
@@ -323,7 +371,7 @@ class TCPConnection:
     def close(self, errno: int | None = None) -> None:
         """tcp_close: the block is gone."""
         self.state = TCPState.CLOSED
-        self.timers.clear()
+        self._clear_timers()
         self.segq.clear()
         if not self.closed:
             self.closed = True
@@ -403,7 +451,7 @@ class TCPConnection:
     def enter_time_wait(self) -> None:
         """TIME_WAIT: tcp_canceltimers, TCPT_2MSL = 2 * MSL."""
         self.state = TCPState.TIME_WAIT
-        self.timers.clear()
+        self._clear_timers()
         self.arm(TimerKind.TWOMSL, 2 * self.cfg.msl_ns)
 
     def _timer(self, kind: TimerKind) -> None:

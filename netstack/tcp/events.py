@@ -52,6 +52,11 @@ class TimerKind(enum.Enum):
     TWOMSL = "2msl"  # TCPT_2MSL: TIME_WAIT
     DELACK = "delack"  # t_delack_ch: the delayed-ACK callout
 
+    # Members are singletons compared by identity, so identity hashing is
+    # exact; Enum's own __hash__ (hash of the name, in Python) was a visible
+    # share of every timer lookup on the per-segment path.
+    __hash__ = object.__hash__
+
 
 # ---------------------------------------------------------------- validation
 
@@ -117,6 +122,32 @@ class Segment:
         """SEG.LEN: payload plus one for each of SYN and FIN (RFC 9293 3.4)."""
         f = self.flags
         return self.payload_len + (1 if f & TH_SYN else 0) + (1 if f & TH_FIN else 0)
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def wire_segment(
+    seq: int, ack: int, flags: int, wnd: int, mss: int | None, wscale: int | None,
+    payload_len: int, payload: object,
+) -> Segment:
+    """A ``Segment`` from fields a header parser already range-checked.
+
+    The kernel's glue builds one per arriving segment from ``parse_tcp``'s
+    result; running the field validators again would check what the parser
+    guarantees, at twice the cost of building the value.
+    """
+    s = _new(Segment)
+    _set(s, "seq", seq)
+    _set(s, "ack", ack)
+    _set(s, "flags", flags)
+    _set(s, "wnd", wnd)
+    _set(s, "mss", mss)
+    _set(s, "wscale", wscale)
+    _set(s, "payload_len", payload_len)
+    _set(s, "payload", payload)
+    return s
 
 
 # -------------------------------------------------------------------- events

@@ -14,7 +14,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import cc
-from .events import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, Segment, TCPState, TimerKind
+from .events import (
+    TH_ACK,
+    TH_FIN,
+    TH_PUSH,
+    TH_RST,
+    TH_SYN,
+    TH_URG,
+    Segment,
+    TCPState,
+    TimerKind,
+)
 from .seq import SEQ_GEQ, SEQ_GT, SEQ_LEQ, SEQ_LT, seq_add, seq_sub
 
 if TYPE_CHECKING:
@@ -32,6 +42,8 @@ def tcp_input(tp: TCPConnection, seg: Segment) -> None:
         tp.reset_for(seg)
         return
     tp.t_rcvtime = tp.now
+    if st == TCPState.ESTABLISHED and _predict(tp, seg):
+        return
     if st == TCPState.LISTEN:
         _listen(tp, seg)
         return
@@ -39,6 +51,77 @@ def tcp_input(tp: TCPConnection, seg: Segment) -> None:
         _syn_sent(tp, seg)
         return
     _synchronized(tp, seg)
+
+
+# TH_SYN|TH_FIN|TH_RST|TH_URG|TH_ECE|TH_CWR|TH_ACK: the flags that must be
+# exactly TH_ACK for header prediction.
+_PREDICT_MASK = TH_SYN | TH_FIN | TH_RST | TH_URG | 0x40 | 0x80 | TH_ACK
+
+
+def _predict(tp: TCPConnection, seg: Segment) -> bool:
+    """Header prediction (tcp_input.c 1.438.2.1, the netbsd-10 branch).
+
+    The two common cases of a one-way transfer, taken before the general
+    checks: a pure ACK for outstanding data on the sender, and in-order
+    data with nothing queued on the receiver.  What they do differs from
+    the general path in NetBSD's ways, kept here: a predicted ACK does not
+    open cwnd (it is taken only when cwnd >= snd_wnd already) and does not
+    clear t_dupacks; it drags snd_wl2 to snd_una (PR kern/55567); a
+    predicted data segment pulls snd_wl1 up to its sequence number.
+    True when the segment was taken.
+    """
+    if seg.flags & _PREDICT_MASK != TH_ACK or seg.seq != tp.rcv_nxt:
+        return False
+    if tp.snd_nxt != tp.snd_max:
+        return False
+    tiwin = seg.wnd << tp.snd_scale
+    if not tiwin or tiwin != tp.snd_wnd:
+        return False
+    ack = seg.ack
+    tlen = seg.payload_len
+    stats = tp.stats
+    if tlen == 0:
+        una = tp.snd_una
+        if not (
+            SEQ_GT(ack, una)
+            and SEQ_LEQ(ack, tp.snd_max)
+            and tp.snd_cwnd >= tp.snd_wnd
+            and tp.t_partialacks < 0
+        ):
+            return False
+        tp.rtt_sample(ack)
+        acked = seq_sub(ack, una)
+        stats.predack += 1
+        stats.rcvackpack += 1
+        stats.rcvackbyte += acked
+        tp.data_acked(acked)
+        tp.snd_una = ack
+        if SEQ_LT(tp.snd_high, ack):
+            tp.snd_high = ack
+        tp.snd_wl2 = ack
+        if ack == tp.snd_max:
+            tp.disarm(TimerKind.REXMT)
+        elif not tp.armed(TimerKind.PERSIST):
+            tp.arm(TimerKind.REXMT, tp.t_rxtcur)
+        if tp.sb_cc:
+            tp.output()
+        return True
+    if ack != tp.snd_una or tp.segq or tlen > tp.sbspace:
+        return False
+    tp.snd_wl1 = seg.seq
+    stats.preddat += 1
+    stats.rcvpack += 1
+    stats.rcvbyte += tlen
+    tp.deliver(seg.payload, 0, tlen)
+    # tcp_setup_ack
+    if tp.delack or (tp.cfg.ack_on_push and seg.flags & TH_PUSH):
+        tp.acknow = True
+    else:
+        tp.delack = True
+        tp.arm(TimerKind.DELACK, tp.cfg.delack_ns)
+    if tp.acknow:
+        tp.output()
+    return True
 
 
 def _take_options(tp: TCPConnection, seg: Segment) -> None:
