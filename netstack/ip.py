@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .mbuf import (
+    M_EXT_PAGES,
     M_PKTHDR,
     MT_HEADER,
     Mbuf,
@@ -351,10 +352,19 @@ class IPStack:
         flag = _CSUM_FLAG.get(ip.p, 0)
         if m.csum_flags & flag:
             return not m.csum_flags & M_CSUM_TCP_UDP_BAD
-        n = m_length(m)
         machine = self.machine
+        pm = machine.physmem
+        if m.m_next is None and not m.m_flags & M_EXT_PAGES:
+            # the usual received segment: one cluster, summed in place
+            n = m.m_len
+            d = m.m_data
+            s = pm.cksum_bytes(
+                memoryview(m._kmem())[d : d + n], pseudo_sum(ip.src, ip.dst, ip.p, n)
+            )
+        else:
+            n = m_length(m)
+            s = cksum_pieces(pm, m_pieces(m, 0, n), pseudo_sum(ip.src, ip.dst, ip.p, n))
         machine.platform.charge(machine.profile.costs.cksum_ns(n))
-        s = cksum_pieces(machine.physmem, m_pieces(m, 0, n), pseudo_sum(ip.src, ip.dst, ip.p, n))
         return s == 0xFFFF
 
     # ---------------------------------------------------------- reassembly

@@ -93,6 +93,37 @@ class Host:
                     call_at(end, e)
         return result
 
+    def sleep(self, cond: Callable[[], bool], limit_ns: int) -> bool:
+        """The running activity sleeps (tsleep) until ``cond()``.
+
+        What the activity emitted so far goes out at its CPU's clock, the
+        network runs, and the activity resumes with its CPU's clock at least
+        the network's time.  Returns ``cond()``: False when nothing was left
+        to run, or ``limit_ns`` of simulated time passed, with it still false.
+        """
+        net = self.net
+        sched = net.sched
+        act = self._act
+        if act is not None:
+            end = max(self.machine.cpus[act.cpu].clock, sched.now)
+            for e in act.emits:
+                sched.call_at(end, e)
+            act.emits.clear()
+            self._act = None
+        deadline = sched.now + limit_ns
+        try:
+            while not cond():
+                nxt = sched.next_time()
+                if nxt is None or nxt > deadline:
+                    return False
+                sched.step()
+        finally:
+            self._act = act
+            if act is not None:
+                c = self.machine.cpus[act.cpu]
+                c.clock = max(c.clock, sched.now)
+        return True
+
     def emit(self, fn: Callable[[], None]) -> None:
         """Schedule ``fn`` when the running activity finishes (at its CPU's
         clock then); outside an activity, at the network's now."""
@@ -161,6 +192,9 @@ class Network:
         self.links: list[Link] = []
         self.switches: dict[str, Switch] = {}
         self._next_host_addr = 1
+        # Pending TCP persist callouts (run_until_idle stops when only these
+        # are left); fired and cancelled ones are pruned lazily.
+        self.background: dict[Timer, None] = {}
 
     @property
     def now(self) -> int:
@@ -247,8 +281,41 @@ class Network:
         return self.run(self.sched.now + ns)
 
     def run_until_idle(self, max_events: int | None = None) -> int:
-        """Run until no event is pending (or ``max_events`` ran)."""
-        return self.sched.run(max_events)
+        """Run until the network is idle (or ``max_events`` ran); returns how many ran.
+
+        Idle: nothing is pending but TCP persist timers.  A connection whose
+        peer advertises a zero window (its receiver is not reading) probes
+        that window for as long as the window stays shut, as NetBSD's
+        tcp_timer_persist does while the probes are answered; nothing else
+        can happen until an application reads, so the network is idle from
+        the applications' point of view and the run stops before the next
+        probe.  ``run(until=...)`` still runs the probes.
+        """
+        sched = self.sched
+        ran = 0
+        while max_events is None or ran < max_events:
+            head = sched.peek()
+            if head is None:
+                break
+            if head in self.background and self._only_background_pending():
+                break
+            sched.step()
+            ran += 1
+        return ran
+
+    def note_background(self, timer: Timer) -> None:
+        """``timer`` only keeps a stalled connection probing (see run_until_idle)."""
+        bg = self.background
+        if len(bg) > 64:
+            for t in [t for t in bg if t.cancelled]:
+                del bg[t]
+        bg[timer] = None
+
+    def _only_background_pending(self) -> bool:
+        bg = self.background
+        for t in [t for t in bg if t.cancelled]:
+            del bg[t]
+        return self.sched.pending() == len(bg)
 
     def close(self) -> None:
         for h in self.hosts.values():

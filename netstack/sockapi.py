@@ -118,32 +118,8 @@ def _wire(host: Host, layer: SocketLayer) -> None:
 
 
 def host_sleep(host: Host, cond: Callable[[], bool]) -> bool:
-    """The running activity sleeps: what it emitted goes out, the network runs.
-
-    Returns cond(); False when nothing was left to run (or the sleep limit
-    passed) with cond still false.
-    """
-    net = host.net
-    act = host._act
-    if act is not None:
-        end = max(host.machine.cpus[act.cpu].clock, net.sched.now)
-        for e in act.emits:
-            net.sched.call_at(end, e)
-        act.emits.clear()
-        host._act = None
-    deadline = net.sched.now + SLEEP_LIMIT_NS
-    try:
-        while not cond():
-            nxt = net.sched.next_time()
-            if nxt is None or nxt > deadline:
-                return False
-            net.sched.step()
-    finally:
-        host._act = act
-        if act is not None:
-            c = host.machine.cpus[act.cpu]
-            c.clock = max(c.clock, net.sched.now)
-    return True
+    """The running activity sleeps until ``cond()`` (see :meth:`Host.sleep`)."""
+    return host.sleep(cond, SLEEP_LIMIT_NS)
 
 
 def socreate(host: Host, kind: str) -> UserSocket:

@@ -31,6 +31,7 @@ from uvmloan.errors import KernelAssertion, SegmentationFault
 from uvmloan.trace import Event
 
 from .mbuf import (
+    M_EXT_PAGES,
     MCLBYTES,
     MH_ALIGN,
     MHLEN,
@@ -361,7 +362,7 @@ def copyin(mach: Machine, uio: Uio, n: int) -> bytes:
         raise SocketError(EFAULT, f"copyin: {e}") from None
 
 
-def copyout(mach: Machine, uio: Uio, data: bytes) -> None:
+def copyout(mach: Machine, uio: Uio, data: bytes | memoryview) -> None:
     """Write user memory as copyout does: a store to a loaned page breaks the loan."""
     proc = uio.proc
     assert proc is not None and uio.vmmap is not None
@@ -569,7 +570,12 @@ def soreceive(so: Socket, uio: Uio, flags: int = 0) -> tuple[int, bytes | None, 
     cur = m
     while cur is not None and uio.uio_resid > 0:
         n = min(uio.uio_resid, cur.m_len - moff)
-        data = gather(cur, m_pieces(cur, moff, n))
+        if cur.m_flags & M_EXT_PAGES:
+            data: bytes | memoryview = gather(cur, m_pieces(cur, moff, n))
+        else:
+            # kernel memory: uiomove copies straight out of the mbuf's data
+            d = cur.m_data + moff
+            data = memoryview(cur._kmem())[d : d + n]
         try:
             if uio.kdata is not None:
                 uio.kdata[uio.iov_base : uio.iov_base + n] = data

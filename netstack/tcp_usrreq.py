@@ -17,6 +17,7 @@ core decides.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,9 @@ if TYPE_CHECKING:
     from uvmloan.sim import Timer
 
     from .ip import IPStack
+
+# struct tcphdr with th_off 5 (0x50) and no options, as wire.pack_tcp lays it out.
+_TCP_NOOPT = struct.Struct("!HHIIBBHHH")
 
 # max_linkhdr: room left in front of a header mbuf for the link header.
 MAX_LINKHDR = 16
@@ -427,7 +431,10 @@ class TCPProtocol(Protocol):
             old.cancel()
         kind = a.kind
         host = _host(self.table)
-        inp.timers[kind] = host.schedule(a.when, lambda: self._timer(so, inp, kind))
+        t = host.schedule(a.when, lambda: self._timer(so, inp, kind))
+        inp.timers[kind] = t
+        if kind is TimerKind.PERSIST:
+            host.net.note_background(t)
 
     def _act_cancel_timer(self, so: Socket, inp: TCPPcb, a: CancelTimer) -> None:
         old = inp.timers.pop(a.kind, None)
@@ -467,11 +474,19 @@ class TCPProtocol(Protocol):
         """tcp_output's packet: the payload is m_copym of the send buffer."""
         t = self.table
         layer = so.layer
-        hdr = pack_tcp(
-            TCPHeader(
-                inp.lport, inp.fport, a.seq, a.ack, a.flags, a.wnd, mss=a.mss, wscale=a.wscale
+        if a.mss is None and a.wscale is None:
+            # no options (every segment after the handshake): the 20 bytes
+            # pack_tcp would lay out, without building a TCPHeader first
+            hdr: bytes | bytearray = _TCP_NOOPT.pack(
+                inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
             )
-        )
+        else:
+            hdr = pack_tcp(
+                TCPHeader(
+                    inp.lport, inp.fport, a.seq, a.ack, a.flags, a.wnd, mss=a.mss,
+                    wscale=a.wscale,
+                )
+            )
         hlen = len(hdr)
         # tcp_build_datapkt: data that fits the header mbuf's trailing space
         # (MHLEN - max_linkhdr - IP and TCP headers) is copied there with
@@ -521,7 +536,12 @@ _ACTORS: dict[type, Any] = {
 
 
 def _has_loan(m: Mbuf) -> bool:
-    return any(x.m_flags & M_EXT_PAGES for x in m.chain())
+    cur: Mbuf | None = m
+    while cur is not None:
+        if cur.m_flags & M_EXT_PAGES:
+            return True
+        cur = cur.m_next
+    return False
 
 
 def _forget_refs(m: Mbuf) -> None:

@@ -65,6 +65,12 @@ class Scheduler:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
+    def peek(self) -> Timer | None:
+        """The earliest pending callback's handle, without running it."""
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        return self._heap[0][2] if self._heap else None
+
     def step(self) -> bool:
         """Run the earliest callback; False when nothing is pending."""
         while self._heap:

@@ -3,7 +3,8 @@ the chain, receive into clusters, if_data counters."""
 
 from __future__ import annotations
 
-from rawnet import Sink, free_pages, ifp, page_mbuf, pair, udp_out
+import pytest
+from rawnet import Sink, free_pages, ifp, kmem_chain, page_mbuf, pair, udp_out
 
 from netstack.ip import ENOBUFS
 from netstack.link import FrameMeta
@@ -107,3 +108,37 @@ def test_interrupts_are_charged_on_the_interrupt_cpu() -> None:
     assert b.machine.cpus[0].clock >= t0 + 10_240 + costs.intr_ns + costs.ip_packet_ns
     # the sender's CPU took the transmit completion interrupt at t0 + 10.24 us
     assert a.machine.cpus[0].clock == t0 + 10_240 + costs.intr_ns
+
+
+@pytest.mark.parametrize("offload", [False, True])
+@pytest.mark.parametrize("head", [0, 1, 3, 61])
+def test_transmit_checksum_over_pages_at_odd_stream_positions(offload: bool, head: int) -> None:
+    # The transport sum is taken in the DMA read: kernel-memory pieces by
+    # cksum_bytes, page runs by gather_cksum, each placed at its parity in
+    # the segment (RFC 1071 2(B)).  A kernel-memory piece of odd length puts
+    # the page run at an odd position; 0xff-heavy bytes make its sum carry.
+    from netstack.mbuf import m_cat
+    from netstack.wire import in_cksum_bytes, pseudo_sum
+
+    net, a, b, lk = pair(csum_offload=offload)
+    sink = Sink(b.stack).attach()
+    frames: list[bytes] = []
+    lk.add_tap(lambda now, f, meta: frames.append(bytes(f)))
+    pre = bytes([0xFF, 0xFE, 0xFF] * 400)[:head]
+    data = bytes([0xFF] * 901 + [0x01, 0xFF] * 200)  # odd: the tail starts odd
+    body = kmem_chain(a, pre) if pre else None
+    m, pages = page_mbuf(a, data, offset=4093)  # two pages, odd offset
+    tail = bytes([0xFF, 0x80, 0xFF] * 5)
+    m_cat(m, kmem_chain(a, tail))  # kernel memory after the pages
+    if body is not None:
+        m_cat(body, m)
+    udp_out(a, ifp(lk, 1).addr, body if body is not None else m)
+    net.run_until_idle()
+    assert [g.payload for g in sink.got] == [pre + data + tail] and sink.got[0].cksum_ok
+    (frame,) = frames
+    seg = frame[20:]
+    src = int.from_bytes(frame[12:16], "big")
+    dst = int.from_bytes(frame[16:20], "big")
+    # the plain RFC 1071 reference over the whole segment and pseudo-header
+    assert in_cksum_bytes(seg, pseudo_sum(src, dst, 17, len(seg))) == 0
+    free_pages(a, pages)

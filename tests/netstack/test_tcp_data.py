@@ -392,3 +392,64 @@ def test_pure_ack_behind_a_closed_window_arms_persist() -> None:
     assert TimerKind.REXMT not in d.conn.timers
     # tcp_setpersist: RTO 1 s << 0, clamped up to TCPTV_PERSMIN 5 s.
     assert SetTimer(TimerKind.PERSIST, 6 * S + 100 * MS) in out
+
+
+# ------------------------------------------------------- header prediction
+
+
+def test_predicted_ack_takes_the_fast_path_without_opening_cwnd() -> None:
+    # tcp_input.c 1.438.2.1 header prediction: a pure ACK for outstanding
+    # data, in ESTABLISHED, same window, snd_nxt == snd_max, cwnd >= snd_wnd
+    # and no recovery.  A peer window of 2920 with cwnd 4380 (the IW) meets
+    # cwnd >= snd_wnd at once.
+    d = client(wnd=2920)
+    out = d.ev(SendQueued(2920), at=1 * S)
+    assert len(tx(out)) == 2
+    d.conn.t_dupacks = 1  # a duplicate ACK was counted before
+    out = d.seg(D, U + 1460, wnd=2920, at=1 * S + 100 * MS)
+    c = d.conn
+    assert c.stats.predack == 1 and c.stats.rcvackpack == 1 and c.stats.rcvackbyte == 1460
+    assert of(out, DataAcked) == [DataAcked(1460)]
+    # the predicted ACK does not run tcp_newreno_newack: cwnd stays at the IW
+    # (the general path would have opened it by min(1460, 2 * 1460))
+    assert c.snd_cwnd == 4380
+    # nor does it clear t_dupacks (only the general path's
+    # fast_retransmit_newack does), and it drags snd_wl2 (PR kern/55567)
+    assert c.t_dupacks == 1
+    assert c.snd_wl2 == U + 1460 and c.snd_una == U + 1460
+    # data still outstanding: REXMT re-armed at the current RTO
+    assert SetTimer(TimerKind.REXMT, 1 * S + 100 * MS + c.t_rxtcur) in out
+
+
+def test_ack_with_cwnd_below_the_window_takes_the_general_path() -> None:
+    # cwnd 4380 < snd_wnd 65535: not predicted; slow start opens cwnd.
+    d = client()
+    d.ev(SendQueued(2920), at=1 * S)
+    d.conn.t_dupacks = 1
+    d.seg(D, U + 1460, at=1 * S + 100 * MS)
+    c = d.conn
+    assert c.stats.predack == 0 and c.stats.rcvackpack == 1
+    assert c.snd_cwnd == 4380 + 1460  # RFC 3465 with L = 2 SMSS: min(1460, 2920)
+    assert c.t_dupacks == 0
+
+
+def test_predicted_data_is_delivered_with_the_delayed_ack_rules() -> None:
+    d = client()
+    out = d.seg(D, U, n=1460, at=1 * S)
+    c = d.conn
+    assert c.stats.preddat == 1 and c.stats.rcvpack == 1 and c.stats.rcvbyte == 1460
+    assert c.snd_wl1 == D  # pulled up to th_seq
+    assert of(out, Deliver) == [Deliver(("seg", D, 1460), 0, 1460)]
+    assert SetTimer(TimerKind.DELACK, 1 * S + 200 * MS) in out and tx(out) == []
+    out = d.seg(D + 1460, U, n=1460, at=1 * S + 1 * MS)
+    assert c.stats.preddat == 2
+    assert tx(out) == [Transmit(U, D + 2920, TH_ACK, 32768 - 2920)]
+
+
+def test_segments_that_are_not_predicted() -> None:
+    d = client()
+    # a window change, a PUSH-less FIN, out-of-order data: the general path
+    d.seg(D, U, n=100, wnd=60000, at=1 * S)
+    d.seg(D + 1000, U, n=100, at=1 * S + 1 * MS)
+    d.seg(D + 100, U, flags=TH_ACK | TH_FIN, at=1 * S + 2 * MS)
+    assert d.conn.stats.preddat == 0 and d.conn.stats.predack == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -198,3 +199,49 @@ def test_malformed_segments_are_counted_drops(net: Network) -> None:
     c.close()
     s.close()
     quiescent(net, a, b)
+
+
+def test_run_until_idle_stops_at_a_zero_window_and_the_stream_resumes(net: Network) -> None:
+    # The receiver does not read: its 32 KiB buffer fills, the window shuts
+    # and the sender's persist timer probes it (tcp_timer_persist, as long as
+    # the probes are answered).  run_until_idle stops when only that timer
+    # is pending; once the receiver reads, the rest of the stream arrives.
+    a, b = hosts(net)
+    srv = b.socket("tcp")
+    srv.bind(("", 9))
+    srv.listen()
+    cli = a.socket("tcp")
+    cli.connect((b.addr, 9))
+    conn, _ = srv.accept()
+    cli.setblocking(False)
+    conn.setblocking(False)
+    data = bytes(range(256)) * 400  # 100 KiB: more than both buffers hold
+    proc = a.machine.spawn("writer")
+    va = proc.mmap(len(data))
+    proc.write(va, data)
+    off = 0
+    for _ in range(400):
+        try:
+            off += cli.send(proc, va + off, min(8192, len(data) - off))
+        except SocketError as e:
+            assert e.bsd_errno == 35  # EAGAIN: the send buffer is full
+            net.run_until_idle(20_000)
+        if off >= len(data):
+            break
+    net.run_until_idle()
+    head = net.sched.peek()
+    # only the persist callout is left
+    assert net.sched.pending() == 1 and head is not None and head in net.background
+    # tcp_sendspace + tcp_recvspace (32 KiB each) were taken before the stall
+    assert off == 64 * 1024
+    got = b""
+    for _ in range(2000):
+        with contextlib.suppress(SocketError):
+            got += conn.recv_bytes(65536)
+        if off < len(data):
+            with contextlib.suppress(SocketError):
+                off += cli.send(proc, va + off, min(8192, len(data) - off))
+        if len(got) == len(data):
+            break
+        net.run_until_idle()
+    assert got == data
