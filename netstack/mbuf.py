@@ -126,7 +126,9 @@ class Mbuf:
         "serial",
     )
 
-    def __init__(self, pool: MbufPool, mtype: int, pkthdr: bool, serial: int) -> None:
+    def __init__(
+        self, pool: MbufPool, mtype: int, pkthdr: bool, serial: int, dat: bool = True
+    ) -> None:
         self.pool = pool
         self.serial = serial
         self.m_next: Mbuf | None = None
@@ -135,8 +137,9 @@ class Mbuf:
         self.m_flags = M_PKTHDR if pkthdr else 0
         self.m_type = mtype
         self.m_data = 0
-        # Internal data: a pkthdr mbuf has MHLEN bytes, others MLEN.
-        self.m_dat: bytearray | None = bytearray(MHLEN if pkthdr else MLEN)
+        # Internal data: a pkthdr mbuf has MHLEN bytes, others MLEN (none
+        # for one that gets a cluster at once: m_getcl).
+        self.m_dat: bytearray | None = bytearray(MHLEN if pkthdr else MLEN) if dat else None
         self.m_ext_storage: ExtStorage | None = None
         self.m_ext_ref: Mbuf | None = None
         self.m_pkthdr_len = 0
@@ -203,9 +206,9 @@ class MbufPool:
 
     # ------------------------------------------------------------ allocation
 
-    def _get(self, mtype: int, pkthdr: bool) -> Mbuf:
+    def _get(self, mtype: int, pkthdr: bool, dat: bool = True) -> Mbuf:
         self._serial += 1
-        m = Mbuf(self, mtype, pkthdr, self._serial)
+        m = Mbuf(self, mtype, pkthdr, self._serial, dat)
         self.live[m] = None
         self.mbufs_allocated += 1
         return m
@@ -229,7 +232,7 @@ class MbufPool:
         self.clusters_allocated += 1
 
     def m_getcl(self, mtype: int = MT_DATA, pkthdr: bool = True) -> Mbuf:
-        m = self._get(mtype, pkthdr)
+        m = self._get(mtype, pkthdr, dat=False)
         self.m_clget(m)
         return m
 

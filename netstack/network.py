@@ -64,7 +64,12 @@ class Host:
         """Run ``fn`` as a kernel activity on ``cpu`` (default CPU 0, where
         the NIC's interrupts are routed) and return its result."""
         plat = self.machine.platform
-        idx = 0 if cpu is None else plat.cpu(cpu).index
+        if cpu is None:
+            idx = 0
+        elif type(cpu) is int and 0 <= cpu < len(plat.cpus):
+            idx = cpu  # the common case, checked without a call
+        else:
+            idx = plat.cpu(cpu).index  # raises the error that names the problem
         outer = self._act
         saved = plat.cur
         if outer is not None and outer.cpu == idx:

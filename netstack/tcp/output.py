@@ -24,7 +24,7 @@ from .events import (
     TimerKind,
     Transmit,
 )
-from .seq import SEQ_GT, SEQ_LT, seq_add, seq_sub
+from .seq import SEQ_GT, seq_add, seq_sub
 
 if TYPE_CHECKING:
     from .conn import TCPConnection
@@ -56,76 +56,101 @@ def setpersist(tp: TCPConnection) -> None:
 
 def rcv_window(tp: TCPConnection) -> int:
     """The window to advertise, in bytes (receiver SWS avoidance, never shrinking)."""
-    win = tp.sbspace
+    win = tp.sb_hiwat_rcv - tp.so_rcv_cc  # sbspace(so_rcv)
+    if win < 0:
+        win = 0
     # Receiver SWS avoidance (RFC 9293 3.8.6.2.2): do not offer less than
     # a quarter of the buffer or one segment.
     if win < tp.sb_hiwat_rcv // 4 and win < tp.t_ourmss:
         win = 0
-    win = min(win, TCP_MAXWIN << tp.rcv_scale)
+    top = TCP_MAXWIN << tp.rcv_scale
+    if win > top:
+        win = top
     # Never shrink the window already offered (RFC 9293 3.8.6.2.2).
     offered = seq_sub(tp.rcv_adv, tp.rcv_nxt)
-    return max(win, offered)
+    return win if win > offered else offered
+
+
+# The per-segment path: tcp_output runs once or twice for every segment that
+# arrives, so it reads the block's fields into locals and spells the
+# sequence comparisons out (SEQ_LT(a, b) is ((a - b) mod 2**32) >= 2**31)
+# rather than calling the seq helpers for each.
+_MASK = 0xFFFFFFFF
+_HALF = 1 << 31
+_REXMT = TimerKind.REXMT
+_PERSIST = TimerKind.PERSIST
+_DELACK = TimerKind.DELACK
 
 
 def tcp_output(tp: TCPConnection) -> None:
     st = tp.state
-    if st in (TCPState.CLOSED, TCPState.LISTEN):
+    if st == TCPState.CLOSED or st == TCPState.LISTEN:
         return
-    cfg = tp.cfg
-    synchronized = tp.synchronized()
+    synchronized = st >= TCPState.ESTABLISHED  # TCPS_HAVEESTABLISHED
+    timers = tp.timers
     idle = tp.snd_max == tp.snd_una
     if synchronized and idle and tp.now - tp.t_rcvtime >= tp.t_rxtcur:
         # Restart after idle (RFC 5681 4.1): cwnd no larger than the IW.
+        cfg = tp.cfg
         tp.snd_cwnd = min(tp.snd_cwnd, cc.initial_window(cfg.init_win or 1, tp.t_segsz))
+    outflags = TCP_OUTFLAGS[st]
     while True:
         sendalot = False
         off = seq_sub(tp.snd_nxt, tp.snd_una)
-        win = min(tp.snd_wnd, tp.snd_cwnd)
-        flags = TCP_OUTFLAGS[st]
+        snd_wnd = tp.snd_wnd
+        cwnd = tp.snd_cwnd
+        win = snd_wnd if snd_wnd < cwnd else cwnd
+        flags = outflags
+        sb_cc = tp.sb_cc
         if tp.t_force:
             if win == 0:
                 # A zero-window probe: one byte beyond the window, and no
                 # FIN unless it is the last byte.
-                if off < tp.sb_cc:
+                if off < sb_cc:
                     flags &= ~TH_FIN
                 win = 1
             else:
-                tp.disarm(TimerKind.PERSIST)
+                tp.disarm(_PERSIST)
                 tp.t_rxtshift = 0
-        if flags & TH_SYN and SEQ_GT(tp.snd_nxt, tp.snd_una):
+        if flags & TH_SYN and 0 < (tp.snd_nxt - tp.snd_una) & _MASK < _HALF:
             # The SYN is already out; only a retransmission (snd_nxt pulled
             # back to snd_una) resends it.
             flags &= ~TH_SYN
-        length = min(tp.sb_cc, win) - off if synchronized else 0
+        if synchronized:
+            length = (sb_cc if sb_cc < win else win) - off
+        else:
+            length = 0
         if length < 0:
             # Either our FIN is out (off = sb_cc + 1) or the window shrank
             # below what we had sent.  If it closed, pull snd_nxt back and
             # persist.
             length = 0
             if win == 0:
-                tp.disarm(TimerKind.REXMT)
+                tp.disarm(_REXMT)
                 tp.t_rxtshift = 0
                 tp.snd_nxt = tp.snd_una
                 off = 0
-                if not tp.armed(TimerKind.PERSIST):
+                if _PERSIST not in timers:
                     setpersist(tp)
-        if length > tp.t_segsz:
-            length = tp.t_segsz
+        segsz = tp.t_segsz
+        if length > segsz:
+            length = segsz
             sendalot = True
-        if off + length < tp.sb_cc:
+        if off + length < sb_cc:
             flags &= ~TH_FIN
         # Sender SWS avoidance and Nagle (RFC 9293 3.8.6.2.1, RFC 896).
         send = bool(length) and bool(
-            length >= tp.t_segsz
-            or ((idle or tp.nodelay) and length + off >= tp.sb_cc)
+            length >= segsz
+            or ((idle or tp.nodelay) and length + off >= sb_cc)
             or tp.t_force
             or (tp.max_sndwnd and length >= tp.max_sndwnd // 2)
-            or SEQ_LT(tp.snd_nxt, tp.snd_max)
+            or (tp.snd_nxt - tp.snd_max) & _MASK >= _HALF  # SEQ_LT(snd_nxt, snd_max)
         )
         if not send and synchronized:
-            rwin = tp.sbspace
+            rwin = tp.sb_hiwat_rcv - tp.so_rcv_cc  # sbspace(so_rcv)
             if rwin > 0:
-                recwin = min(rwin, TCP_MAXWIN << tp.rcv_scale)
+                top = TCP_MAXWIN << tp.rcv_scale
+                recwin = rwin if rwin < top else top
                 adv = recwin - seq_sub(tp.rcv_adv, tp.rcv_nxt)
                 if adv >= 2 * tp.t_ourmss or 2 * adv >= tp.sb_hiwat_rcv:
                     send = True
@@ -136,7 +161,7 @@ def tcp_output(tp: TCPConnection) -> None:
         ):
             send = True
         if not send:
-            if tp.sb_cc and not tp.armed(TimerKind.REXMT) and not tp.armed(TimerKind.PERSIST):
+            if sb_cc and _REXMT not in timers and _PERSIST not in timers:
                 tp.t_rxtshift = 0
                 setpersist(tp)
             return
@@ -146,7 +171,7 @@ def tcp_output(tp: TCPConnection) -> None:
 
 
 def _send(tp: TCPConnection, flags: int, off: int, length: int) -> None:
-    cfg = tp.cfg
+    timers = tp.timers
     if flags & TH_FIN and tp.sentfin and tp.snd_nxt == tp.snd_max:
         # Resending a FIN: do not use a new sequence number.
         tp.snd_nxt = seq_add(tp.snd_nxt, -1)
@@ -157,24 +182,29 @@ def _send(tp: TCPConnection, flags: int, off: int, length: int) -> None:
         mss = tp.t_ourmss
         if tp.req_scale and (tp.state == TCPState.SYN_SENT or tp.rcvd_scale):
             wscale = tp.request_r_scale
-    if length or flags & (TH_SYN | TH_FIN) or tp.armed(TimerKind.PERSIST):
-        seq = tp.snd_nxt
-    else:
-        seq = tp.snd_max
+    persisting = _PERSIST in timers
+    snd_nxt = tp.snd_nxt
+    seq = snd_nxt if length or flags & (TH_SYN | TH_FIN) or persisting else tp.snd_max
     if tp.state == TCPState.SYN_SENT:
         win = min(tp.sbspace, TCP_MAXWIN)
         wnd = win
     else:
         win = rcv_window(tp)
         # The window on a SYN is never scaled (RFC 7323 2.2).
-        wnd = min(win, TCP_MAXWIN) if flags & TH_SYN else min(win >> tp.rcv_scale, TCP_MAXWIN)
+        if flags & TH_SYN:
+            wnd = win if win < TCP_MAXWIN else TCP_MAXWIN
+        else:
+            wnd = win >> tp.rcv_scale
+            if wnd > TCP_MAXWIN:
+                wnd = TCP_MAXWIN
     ack = tp.rcv_nxt if flags & TH_ACK else 0
     seglen = length + (1 if flags & TH_SYN else 0) + (1 if flags & TH_FIN else 0)
-    rexmt = seglen > 0 and SEQ_LT(seq, tp.snd_max)
+    snd_max = tp.snd_max
+    rexmt = seglen > 0 and (seq - snd_max) & _MASK >= _HALF  # SEQ_LT(seq, snd_max)
     st = tp.stats
     st.sndtotal += 1
     if length:
-        if tp.t_force and length == 1 and tp.armed(TimerKind.PERSIST):
+        if tp.t_force and length == 1 and persisting:
             st.sndprobe += 1
         elif rexmt:
             st.sndrexmitpack += 1
@@ -188,43 +218,43 @@ def _send(tp: TCPConnection, flags: int, off: int, length: int) -> None:
         st.sndctrl += 1
     else:
         st.sndwinup += 1
-    tp.emit(Transmit(seq, ack, flags, wnd, mss, wscale, off if length else 0, length, rexmt))
-    if not tp.t_force or not tp.armed(TimerKind.PERSIST):
-        startseq = tp.snd_nxt
+    tp._actions.append(
+        Transmit(seq, ack, flags, wnd, mss, wscale, off if length else 0, length, rexmt)
+    )
+    if not tp.t_force or not persisting:
+        startseq = snd_nxt
         if flags & TH_SYN:
-            tp.snd_nxt = seq_add(tp.snd_nxt, 1)
+            snd_nxt = (snd_nxt + 1) & _MASK
         if flags & TH_FIN:
-            tp.snd_nxt = seq_add(tp.snd_nxt, 1)
+            snd_nxt = (snd_nxt + 1) & _MASK
             tp.sentfin = True
-        tp.snd_nxt = seq_add(tp.snd_nxt, length)
-        if SEQ_GT(tp.snd_nxt, tp.snd_max):
-            tp.snd_max = tp.snd_nxt
+        snd_nxt = (snd_nxt + length) & _MASK
+        tp.snd_nxt = snd_nxt
+        if 0 < (snd_nxt - snd_max) & _MASK < _HALF:  # SEQ_GT(snd_nxt, snd_max)
+            tp.snd_max = snd_nxt
             if tp.t_rtttime is None:
                 # Time this segment (one at a time, RFC 6298 3).
                 tp.t_rtttime = tp.now
                 tp.t_rtseq = startseq
-        if not tp.armed(TimerKind.REXMT) and tp.snd_nxt != tp.snd_una:
-            if tp.armed(TimerKind.PERSIST):
-                tp.disarm(TimerKind.PERSIST)
+        if _REXMT not in timers and snd_nxt != tp.snd_una:
+            if _PERSIST in timers:
+                tp.disarm(_PERSIST)
                 tp.t_rxtshift = 0
-            tp.arm(TimerKind.REXMT, tp.t_rxtcur)
+            tp.arm(_REXMT, tp.t_rxtcur)
     elif SEQ_GT(seq_add(tp.snd_nxt, length), tp.snd_max):
         tp.snd_max = seq_add(tp.snd_nxt, length)
-    if (
-        length == 0
-        and tp.sb_cc
-        and not tp.armed(TimerKind.REXMT)
-        and not tp.armed(TimerKind.PERSIST)
-    ):
+    if length == 0 and tp.sb_cc and _REXMT not in timers and _PERSIST not in timers:
         # A pure ACK went out while data waits behind a closed window: arm
         # PERSIST, or a lost window update would deadlock the connection
         # (FreeBSD's and OpenBSD's tcp_output: "Avoid a situation where we
         # do not set persist timer after a zero window condition").
         tp.t_rxtshift = 0
         setpersist(tp)
-    if win > 0 and tp.state != TCPState.SYN_SENT and SEQ_GT(seq_add(tp.rcv_nxt, win), tp.rcv_adv):
-        tp.rcv_adv = seq_add(tp.rcv_nxt, win)
+    if win > 0 and tp.state != TCPState.SYN_SENT:
+        adv = (tp.rcv_nxt + win) & _MASK
+        if 0 < (adv - tp.rcv_adv) & _MASK < _HALF:  # SEQ_GT(rcv_nxt + win, rcv_adv)
+            tp.rcv_adv = adv
     tp.acknow = False
     tp.delack = False
-    tp.disarm(TimerKind.DELACK)
-    del cfg
+    if _DELACK in timers:
+        tp.disarm(_DELACK)
