@@ -55,6 +55,7 @@ from .wire import (
     IPHeader,
     Malformed,
     cksum_pieces,
+    ip_hdr_sum,
     parse_ip,
     pseudo_sum,
 )
@@ -507,4 +508,4 @@ def _write_ip(
     """Fill the 20-byte header at the front of ``m`` and its checksum."""
     v = mtod_bytes(m)
     struct.pack_into("!BBHHHBBHII", v, 0, 0x45, tos, length, ident, off, ttl, p, 0, src, dst)
-    struct.pack_into("!H", v, 10, ~pm.cksum_bytes(v[:IP_HDR_LEN]) & 0xFFFF)
+    struct.pack_into("!H", v, 10, ~ip_hdr_sum(v) & 0xFFFF)
