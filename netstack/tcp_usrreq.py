@@ -17,6 +17,7 @@ core decides.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections import Counter
@@ -28,6 +29,7 @@ from uvmloan.errors import KernelAssertion
 
 from .mbuf import (
     M_EXT_PAGES,
+    M_PKTHDR,
     MHLEN,
     Mbuf,
     m_adj,
@@ -97,6 +99,7 @@ from .tcp.reass import ReassQueue
 from .udp import ANONPORTMAX, ANONPORTMIN, InPcb
 from .wire import (
     IPPROTO_TCP,
+    TCP_HDR_LEN,
     IPHeader,
     Malformed,
     TCPHeader,
@@ -159,7 +162,7 @@ def tcp_table(stack: IPStack) -> TCPTable:
     if t is None:
         t = TCPTable(stack)
         stack.pcbs["tcp"] = t
-        stack.register(IPPROTO_TCP, lambda m, ip, ifp: tcp_input(t, m, ip))
+        stack.register(IPPROTO_TCP, functools.partial(tcp_input, t))
     assert isinstance(t, TCPTable)
     return t
 
@@ -573,45 +576,64 @@ def _send_rst(t: TCPTable, ip: IPHeader, th: TCPHeader, seglen: int) -> None:
     t.stack.ip_output(m, ip.dst, ip.src, IPPROTO_TCP)
 
 
-def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader) -> None:
+def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
     """Validate, checksum, find the pcb (or a listener: sonewconn), drive the core."""
     st = t.tcpstat
     st["tcps_rcvtotal"] += 1
     n = m_length(m)
     # the header is read in place (tcp_input's M_REGION_GET of a header
     # that sits contiguous in the first mbuf), not copied
-    th = parse_tcp(m_peek(m, min(n, 60)), n)
-    if isinstance(th, Malformed):
-        st[th.stat] += 1
-        m_freem(m)
-        return
+    buf = m_peek(m, min(n, 60))
+    th: TCPHeader | Malformed | None = None
+    if n >= TCP_HDR_LEN and len(buf) >= TCP_HDR_LEN and buf[12] == 0x50:
+        # th_off 5, no options (every segment after the handshake): the
+        # fixed header is all parse_tcp would read, so unpack it here
+        sport, dport, seq, ack, _off, flags, win, _sum, _urp = _TCP_NOOPT.unpack_from(buf)
+        hlen = TCP_HDR_LEN
+        mss = wscale = None
+    else:
+        th = parse_tcp(buf, n)
+        if isinstance(th, Malformed):
+            st[th.stat] += 1
+            m_freem(m)
+            return
+        sport, dport, seq, ack, flags, win = th.sport, th.dport, th.seq, th.ack, th.flags, th.win
+        hlen, mss, wscale = th.hlen, th.mss, th.wscale
     if not t.stack.in4_cksum_ok(m, ip):
         st["tcps_rcvbadsum"] += 1
         m_freem(m)
         return
-    m_adj(m, th.hlen)
-    plen = n - th.hlen
-    seglen = plen + (1 if th.flags & TH_SYN else 0) + (1 if th.flags & 0x01 else 0)
-    inp = t.conns.get((ip.dst, th.dport, ip.src, th.sport))
+    plen = n - hlen
+    inp = t.conns.get((ip.dst, dport, ip.src, sport))
     if inp is None or inp.closed:
-        lis = t.listeners.get(th.dport)
-        if lis is None or not th.flags & TH_SYN or th.flags & (TH_ACK | TH_RST):
+        full = parse_tcp(buf, n) if th is None else th
+        assert not isinstance(full, Malformed)
+        m_adj(m, hlen)
+        seglen = plen + (1 if flags & TH_SYN else 0) + (1 if flags & 0x01 else 0)
+        lis = t.listeners.get(dport)
+        if lis is None or not flags & TH_SYN or flags & (TH_ACK | TH_RST):
             st["tcps_noport" if lis is None else "tcps_drops"] += 1
             m_freem(m)
-            if lis is None or th.flags & TH_ACK:
-                _send_rst(t, ip, th, seglen)
+            if lis is None or flags & TH_ACK:
+                _send_rst(t, ip, full, seglen)
             return
-        inp = _sonewconn(t, lis, ip, th)
+        inp = _sonewconn(t, lis, ip, full)
         if inp is None:
             st["tcps_listendrop"] += 1
             m_freem(m)
             return
+    elif m.m_len > hlen:
+        # m_adj(m, hlen) when the header sits in the first mbuf with data after it
+        m.m_data += hlen
+        m.m_len -= hlen
+        if m.m_flags & M_PKTHDR:
+            m.m_pkthdr_len -= hlen
+    else:
+        m_adj(m, hlen)
     so = inp.so
     proto = so.proto
     assert isinstance(proto, TCPProtocol)
-    seg = wire_segment(
-        th.seq, th.ack, th.flags, th.win, th.mss, th.wscale, plen, m if plen else None
-    )
+    seg = wire_segment(seq, ack, flags, win, mss, wscale, plen, m if plen else None)
     if plen:
         inp.pending[id(m)] = m
     else:
