@@ -86,9 +86,12 @@ def our_transfer(size: int, loan: bool, trace: str) -> dict[str, Any]:
     got = [0]
 
     def drain(s: Any) -> None:
+        # one read per wakeup, as a reader woken by select(2) does; again
+        # only if that read filled the buffer it offered
         while got[0] < size:
+            want = min(RECV_BUF, size - got[0])
             try:
-                n = s.recv(q, rva + got[0], min(RECV_BUF, size - got[0]), MSG_DONTWAIT)
+                n = s.recv(q, rva + got[0], want, MSG_DONTWAIT)
             except SocketError as e:
                 if e.errno == EWOULDBLOCK:
                     return
@@ -96,6 +99,8 @@ def our_transfer(size: int, loan: bool, trace: str) -> dict[str, Any]:
             if n <= 0:
                 return
             got[0] += n
+            if n < want:
+                return
 
     conn.setblocking(False)
     conn.on_readable(drain)
