@@ -89,6 +89,7 @@ from ..param import (
     VM_PROT_WRITE,
 )
 from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
+from .draws import draw
 from .failures import CheckFailure
 from .hooks import MachineHooks
 from .vm_model import VMModel
@@ -105,7 +106,9 @@ from .vm_reference import (
     RefPage,
     RefProc,
     file_body,
+    file_payload,
     roundup,
+    store_payload,
     vm_settings,
 )
 
@@ -157,7 +160,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
     def _index(data: st.DataObject, n: int, label: str) -> int:
         # Draw indices, never the objects: hypothesis pretty-prints what is
         # drawn, and a process with its pages is large.
-        return data.draw(st.integers(0, n - 1), label=label)
+        return draw(data, st.integers(0, n - 1), label)
 
     def _pick_mapped_proc(self, data: st.DataObject) -> RefProc:
         cands = [r for r in self.procs if r.regions]
@@ -171,19 +174,19 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         before (where copy-on-write and sharing happen), else anywhere in one
         of its regions; now and then running past the region's end."""
         hot = [va for va in rp.touched if va in rp.pages]
-        use_hot: bool = bool(hot) and data.draw(st.booleans(), label="hot")
+        use_hot: bool = bool(hot) and draw(data, st.booleans(), "hot")
         if use_hot:
-            base = data.draw(st.sampled_from(hot), label="page")
-            off = data.draw(st.integers(0, self.ps - 1), label="offset")
-            n = data.draw(st.integers(1, self.ps), label="n")
+            base = draw(data, st.sampled_from(hot), "page")
+            off = draw(data, st.integers(0, self.ps - 1), "offset")
+            n = draw(data, st.integers(1, self.ps), "n")
             return base + off, n
-        start, npages = data.draw(st.sampled_from(rp.regions), label="region")
+        start, npages = draw(data, st.sampled_from(rp.regions), "region")
         size = npages * self.ps
-        off = data.draw(st.integers(0, size - 1), label="offset")
-        if data.draw(st.integers(0, 7), label="overrun") == 0:
-            n = data.draw(st.integers(1, 2 * self.ps), label="n")
+        off = draw(data, st.integers(0, size - 1), "offset")
+        if draw(data, st.integers(0, 7), "overrun") == 0:
+            n = draw(data, st.integers(1, 2 * self.ps), "n")
         else:
-            n = data.draw(st.integers(1, min(size - off, self.ps + 7)), label="n")
+            n = draw(data, st.integers(1, min(size - off, self.ps + 7)), "n")
         return start + off, n
 
     def _pick_range(self, data: st.DataObject, rp: RefProc) -> list[int]:
@@ -192,14 +195,14 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         them (so that munlock, mprotect and munmap meet wired memory)."""
         ps = self.ps
         wired = sorted(va for va, pg in rp.pages.items() if pg.wired)
-        if bool(wired) and data.draw(st.booleans(), label="at wired"):
-            va = data.draw(st.sampled_from(wired), label="wired page")
+        if bool(wired) and draw(data, st.booleans(), "at wired"):
+            va = draw(data, st.sampled_from(wired), "wired page")
             start, npages = next(r for r in rp.regions if r[0] <= va < r[0] + r[1] * ps)
             first = (va - start) // ps
         else:
-            start, npages = data.draw(st.sampled_from(rp.regions), label="region")
-            first = data.draw(st.integers(0, npages - 1), label="first")
-        count = data.draw(st.integers(1, npages - first), label="count")
+            start, npages = draw(data, st.sampled_from(rp.regions), "region")
+            first = draw(data, st.integers(0, npages - 1), "first")
+        count = draw(data, st.integers(1, npages - first), "count")
         return [start + (first + i) * ps for i in range(count)]
 
     # ------------------------------------------------------------- rules
@@ -234,15 +237,15 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         rp = self._pick_proc(data)
         if len(rp.regions) >= self.MAX_REGIONS:
             return
-        npages = data.draw(st.integers(1, self.MAX_PAGES), label="npages")
+        npages = draw(data, st.integers(1, self.MAX_PAGES), "npages")
         f = self._pick_file(data)
         fpages = len(f.mem) // self.ps
         if kind in (FILE_PRIVATE, FILE_SHARED):
-            if fpages and data.draw(st.integers(0, 3), label="past-eof") != 0:
+            if fpages and draw(data, st.integers(0, 3), "past-eof") != 0:
                 npages = min(npages, fpages)
-                foff = data.draw(st.integers(0, fpages - npages), label="fileoff")
+                foff = draw(data, st.integers(0, fpages - npages), "fileoff")
             else:
-                foff = data.draw(st.integers(0, fpages), label="fileoff")
+                foff = draw(data, st.integers(0, fpages), "fileoff")
         else:
             foff = 0
         self._mmap(rp, kind, prot, npages, f, foff * self.ps)
@@ -275,26 +278,26 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
     def read(self, data: st.DataObject) -> None:
-        for _ in range(data.draw(st.integers(1, 3), label="reads")):
+        for _ in range(draw(data, st.integers(1, 3), "reads")):
             self._read_one(data)
 
     def _read_one(self, data: st.DataObject) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
         self._read_checked(rp, va, n, cpu)
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
     def write(self, data: st.DataObject) -> None:
-        for _ in range(data.draw(st.integers(1, 3), label="writes")):
-            self._write_one(data, data.draw(st.integers(0, 255), label="seed"))
+        for _ in range(draw(data, st.integers(1, 3), "writes")):
+            self._write_one(data, draw(data, st.integers(0, 255), "seed"))
 
     def _write_one(self, data: st.DataObject, seed: int) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
-        self._write_checked(rp, va, bytes((seed + 7 * i) % 256 for i in range(n)), cpu)
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+        self._write_checked(rp, va, store_payload(seed, n), cpu)
 
     @precondition(lambda self: bool(self.procs) and len(self.procs) < self.MAX_PROCS)
     @rule(data=st.data())
@@ -304,7 +307,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         the child at once (``amap_cow_now``), the parent keeps its wired page
         mapped as before (still writable), the child's copy is unwired."""
         rp = self._pick_proc(data)
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
         wired: list[tuple[int, RefPage, Page, int]] = []
         if self.wiring_exact:
             for va, pg in sorted(rp.pages.items()):
@@ -375,7 +378,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         vas = self._pick_range(data, rp)
         hole = any(v not in rp.pages for v in vas)
         prots = [prot]
-        if prot != PROTS[0] and data.draw(st.booleans(), label="and back"):
+        if prot != PROTS[0] and draw(data, st.booleans(), "and back"):
             prots.append(PROTS[0])
         for pr in prots:
             try:
@@ -395,9 +398,9 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         if len(prots) > 1:
             # Use the first page again, as a program that dropped write
             # access for a while would.
-            cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
-            if data.draw(st.booleans(), label="store"):
-                seed = data.draw(st.integers(0, 255), label="seed")
+            cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+            if draw(data, st.booleans(), "store"):
+                seed = draw(data, st.integers(0, 255), "seed")
                 self._write_checked(rp, vas[0], bytes([seed]) * 16, cpu)
             else:
                 self._read_checked(rp, vas[0], 16, cpu)
@@ -543,18 +546,18 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
                 raise CheckFailure("bytes", f"fsync of {f.vn.name}: the disk differs from read(2)")
             return
         if what == "read":
-            off = data.draw(st.integers(0, f.size + 9), label="offset")
-            n = data.draw(st.integers(1, 2 * ps), label="n")
+            off = draw(data, st.integers(0, f.size + 9), "offset")
+            n = draw(data, st.integers(1, 2 * ps), "n")
             got = f.vn.read(off, n)
             if got != f.data[off : off + n]:
                 raise CheckFailure("bytes", f"read(2) of {f.vn.name} at {off}, {n} bytes")
             return
         limit = self.MAX_FILE_PAGES * ps
-        off = data.draw(st.integers(0, min(f.size + ps, limit - 1)), label="offset")
-        n = data.draw(st.integers(1, min(limit - off, ps + 9)), label="n")
-        seed = data.draw(st.integers(0, 255), label="seed")
-        payload = bytes((seed * 3 + i) % 256 for i in range(n))
-        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
+        off = draw(data, st.integers(0, min(f.size + ps, limit - 1)), "offset")
+        n = draw(data, st.integers(1, min(limit - off, ps + 9)), "n")
+        seed = draw(data, st.integers(0, 255), "seed")
+        payload = file_payload(seed, n)
+        with self.m.on_cpu(draw(data, st.integers(0, self.m.ncpus - 1), "cpu")):
             assert f.vn.write(off, payload) == n
         f.write(off, payload)
         if f.vn.size != f.size:
@@ -574,8 +577,8 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         """
         f = self._pick_file(data)
         ps = self.ps
-        page = data.draw(st.integers(0, self.MAX_FILE_PAGES), label="page")
-        sub = data.draw(st.sampled_from((0, 0, 1, ps // 2, ps - 1)), label="sub")
+        page = draw(data, st.integers(0, self.MAX_FILE_PAGES), "page")
+        sub = draw(data, st.sampled_from((0, 0, 1, ps // 2, ps - 1)), "sub")
         size = min(page * ps + sub, self.MAX_FILE_PAGES * ps)
         wired_ends = [
             pg.foff + 1
@@ -592,7 +595,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
             else:
                 size = lowest
         event("truncate: " + ("shrink" if size < f.size else "grow or keep"))
-        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
+        with self.m.on_cpu(draw(data, st.integers(0, self.m.ncpus - 1), "cpu")):
             f.vn.truncate(size)
         f.truncate(size)
         if f.vn.size != size:
@@ -607,10 +610,10 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
             for va, pg in sorted(rp.pages.items())
             if pg.file is f and pg.prot & int(VM_PROT_READ)
         ]
-        if not cands or not data.draw(st.booleans(), label="probe"):
+        if not cands or not draw(data, st.booleans(), "probe"):
             return
         rp, va = cands[self._index(data, len(cands), "probe page")]
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
         self._read_checked(rp, va, self.ps, cpu)
 
     @rule()

@@ -36,6 +36,27 @@ def roundup(n: int, ps: int) -> int:
     return n + (-n) % ps
 
 
+_STEP7 = bytes((7 * i) % 256 for i in range(256))
+_INV7 = pow(7, -1, 256)
+_STEP1 = bytes(range(256))
+
+
+def _periodic(period: bytes, start: int, n: int) -> bytes:
+    """``n`` bytes of ``period`` repeated, from index ``start`` (< its length)."""
+    return (period * ((start + n) // len(period) + 1))[start : start + n]
+
+
+def store_payload(seed: int, n: int) -> bytes:
+    """What a user store writes: byte i is ``(seed + 7 * i) % 256`` (a slice of
+    one period rather than a generator over n bytes)."""
+    return _periodic(_STEP7, (seed % 256) * _INV7 % 256, n)
+
+
+def file_payload(seed: int, n: int) -> bytes:
+    """What write(2) writes: byte i is ``(seed * 3 + i) % 256``."""
+    return _periodic(_STEP1, (seed * 3) % 256, n)
+
+
 @functools.cache
 def file_body(i: int, size: int) -> bytes:
     """The initial contents of file ``i``: no zero byte, a period of 251."""
@@ -180,6 +201,8 @@ __all__ = [
     "RefPage",
     "RefProc",
     "file_body",
+    "file_payload",
     "roundup",
+    "store_payload",
     "vm_settings",
 ]
