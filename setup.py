@@ -1,17 +1,24 @@
-"""Build hook for the C extension (everything else is in pyproject.toml).
+"""Build hook for the C extensions (everything else is in pyproject.toml).
 
 cffi compiles ``uvmloan._physmem`` against the stable ABI: its
 ``_cffi_include.h`` defines ``Py_LIMITED_API`` and its setuptools hook sets
 ``py_limited_api=True`` on the Extension (hence ``_physmem.abi3.so``), except
 on debug and free-threaded interpreters.  Only when that holds is the wheel
 tagged abi3 (cp311-abi3: one wheel for CPython 3.11 and later).
+
+``uvmloan._physmem_fast`` (``cext/physmem_fast.c``: ``copy_page`` and
+``copy_pages`` without cffi's per-call argument conversion) is a plain
+extension built with the same flags (``cext/build_physmem.py``) and, under
+the same condition, against the same stable ABI.
 """
 
+import importlib.util
 import platform
 import sys
 import sysconfig
+from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 
 def _limited_api() -> bool:
@@ -22,6 +29,32 @@ def _limited_api() -> bool:
     )
 
 
+def _fast_extension() -> Extension:
+    spec = importlib.util.spec_from_file_location(
+        "_uvmloan_build_physmem", Path(__file__).resolve().parent / "cext" / "build_physmem.py"
+    )
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    flags = build.build_flags()
+    limited = _limited_api()
+    return Extension(
+        "uvmloan._physmem_fast",
+        sources=["cext/physmem_fast.c", "cext/physmem.c"],
+        include_dirs=["cext"],
+        depends=["cext/physmem.h"],
+        extra_compile_args=flags["extra_compile_args"],
+        extra_link_args=flags["extra_link_args"],
+        define_macros=[("Py_LIMITED_API", "0x030B0000")] if limited else [],
+        py_limited_api=limited,
+        optional=flags.get("optional", False),
+    )
+
+
 options = {"bdist_wheel": {"py_limited_api": "cp311"}} if _limited_api() else {}
 
-setup(cffi_modules=["cext/build_physmem.py:ffibuilder"], options=options)
+setup(
+    cffi_modules=["cext/build_physmem.py:ffibuilder"],
+    ext_modules=[_fast_extension()],
+    options=options,
+)

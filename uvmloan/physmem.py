@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import mmap
 import os
 import struct
+import weakref
 from collections.abc import Iterable
 from itertools import starmap
 from operator import itemgetter
 from types import ModuleType
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final, Protocol, TypeAlias
 
 import attrs
 
@@ -49,6 +51,7 @@ from . import _physmem_py as _py
 from .errors import FrameRangeError, PhysMemError, PhysMemTypeError, PhysMemValueError
 
 _cmod: ModuleType | None = None
+_fastmod: ModuleType | None = None
 if os.environ.get("UVMLOAN_PUREPYTHON", "") != "1":
     try:
         from . import _physmem as _imported_c
@@ -56,6 +59,12 @@ if os.environ.get("UVMLOAN_PUREPYTHON", "") != "1":
         pass
     else:
         _cmod = _imported_c
+        try:
+            from . import _physmem_fast as _imported_fast
+        except ImportError:  # optional builds; the cffi path does the same work
+            pass
+        else:
+            _fastmod = _imported_fast
 
 # result buffers of copyout/gather are written in full before they are read:
 # skip cffi's zero-fill
@@ -115,6 +124,34 @@ def _as_int(name: str, v: object) -> int:
         raise PhysMemTypeError(f"{name} must be an int, not {_tname(v)}") from None
 
 
+class CopyPage(Protocol):
+    """The type of :attr:`PhysMem.copy_page`."""
+
+    def __call__(self, src: int, dst: int) -> None: ...
+
+
+class CopyPages(Protocol):
+    """The type of :attr:`PhysMem.copy_pages`."""
+
+    def __call__(self, srcs: Iterable[int], dsts: Iterable[int]) -> None: ...
+
+
+def _slow_copy_page(ref: weakref.ReferenceType[PhysMem], src: int, dst: int) -> None:
+    pm = ref()
+    if pm is None:  # a bound copy_page outlived its PhysMem
+        raise PhysMemValueError("copy_page: the PhysMem is closed")
+    pm._copy_page(src, dst)
+
+
+def _slow_copy_pages(
+    ref: weakref.ReferenceType[PhysMem], srcs: Iterable[int], dsts: Iterable[int]
+) -> None:
+    pm = ref()
+    if pm is None:
+        raise PhysMemValueError("copy_pages: the PhysMem is closed")
+    pm._copy_pages(srcs, dsts)
+
+
 def _c_destroyer(lib: Any, h: Any) -> Any:
     def destroy(_base: Any) -> None:
         lib.pm_destroy(h)
@@ -142,9 +179,21 @@ class PhysMem:
 
     Use as a context manager, or call :meth:`close`; frame views handed out
     by :meth:`frame_view` keep the mapping alive until they are released.
+
+    ``copy_page(src, dst)`` copies frame ``src`` onto frame ``dst``
+    (pmap_copy_page(src, dst)); ``copy_pages(srcs, dsts)`` copies
+    ``srcs[i]`` onto ``dsts[i]`` for every i, in order, in one call.  Both
+    are attributes bound when the arena is made: with the C backend they are
+    the methods of a ``uvmloan._physmem_fast.Fast`` bound to this arena (no
+    Python frame, no cffi conversion per call) which hand anything but the
+    common case to the Python methods, so arguments and errors are those of
+    every other operation.
     """
 
     POISON_BYTE: ClassVar[int] = POISON_BYTE
+
+    copy_page: CopyPage
+    copy_pages: CopyPages
 
     npages: int
     page_size: int
@@ -159,6 +208,7 @@ class PhysMem:
     _shift: int
     _closed: bool
     _cells: _Cells
+    _fast: Any
 
     def __init__(
         self,
@@ -209,6 +259,7 @@ class PhysMem:
         self._h = None
         self._keep = None
         self._view = None
+        self._fast = None
         nbytes = npages * page_size
         if backend == "c":
             assert _cmod is not None
@@ -244,6 +295,19 @@ class PhysMem:
         self._keep = keep
         self._view = view
         self._closed = False
+        # The hot copies: bound once, cycle-free (the slow paths hold this
+        # PhysMem weakly, so dropping it still unmaps the arena at once).
+        ref = weakref.ref(self)
+        slow_one = functools.partial(_slow_copy_page, ref)
+        slow_many = functools.partial(_slow_copy_pages, ref)
+        if self._c and _fastmod is not None:
+            addr = int(self._ffi.cast("uintptr_t", h))
+            self._fast = _fastmod.Fast(addr, keep, slow_one, slow_many)
+            self.copy_page = self._fast.copy_page
+            self.copy_pages = self._fast.copy_pages
+        else:
+            self.copy_page = slow_one
+            self.copy_pages = slow_many
 
     def _create_failed(self, rc: int) -> None:
         if rc == _py.PM_ENOMEM:
@@ -261,6 +325,8 @@ class PhysMem:
         if self._closed:
             return
         self._closed = True
+        if self._fast is not None:
+            self._fast.invalidate()  # before the arena can go
         view, self._view = self._view, None
         if view is not None:
             with contextlib.suppress(BufferError):  # we never export it
@@ -296,8 +362,8 @@ class PhysMem:
 
     # -- single pages ---------------------------------------------------------
 
-    def copy_page(self, src: int, dst: int) -> None:
-        """Copy frame ``src`` onto frame ``dst`` (pmap_copy_page(src, dst))."""
+    def _copy_page(self, src: int, dst: int) -> None:
+        """``copy_page`` through the backend's module (see the class docstring)."""
         try:
             rc = self._lib.pm_copy_page(self._h, src, dst)
         except (TypeError, OverflowError):
@@ -339,8 +405,8 @@ class PhysMem:
 
     # -- batches --------------------------------------------------------------
 
-    def copy_pages(self, srcs: Iterable[int], dsts: Iterable[int]) -> None:
-        """Copy ``srcs[i]`` onto ``dsts[i]`` for every i, in order (one call)."""
+    def _copy_pages(self, srcs: Iterable[int], dsts: Iterable[int]) -> None:
+        """``copy_pages`` through the backend's module (see the class docstring)."""
         s = self._frame_seq(srcs, "srcs")
         d = self._frame_seq(dsts, "dsts")
         n = len(s)
@@ -531,7 +597,10 @@ class PhysMem:
         raise self._diag_pieces("gather_into", rc, p, bufsize=n)
 
     def gather_cksum(
-        self, pieces: Iterable[Piece] | PieceArray, out: WritableBuffer, offset: int = 0,
+        self,
+        pieces: Iterable[Piece] | PieceArray,
+        out: WritableBuffer,
+        offset: int = 0,
         initial: int = 0,
     ) -> tuple[int, int]:
         """Gather the pieces into ``out`` at ``offset`` and sum them, in one pass.

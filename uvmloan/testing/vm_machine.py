@@ -70,24 +70,17 @@ through ``PAGE_SIZE``, ``MAX_PROCS``, ``MAX_PAGES`` ...
 
 from __future__ import annotations
 
-import functools
-import os
 from collections import Counter
 from typing import Any, ClassVar
 
-import attrs
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from ..errors import SegmentationFault, UVMError
-from ..invariants import check_invariants
+from ..errors import UVMError
 from ..machine import Machine
-from ..object import VnodeObject
 from ..page import Page
 from ..param import (
-    EFAULT,
-    EINVAL,
     ENOMEM,
     MAP_PRIVATE,
     MAP_SHARED,
@@ -96,157 +89,31 @@ from ..param import (
     VM_PROT_WRITE,
 )
 from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
-from ..process import Process
+from .draws import draw
 from .failures import CheckFailure
 from .hooks import MachineHooks
-
-ANON_PRIVATE = "anon-private"
-ANON_SHARED = "anon-shared"
-FILE_PRIVATE = "file-private"
-FILE_SHARED = "file-shared"
-KINDS = (ANON_PRIVATE, ANON_SHARED, FILE_PRIVATE, FILE_SHARED)
-PRIVATE_KINDS = (ANON_PRIVATE, FILE_PRIVATE)
-# Read/write first: hypothesis shrinks towards the first element.
-PROTS = (int(VM_PROT_READ | VM_PROT_WRITE), int(VM_PROT_READ), 0)
-MMAP_PROTS = (PROTS[0], PROTS[0], PROTS[0], PROTS[1], PROTS[2])
-
-
-def _roundup(n: int, ps: int) -> int:
-    return n + (-n) % ps
-
-
-@functools.cache
-def _file_body(i: int, size: int) -> bytes:
-    """The initial contents of file ``i``: no zero byte, a period of 251."""
-    return bytes((i * 37 + k) % 251 + 1 for k in range(size))
-
-
-@attrs.define(eq=False)
-class RefFile:
-    """A file: the model's vnode, its size and what its pages hold.
-
-    ``mem`` is the page cache's view of the file: ``size`` bytes of file,
-    then the rest of the last page (zero, unless a store through a mapping
-    put something there).  Its length is ``size`` rounded up to a page, so
-    a file offset ``>= len(mem)`` is a page wholly past end of file.
-    """
-
-    vn: VnodeObject
-    ps: int
-    size: int
-    mem: bytearray
-
-    @classmethod
-    def new(cls, vn: VnodeObject, body: bytes, ps: int) -> RefFile:
-        mem = bytearray(body)
-        mem.extend(bytes(_roundup(len(body), ps) - len(body)))
-        return cls(vn, ps, len(body), mem)
-
-    @property
-    def data(self) -> bytes:
-        """What read(2) of the whole file returns."""
-        return bytes(self.mem[: self.size])
-
-    def write(self, off: int, payload: bytes) -> None:
-        """write(2): store, growing the file (the gap keeps the page cache's bytes)."""
-        end = off + len(payload)
-        if end > len(self.mem):
-            self.mem.extend(bytes(_roundup(end, self.ps) - len(self.mem)))
-        self.mem[off:end] = payload
-        self.size = max(self.size, end)
-
-    def truncate(self, size: int) -> None:
-        """ftruncate(2): shrinking drops whole pages and zeroes the new tail;
-        growing adds zero pages and keeps the old last page's tail bytes."""
-        keep = _roundup(size, self.ps)
-        if size < self.size:
-            del self.mem[keep:]
-            self.mem[size:keep] = bytes(keep - size)
-        else:
-            self.mem.extend(bytes(keep - len(self.mem)))
-        self.size = size
+from .vm_model import VMModel
+from .vm_reference import (
+    ANON_PRIVATE,
+    ANON_SHARED,
+    FILE_PRIVATE,
+    FILE_SHARED,
+    KINDS,
+    MMAP_PROTS,
+    PRIVATE_KINDS,
+    PROTS,
+    RefFile,
+    RefPage,
+    RefProc,
+    file_body,
+    file_payload,
+    roundup,
+    store_payload,
+    vm_settings,
+)
 
 
-@attrs.define(eq=False)
-class RefPage:
-    """What one page of one process holds, by the reference semantics."""
-
-    kind: str
-    prot: int
-    ps: int
-    own: bytearray | None = None  # private bytes (anon-private; file-private once written)
-    shared: bytearray | None = None  # anon-shared: one bytearray shared by reference
-    file: RefFile | None = None
-    foff: int = 0
-    wired: bool = False  # the map entry holding this page is wired (mlock)
-
-    def beyond_eof(self) -> bool:
-        """A file page wholly past end of file, with no private copy: it faults."""
-        return self.own is None and self.file is not None and self.foff >= len(self.file.mem)
-
-    def view(self) -> bytearray | memoryview:
-        """The bytes a load sees (and a store changes, once ``prepare_write`` ran)."""
-        if self.own is not None:
-            return self.own
-        if self.shared is not None:
-            return self.shared
-        assert self.file is not None and not self.beyond_eof()
-        return memoryview(self.file.mem)[self.foff : self.foff + self.ps]
-
-    def prepare_write(self) -> None:
-        """The write fault of a private file page: copy the file page now."""
-        if self.kind == FILE_PRIVATE and self.own is None:
-            assert self.file is not None and not self.beyond_eof()
-            self.own = bytearray(self.file.mem[self.foff : self.foff + self.ps])
-
-    def key(self) -> tuple[str, int, int]:
-        """Which physical page this is: mappings with equal keys share a page."""
-        if self.own is not None:
-            return ("own", id(self.own), 0)
-        if self.shared is not None:
-            return ("shared", id(self.shared), 0)
-        return ("file", id(self.file), self.foff)
-
-    def forked(self) -> RefPage:
-        own = bytearray(self.own) if self.own is not None else None
-        return RefPage(self.kind, self.prot, self.ps, own, self.shared, self.file, self.foff)
-
-
-@attrs.define(eq=False)
-class RefProc:
-    """A live process and the reference contents of its address space."""
-
-    proc: Process
-    pages: dict[int, RefPage] = attrs.field(factory=dict)  # page va -> page
-    # (start, npages) of every mmap, for picking addresses (maybe partly unmapped).
-    regions: list[tuple[int, int]] = attrs.field(factory=list)
-    # Pages this process (or its parent before fork) accessed, oldest first.
-    touched: list[int] = attrs.field(factory=list)
-
-
-def vm_settings(profile: str | None = None, **overrides: Any) -> settings:
-    """Settings for ``VMStateMachine.TestCase``: ``default`` (150 examples of up
-    to 50 steps, ~15 s) or ``deep`` (1500 of up to 100, a few minutes).
-
-    ``profile`` defaults to ``$UVMLOAN_HYPOTHESIS_PROFILE`` (else ``default``).
-    """
-    name = profile or os.environ.get("UVMLOAN_HYPOTHESIS_PROFILE", "default")
-    base: dict[str, Any] = {
-        "default": {"max_examples": 150, "stateful_step_count": 50},
-        "deep": {"max_examples": 1500, "stateful_step_count": 100},
-    }.get(name, {})
-    if not base:
-        raise ValueError(f"unknown hypothesis profile {name!r}; use 'default' or 'deep'")
-    kw: dict[str, Any] = {
-        "deadline": None,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-        **base,
-        **overrides,
-    }
-    return settings(**kw)
-
-
-class VMStateMachine(MachineHooks, RuleBasedStateMachine):
+class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
     """Processes, mappings, forks, wiring and file I/O against a reference model."""
 
     NCPUS: ClassVar[int | None] = 2
@@ -286,29 +153,6 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         p = self.m.spawn(f"p{self.nspawned}", cpu=cpu)
         self.procs.append(RefProc(p))
 
-    def _pages_of(self, va: int, n: int) -> list[int]:
-        ps = self.ps
-        first = va - va % ps
-        last = (va + n - 1) - (va + n - 1) % ps
-        return list(range(first, last + 1, ps))
-
-    def _expect_access(self, rp: RefProc, va: int, n: int, write: bool) -> int | None:
-        """Apply the side effects of the faults an access takes; return the
-        first page va that must raise SIGSEGV, or None if the access works.
-
-        The MMU translates page by page in order and faults each one in, so
-        pages before a bad one are touched (a private file page gets its copy)
-        even though no byte is stored.
-        """
-        need = int(VM_PROT_WRITE) if write else int(VM_PROT_READ)
-        for pva in self._pages_of(va, n):
-            pg = rp.pages.get(pva)
-            if pg is None or not pg.prot & need or pg.beyond_eof():
-                return pva
-            if write:
-                pg.prepare_write()
-        return None
-
     def _pick_proc(self, data: st.DataObject) -> RefProc:
         return self.procs[self._index(data, len(self.procs), "proc")]
 
@@ -316,7 +160,7 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
     def _index(data: st.DataObject, n: int, label: str) -> int:
         # Draw indices, never the objects: hypothesis pretty-prints what is
         # drawn, and a process with its pages is large.
-        return data.draw(st.integers(0, n - 1), label=label)
+        return draw(data, st.integers(0, n - 1), label)
 
     def _pick_mapped_proc(self, data: st.DataObject) -> RefProc:
         cands = [r for r in self.procs if r.regions]
@@ -330,19 +174,19 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         before (where copy-on-write and sharing happen), else anywhere in one
         of its regions; now and then running past the region's end."""
         hot = [va for va in rp.touched if va in rp.pages]
-        use_hot: bool = bool(hot) and data.draw(st.booleans(), label="hot")
+        use_hot: bool = bool(hot) and draw(data, st.booleans(), "hot")
         if use_hot:
-            base = data.draw(st.sampled_from(hot), label="page")
-            off = data.draw(st.integers(0, self.ps - 1), label="offset")
-            n = data.draw(st.integers(1, self.ps), label="n")
+            base = draw(data, st.sampled_from(hot), "page")
+            off = draw(data, st.integers(0, self.ps - 1), "offset")
+            n = draw(data, st.integers(1, self.ps), "n")
             return base + off, n
-        start, npages = data.draw(st.sampled_from(rp.regions), label="region")
+        start, npages = draw(data, st.sampled_from(rp.regions), "region")
         size = npages * self.ps
-        off = data.draw(st.integers(0, size - 1), label="offset")
-        if data.draw(st.integers(0, 7), label="overrun") == 0:
-            n = data.draw(st.integers(1, 2 * self.ps), label="n")
+        off = draw(data, st.integers(0, size - 1), "offset")
+        if draw(data, st.integers(0, 7), "overrun") == 0:
+            n = draw(data, st.integers(1, 2 * self.ps), "n")
         else:
-            n = data.draw(st.integers(1, min(size - off, self.ps + 7)), label="n")
+            n = draw(data, st.integers(1, min(size - off, self.ps + 7)), "n")
         return start + off, n
 
     def _pick_range(self, data: st.DataObject, rp: RefProc) -> list[int]:
@@ -351,61 +195,15 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         them (so that munlock, mprotect and munmap meet wired memory)."""
         ps = self.ps
         wired = sorted(va for va, pg in rp.pages.items() if pg.wired)
-        if bool(wired) and data.draw(st.booleans(), label="at wired"):
-            va = data.draw(st.sampled_from(wired), label="wired page")
+        if bool(wired) and draw(data, st.booleans(), "at wired"):
+            va = draw(data, st.sampled_from(wired), "wired page")
             start, npages = next(r for r in rp.regions if r[0] <= va < r[0] + r[1] * ps)
             first = (va - start) // ps
         else:
-            start, npages = data.draw(st.sampled_from(rp.regions), label="region")
-            first = data.draw(st.integers(0, npages - 1), label="first")
-        count = data.draw(st.integers(1, npages - first), label="count")
+            start, npages = draw(data, st.sampled_from(rp.regions), "region")
+            first = draw(data, st.integers(0, npages - 1), "first")
+        count = draw(data, st.integers(1, npages - first), "count")
         return [start + (first + i) * ps for i in range(count)]
-
-    def _touch(self, rp: RefProc, va: int, n: int) -> None:
-        for pva in self._pages_of(va, n):
-            if pva in rp.pages and pva not in rp.touched:
-                rp.touched.append(pva)
-
-    def _wired_faults(self, rp: RefProc, va: int, n: int, write: bool) -> list[int]:
-        """The pages of an access that will fault on a wired entry: the
-        reference says wired and the PTE does not allow the access."""
-        pmap = rp.proc.pmap
-        out = []
-        for pva in self._pages_of(va, n):
-            pg = rp.pages.get(pva)
-            if pg is None or not pg.wired:
-                continue
-            pte = pmap.pte(pva)
-            if not pte & PTE_P or (write and not pte & PTE_W):
-                out.append(pva)
-        return out
-
-    def _note_wired_faults(self, rp: RefProc, vas: list[int], stop: int | None) -> None:
-        """Each fault on a wired entry before page ``stop`` wired its page once more."""
-        for pva in vas:
-            if stop is not None and pva >= stop:
-                break
-            if rp.pages.get(pva) is None or not rp.pages[pva].prot:
-                continue
-            if rp.pages[pva].beyond_eof():
-                continue
-            self.extra_wires[self._wired_page(rp, pva)] += 1
-            event("fault on a wired entry")
-
-    def _model_page(self, rp: RefProc, va: int) -> Page | None:
-        """The resident page the model's map provides at ``va`` (anon first)."""
-        vmmap = rp.proc.map
-        e = vmmap.uvm_map_lookup_entry(va)
-        assert e is not None, f"{rp.proc.name}: no map entry at {va:#x}; the reference has a page"
-        return vmmap.page_at(e, va)
-
-    def _wired_page(self, rp: RefProc, va: int) -> Page:
-        mpg = self._model_page(rp, va)
-        pg = rp.pages[va]
-        assert mpg is not None, (
-            f"{rp.proc.name} {va:#x} ({pg.kind}) is wired but no page is resident there"
-        )
-        return mpg
 
     # ------------------------------------------------------------- rules
 
@@ -415,7 +213,7 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         first page of each already touched: every run starts where fork,
         copy-on-write and sharing have something to work on."""
         for i, npages in enumerate(self.FILE_PAGES):
-            body = _file_body(i, npages * self.ps)
+            body = file_body(i, npages * self.ps)
             vn = self.m.vnode(body, name=f"file{i}")
             self.files.append(RefFile.new(vn, body, self.ps))
         self._spawn(0)
@@ -439,15 +237,15 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         rp = self._pick_proc(data)
         if len(rp.regions) >= self.MAX_REGIONS:
             return
-        npages = data.draw(st.integers(1, self.MAX_PAGES), label="npages")
+        npages = draw(data, st.integers(1, self.MAX_PAGES), "npages")
         f = self._pick_file(data)
         fpages = len(f.mem) // self.ps
         if kind in (FILE_PRIVATE, FILE_SHARED):
-            if fpages and data.draw(st.integers(0, 3), label="past-eof") != 0:
+            if fpages and draw(data, st.integers(0, 3), "past-eof") != 0:
                 npages = min(npages, fpages)
-                foff = data.draw(st.integers(0, fpages - npages), label="fileoff")
+                foff = draw(data, st.integers(0, fpages - npages), "fileoff")
             else:
-                foff = data.draw(st.integers(0, fpages), label="fileoff")
+                foff = draw(data, st.integers(0, fpages), "fileoff")
         else:
             foff = 0
         self._mmap(rp, kind, prot, npages, f, foff * self.ps)
@@ -480,110 +278,26 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
     def read(self, data: st.DataObject) -> None:
-        for _ in range(data.draw(st.integers(1, 3), label="reads")):
+        for _ in range(draw(data, st.integers(1, 3), "reads")):
             self._read_one(data)
 
     def _read_one(self, data: st.DataObject) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
         self._read_checked(rp, va, n, cpu)
-
-    def _read_checked(self, rp: RefProc, va: int, n: int, cpu: int) -> None:
-        wf = self._wired_faults(rp, va, n, write=False)
-        bad = self._expect_access(rp, va, n, write=False)
-        self._touch(rp, va, n)
-        if bad is not None:
-            try:
-                got = rp.proc.read(va, n, cpu=cpu)
-            except SegmentationFault as e:
-                if e.va != bad:
-                    raise CheckFailure("fault", f"read fault at {e.va:#x}, not {bad:#x}") from e
-                self._note_wired_faults(rp, wf, bad)
-                if rp.pages.get(bad) is not None and rp.pages[bad].beyond_eof():
-                    event("read: SIGSEGV past EOF")
-                return
-            raise CheckFailure(
-                "fault",
-                f"read of {n} bytes at {va:#x} gave {got[:8]!r}...; expected SIGSEGV at {bad:#x}",
-            )
-        got = rp.proc.read(va, n, cpu=cpu)
-        self._note_wired_faults(rp, wf, None)
-        want = self._ref_bytes(rp, va, n)
-        for pva in self._pages_of(va, n):
-            pg = rp.pages[pva]
-            if pg.file is not None and pg.foff >= len(pg.file.mem):
-                event("read: a private copy past EOF")
-        if got != want:
-            i = next(i for i in range(n) if got[i] != want[i])
-            raise CheckFailure(
-                "bytes",
-                f"{rp.proc.name} read {n} bytes at {va:#x} on CPU {cpu}: byte {i} "
-                f"(va {va + i:#x}) is {got[i]:#x}, the reference says {want[i]:#x}",
-            )
-
-    def _probe_file(self, data: st.DataObject, f: RefFile) -> None:
-        """Now and then read a page that maps ``f`` (file I/O just changed it)."""
-        cands = [
-            (rp, va)
-            for rp in self.procs
-            for va, pg in sorted(rp.pages.items())
-            if pg.file is f and pg.prot & int(VM_PROT_READ)
-        ]
-        if not cands or not data.draw(st.booleans(), label="probe"):
-            return
-        rp, va = cands[self._index(data, len(cands), "probe page")]
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
-        self._read_checked(rp, va, self.ps, cpu)
-
-    def _ref_bytes(self, rp: RefProc, va: int, n: int) -> bytes:
-        out = bytearray()
-        pos, end = va, va + n
-        while pos < end:
-            base = pos - pos % self.ps
-            take = min(end, base + self.ps) - pos
-            out += rp.pages[base].view()[pos - base : pos - base + take]
-            pos += take
-        return bytes(out)
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
     def write(self, data: st.DataObject) -> None:
-        for _ in range(data.draw(st.integers(1, 3), label="writes")):
-            self._write_one(data, data.draw(st.integers(0, 255), label="seed"))
+        for _ in range(draw(data, st.integers(1, 3), "writes")):
+            self._write_one(data, draw(data, st.integers(0, 255), "seed"))
 
     def _write_one(self, data: st.DataObject, seed: int) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
-        self._write_checked(rp, va, bytes((seed + 7 * i) % 256 for i in range(n)), cpu)
-
-    def _write_checked(self, rp: RefProc, va: int, payload: bytes, cpu: int) -> None:
-        n = len(payload)
-        wf = self._wired_faults(rp, va, n, write=True)
-        bad = self._expect_access(rp, va, n, write=True)
-        self._touch(rp, va, n)
-        try:
-            rp.proc.write(va, payload, cpu=cpu)
-        except SegmentationFault as e:
-            if bad is None:
-                raise CheckFailure("fault", f"write at {va:#x} ({n} bytes) raised {e}") from e
-            if e.va != bad:
-                raise CheckFailure("fault", f"write fault at {e.va:#x}, not {bad:#x}") from e
-            self._note_wired_faults(rp, wf, bad)
-            return
-        if bad is not None:
-            raise CheckFailure(
-                "fault", f"write of {n} bytes at {va:#x} worked; expected SIGSEGV at {bad:#x}"
-            )
-        self._note_wired_faults(rp, wf, None)
-        pos, end, i = va, va + n, 0
-        while pos < end:
-            base = pos - pos % self.ps
-            take = min(end, base + self.ps) - pos
-            rp.pages[base].view()[pos - base : pos - base + take] = payload[i : i + take]
-            pos += take
-            i += take
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+        self._write_checked(rp, va, store_payload(seed, n), cpu)
 
     @precondition(lambda self: bool(self.procs) and len(self.procs) < self.MAX_PROCS)
     @rule(data=st.data())
@@ -593,7 +307,7 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         the child at once (``amap_cow_now``), the parent keeps its wired page
         mapped as before (still writable), the child's copy is unwired."""
         rp = self._pick_proc(data)
-        cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
         wired: list[tuple[int, RefPage, Page, int]] = []
         if self.wiring_exact:
             for va, pg in sorted(rp.pages.items()):
@@ -664,7 +378,7 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         vas = self._pick_range(data, rp)
         hole = any(v not in rp.pages for v in vas)
         prots = [prot]
-        if prot != PROTS[0] and data.draw(st.booleans(), label="and back"):
+        if prot != PROTS[0] and draw(data, st.booleans(), "and back"):
             prots.append(PROTS[0])
         for pr in prots:
             try:
@@ -684,9 +398,9 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         if len(prots) > 1:
             # Use the first page again, as a program that dropped write
             # access for a while would.
-            cpu = data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")
-            if data.draw(st.booleans(), label="store"):
-                seed = data.draw(st.integers(0, 255), label="seed")
+            cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+            if draw(data, st.booleans(), "store"):
+                seed = draw(data, st.integers(0, 255), "seed")
                 self._write_checked(rp, vas[0], bytes([seed]) * 16, cpu)
             else:
                 self._read_checked(rp, vas[0], 16, cpu)
@@ -752,22 +466,6 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
                     raise CheckFailure("wiring", f"{who}: PTE {pte_str(pte)} lacks PTE_WIRED")
                 if pte_frame(pte) != mpg.frame:
                     raise CheckFailure("wiring", f"{who}: PTE {pte_str(pte)} maps not {mpg!r}")
-
-    def _expect_mlock(self, rp: RefProc, vas: list[int]) -> int | None:
-        """The errno mlock must fail with (None: success), applying the
-        copy-on-write resolutions of the wiring faults it takes."""
-        if any(v not in rp.pages for v in vas):
-            return ENOMEM
-        if any(rp.pages[v].prot == 0 for v in vas):
-            return EINVAL
-        for v in vas:
-            pg = rp.pages[v]
-            if pg.wired:
-                continue  # uvm_map_pageable pass 2 faults only entries wired for the first time
-            if pg.beyond_eof():
-                return EFAULT
-            pg.prepare_write()  # cow_now: max_protection has VM_PROT_WRITE
-        return None
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
@@ -848,18 +546,18 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
                 raise CheckFailure("bytes", f"fsync of {f.vn.name}: the disk differs from read(2)")
             return
         if what == "read":
-            off = data.draw(st.integers(0, f.size + 9), label="offset")
-            n = data.draw(st.integers(1, 2 * ps), label="n")
+            off = draw(data, st.integers(0, f.size + 9), "offset")
+            n = draw(data, st.integers(1, 2 * ps), "n")
             got = f.vn.read(off, n)
             if got != f.data[off : off + n]:
                 raise CheckFailure("bytes", f"read(2) of {f.vn.name} at {off}, {n} bytes")
             return
         limit = self.MAX_FILE_PAGES * ps
-        off = data.draw(st.integers(0, min(f.size + ps, limit - 1)), label="offset")
-        n = data.draw(st.integers(1, min(limit - off, ps + 9)), label="n")
-        seed = data.draw(st.integers(0, 255), label="seed")
-        payload = bytes((seed * 3 + i) % 256 for i in range(n))
-        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
+        off = draw(data, st.integers(0, min(f.size + ps, limit - 1)), "offset")
+        n = draw(data, st.integers(1, min(limit - off, ps + 9)), "n")
+        seed = draw(data, st.integers(0, 255), "seed")
+        payload = file_payload(seed, n)
+        with self.m.on_cpu(draw(data, st.integers(0, self.m.ncpus - 1), "cpu")):
             assert f.vn.write(off, payload) == n
         f.write(off, payload)
         if f.vn.size != f.size:
@@ -879,8 +577,8 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         """
         f = self._pick_file(data)
         ps = self.ps
-        page = data.draw(st.integers(0, self.MAX_FILE_PAGES), label="page")
-        sub = data.draw(st.sampled_from((0, 0, 1, ps // 2, ps - 1)), label="sub")
+        page = draw(data, st.integers(0, self.MAX_FILE_PAGES), "page")
+        sub = draw(data, st.sampled_from((0, 0, 1, ps // 2, ps - 1)), "sub")
         size = min(page * ps + sub, self.MAX_FILE_PAGES * ps)
         wired_ends = [
             pg.foff + 1
@@ -892,171 +590,50 @@ class VMStateMachine(MachineHooks, RuleBasedStateMachine):
         if size < lowest:
             event("truncate: below a wired shared page")
             if self.TRUNCATE_WIRED:
-                if _roundup(size, ps) < lowest:
+                if roundup(size, ps) < lowest:
                     self.wiring_exact = False
             else:
                 size = lowest
         event("truncate: " + ("shrink" if size < f.size else "grow or keep"))
-        with self.m.on_cpu(data.draw(st.integers(0, self.m.ncpus - 1), label="cpu")):
+        with self.m.on_cpu(draw(data, st.integers(0, self.m.ncpus - 1), "cpu")):
             f.vn.truncate(size)
         f.truncate(size)
         if f.vn.size != size:
             raise CheckFailure("bytes", f"truncate left {f.vn.name} {f.vn.size} bytes, want {size}")
         self._probe_file(data, f)
 
-    # -------------------------------------------------------- invariants
-
-    @invariant()
-    def model_invariants(self) -> None:
-        if not self.closed:
-            check_invariants(self.m)
-            if self.wiring_exact:
-                self.check_wiring()
-
-    def check_wiring(self) -> None:
-        """Wire counts and wired PTEs agree with the reference's mlocks.
-
-        A page's ``wire_count`` is the number of wired mappings of it (a
-        file or shared anonymous page may be wired by several); no other
-        page is wired; a present PTE has ``PTE_WIRED`` exactly when its
-        mapping is wired, and a wired one maps the wired page.
-        """
-        want: Counter[tuple[str, int, int]] = Counter()
-        for rp in self.procs:
-            for pg in rp.pages.values():
-                if pg.wired:
-                    want[pg.key()] += 1
-        seen: set[int] = set()
-        for rp in self.procs:
-            pmap = rp.proc.pmap
-            for va, pg in rp.pages.items():
-                pte = pmap.pte(va)
-                where = f"{rp.proc.name} {va:#x} ({pg.kind})"
-                if not pg.wired:
-                    if pte & PTE_WIRED:
-                        raise CheckFailure(
-                            "wiring", f"{where} is not wired but its PTE is {pte_str(pte)}"
-                        )
-                    continue
-                mpg = self._wired_page(rp, va)
-                n = want[pg.key()]
-                x = self.extra_wires[mpg]
-                if mpg.wire_count != n + x:
-                    raise CheckFailure(
-                        "wiring",
-                        f"{where}: {mpg!r} has wire_count {mpg.wire_count}, wired by {n} "
-                        f"mapping(s) and {x} fault(s) on a wired entry",
-                    )
-                seen.add(mpg.frame)
-                if pte & PTE_P:
-                    if not (pte & PTE_WIRED):
-                        raise CheckFailure(
-                            "wiring", f"{where} is wired but its PTE is {pte_str(pte)}"
-                        )
-                    if pte_frame(pte) != mpg.frame:
-                        raise CheckFailure("wiring", f"{where}: PTE {pte_str(pte)}, not {mpg!r}")
-        for frame, mpg in self.m.uvm.pages.items():
-            if not (frame in seen or mpg.wire_count == self.extra_wires[mpg]):
-                raise CheckFailure(
-                    "wiring",
-                    f"{mpg!r} is wired by no wired mapping"
-                    f" (and {self.extra_wires[mpg]} fault(s) on a wired entry)",
-                )
-
-    def check_all_memory(self) -> None:
-        """Every readable page of every process holds what the reference says
-        (and one wholly past end of file faults)."""
-        for rp in self.procs:
-            for va, pg in sorted(rp.pages.items()):
-                if not pg.prot & int(VM_PROT_READ):
-                    continue
-                wf = self._wired_faults(rp, va, self.ps, write=False)
-                if pg.beyond_eof():
-                    try:
-                        got = rp.proc.read(va, self.ps)
-                    except SegmentationFault as e:
-                        if e.va != va:
-                            raise CheckFailure(
-                                "fault", f"read fault at {e.va:#x}, expected at {va:#x}"
-                            ) from e
-                        continue
-                    raise CheckFailure(
-                        "fault",
-                        f"{rp.proc.name} page {va:#x} ({pg.kind}) is past end of file but "
-                        f"read {got[:8]!r}...",
-                    )
-                got = rp.proc.read(va, self.ps)
-                self._note_wired_faults(rp, wf, None)
-                want = bytes(pg.view())
-                if got != want:
-                    i = next(i for i in range(self.ps) if got[i] != want[i])
-                    raise CheckFailure(
-                        "bytes",
-                        f"{rp.proc.name} page {va:#x} ({pg.kind}): byte {i} is {got[i]:#x}, "
-                        f"the reference says {want[i]:#x}",
-                    )
+    def _probe_file(self, data: st.DataObject, f: RefFile) -> None:
+        """Now and then read a page that maps ``f`` (file I/O just changed it)."""
+        cands = [
+            (rp, va)
+            for rp in self.procs
+            for va, pg in sorted(rp.pages.items())
+            if pg.file is f and pg.prot & int(VM_PROT_READ)
+        ]
+        if not cands or not draw(data, st.booleans(), "probe"):
+            return
+        rp, va = cands[self._index(data, len(cands), "probe page")]
+        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+        self._read_checked(rp, va, self.ps, cpu)
 
     @rule()
     def read_everything(self) -> None:
         self.check_all_memory()
 
-    def teardown(self) -> None:
-        if self.closed:
-            return
-        try:
-            self.check_all_memory()
-            for f in self.files:
-                if f.vn.read(0, f.size + 1) != f.data:
-                    raise CheckFailure("bytes", f"read(2) of all of {f.vn.name}")
-            for rp in list(self.procs):
-                rp.proc.exit()
-            self.procs.clear()
-            check_invariants(self.m)
-            uvm = self.m.uvm
-            zobj = uvm.zero_object
-            kept = [
-                pg
-                for pg in uvm.pages.values()
-                if isinstance(pg.uobject, VnodeObject) or (zobj is not None and pg.uobject is zobj)
-            ]
-            cache = sum(len(f.vn.uo_pages) for f in self.files)
-            leftover = [pg for pg in uvm.pages.values() if pg not in kept]
-            if leftover:
-                raise CheckFailure(
-                    "leak", f"pages still allocated after every process exited: {leftover}"
-                )
-            if not (len(kept) >= cache and uvm.allocated == len(kept)):
-                raise CheckFailure(
-                    "leak", "len(kept) >= cache and uvm.allocated == len(kept) failed"
-                )
-            if uvm.free_count != uvm.npages - len(kept):
-                raise CheckFailure("leak", "uvm.free_count == uvm.npages - len(kept) failed")
-            # Only the extra wirings of faults on wired entries outlive every
-            # mapping (on vnode pages, which stay cached).  Once a truncate
-            # freed a wired page the count is unknown: a refault through the
-            # still-wired entry wires the new page, and munmap may unwire it.
-            if self.wiring_exact:
-                wired = [
-                    (pg, self.extra_wires[pg])
-                    for pg in kept
-                    if pg.wire_count != self.extra_wires[pg]
-                ]
-                if wired:
-                    raise CheckFailure(
-                        "wiring",
-                        "pages wired otherwise than by their fault(s) on a wired entry after"
-                        f" every process exited: {wired}",
-                    )
-        finally:
-            self.closed = True
-            self.m.close()
-
 
 __all__ = [
+    "ANON_PRIVATE",
+    "ANON_SHARED",
+    "FILE_PRIVATE",
+    "FILE_SHARED",
     "KINDS",
+    "MMAP_PROTS",
+    "PRIVATE_KINDS",
+    "PROTS",
     "RefFile",
     "RefPage",
     "RefProc",
+    "VMModel",
     "VMStateMachine",
     "vm_settings",
 ]

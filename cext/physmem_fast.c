@@ -1,0 +1,285 @@
+/*
+ * uvmloan._physmem_fast: the two hottest physmem calls without cffi.
+ *
+ * A cffi call converts every argument through its type machinery and the
+ * PhysMem method around it adds a Python frame: together about 2.5 times the
+ * memcpy of a 4 KiB page.  This module binds one arena once, in a small
+ * object whose copy_page and copy_pages methods are METH_FASTCALL builtins:
+ * PhysMem stores the bound methods, so a call goes from the interpreter
+ * straight here.
+ *
+ * Only the common case is handled here: exact ints (and, for copy_pages, a
+ * list or tuple of exact ints) that pm_copy_page / pm_copy_pages accept.
+ * Anything else - another type, an int that does not fit in 64 bits, a
+ * frame out of range, a closed arena, keywords - goes to the "slow"
+ * callable the object was made with (the PhysMem's own Python method),
+ * which makes the same call through cffi and raises the usual diagnosis.
+ * So behaviour, errors included, is that of the Python method.
+ *
+ * The object keeps the arena's owner (the cffi gc'd base pointer) alive;
+ * PhysMem.close() calls invalidate() first, which drops it and sends every
+ * later call to the slow path (which reports the closed arena).
+ *
+ * Built against the stable ABI (3.11) where setup.py tags the wheel abi3.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h> /* setup.py defines Py_LIMITED_API where the wheel is abi3 */
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "physmem.h"
+
+typedef struct {
+    PyObject_HEAD
+    pm_arena *arena;
+    PyObject *keep;      /* owner of the arena (cffi gc'd pointer), or NULL */
+    PyObject *slow_one;  /* copy_page(src, dst) through cffi */
+    PyObject *slow_many; /* copy_pages(srcs, dsts) through cffi */
+} Fast;
+
+static PyObject *
+call_slow(PyObject *fn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *tuple = PyTuple_New(nargs);
+    if (tuple == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(tuple, i, args[i]); /* steals */
+    }
+    PyObject *kw = NULL;
+    if (kwnames != NULL) {
+        Py_ssize_t nk = PyTuple_Size(kwnames);
+        kw = PyDict_New();
+        if (kw == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < nk; i++) {
+            if (PyDict_SetItem(kw, PyTuple_GetItem(kwnames, i), args[nargs + i]) < 0) {
+                Py_DECREF(kw);
+                Py_DECREF(tuple);
+                return NULL;
+            }
+        }
+    }
+    PyObject *r = PyObject_Call(fn, tuple, kw);
+    Py_DECREF(tuple);
+    Py_XDECREF(kw);
+    return r;
+}
+
+/* An exact int that fits in int64_t into *out; 0 if it is not one. */
+static int
+exact_i64(PyObject *o, int64_t *out)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = (int64_t)v;
+    return 1;
+}
+
+static PyObject *
+fast_copy_page(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    int64_t src, dst;
+    if (kwnames == NULL && nargs == 2 && self->arena != NULL && exact_i64(args[0], &src) &&
+        exact_i64(args[1], &dst) && pm_copy_page(self->arena, src, dst) == PM_OK)
+        Py_RETURN_NONE;
+    return call_slow(self->slow_one, args, nargs, kwnames);
+}
+
+/* The frames of an exact list or tuple of exact ints into buf[0..n); 0 if
+ * the sequence is anything else. */
+static int
+frames_of(PyObject *seq, int64_t *buf, Py_ssize_t n)
+{
+    int is_list = PyList_CheckExact(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = is_list ? PyList_GetItem(seq, i) : PyTuple_GetItem(seq, i);
+        if (item == NULL || !exact_i64(item, &buf[i])) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static Py_ssize_t
+seq_len(PyObject *seq)
+{
+    if (PyList_CheckExact(seq))
+        return PyList_Size(seq);
+    if (PyTuple_CheckExact(seq))
+        return PyTuple_Size(seq);
+    return -1;
+}
+
+static PyObject *
+fast_copy_pages(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    if (kwnames != NULL || nargs != 2 || self->arena == NULL)
+        return call_slow(self->slow_many, args, nargs, kwnames);
+    Py_ssize_t n = seq_len(args[0]);
+    if (n < 0 || seq_len(args[1]) != n)
+        return call_slow(self->slow_many, args, nargs, kwnames);
+    /* Both lists converted up front: pm_copy_pages checks every frame before
+     * it copies a byte.  Small batches on the stack. */
+    int64_t stack[2 * 64];
+    int64_t *buf = stack;
+    if (n > 64) {
+        buf = malloc(2 * (size_t)n * sizeof *buf);
+        if (buf == NULL)
+            return PyErr_NoMemory();
+    }
+    int ok = frames_of(args[0], buf, n) && frames_of(args[1], buf + n, n) &&
+             pm_copy_pages(self->arena, buf, buf + n, (int64_t)n) == PM_OK;
+    if (buf != stack)
+        free(buf);
+    if (ok)
+        Py_RETURN_NONE;
+    return call_slow(self->slow_many, args, nargs, kwnames);
+}
+
+static PyObject *
+fast_invalidate(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    Fast *self = (Fast *)op;
+    self->arena = NULL;
+    Py_CLEAR(self->keep);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    unsigned long long addr;
+    PyObject *keep, *slow_one, *slow_many;
+    static char *kwlist[] = {"address", "keep", "copy_page", "copy_pages", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOO", kwlist, &addr, &keep, &slow_one,
+                                     &slow_many))
+        return NULL;
+    if (addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "_physmem_fast.Fast: NULL arena");
+        return NULL;
+    }
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    Fast *self = (Fast *)alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->arena = (pm_arena *)(uintptr_t)addr;
+    Py_INCREF(keep);
+    self->keep = keep;
+    Py_INCREF(slow_one);
+    self->slow_one = slow_one;
+    Py_INCREF(slow_many);
+    self->slow_many = slow_many;
+    return (PyObject *)self;
+}
+
+static int
+fast_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Fast *self = (Fast *)op;
+    Py_VISIT(self->keep);
+    Py_VISIT(self->slow_one);
+    Py_VISIT(self->slow_many);
+    Py_VISIT(Py_TYPE(op));
+    return 0;
+}
+
+static int
+fast_clear(PyObject *op)
+{
+    Fast *self = (Fast *)op;
+    self->arena = NULL;
+    Py_CLEAR(self->keep);
+    Py_CLEAR(self->slow_one);
+    Py_CLEAR(self->slow_many);
+    return 0;
+}
+
+static void
+fast_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    fast_clear(op);
+    freefunc tfree = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    tfree(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef fast_methods[] = {
+    {"copy_page", (PyCFunction)(void (*)(void))fast_copy_page, METH_FASTCALL | METH_KEYWORDS,
+     "copy_page(src, dst): copy frame src onto frame dst."},
+    {"copy_pages", (PyCFunction)(void (*)(void))fast_copy_pages, METH_FASTCALL | METH_KEYWORDS,
+     "copy_pages(srcs, dsts): copy srcs[i] onto dsts[i] for every i."},
+    {"invalidate", fast_invalidate, METH_NOARGS,
+     "Forget the arena: every later call takes the slow path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot fast_slots[] = {
+    {Py_tp_new, fast_new},
+    {Py_tp_dealloc, fast_dealloc},
+    {Py_tp_traverse, fast_traverse},
+    {Py_tp_clear, fast_clear},
+    {Py_tp_methods, fast_methods},
+    {Py_tp_doc, "Fast(address, keep, copy_page, copy_pages): one arena's fast calls."},
+    {0, NULL},
+};
+
+static PyType_Spec fast_spec = {
+    "uvmloan._physmem_fast.Fast",
+    sizeof(Fast),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    fast_slots,
+};
+
+static int
+fast_exec(PyObject *m)
+{
+    PyObject *type = PyType_FromSpec(&fast_spec);
+    if (type == NULL)
+        return -1;
+    if (PyModule_AddObject(m, "Fast", type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, fast_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "uvmloan._physmem_fast",
+    "The hottest physmem calls (copy_page, copy_pages) without cffi's argument conversion.",
+    0,
+    NULL,
+    module_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__physmem_fast(void)
+{
+    return PyModuleDef_Init(&module);
+}
