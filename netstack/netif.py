@@ -75,6 +75,74 @@ def _put_run(
 IfTap = Callable[[int, bytes | bytearray, FrameMeta], None]
 
 
+def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
+    """Read the chain into a frame; fill the transport checksum if owed.
+
+    One walk of the chain: kernel-memory data is copied, runs of loaned
+    page pieces go to C as a flat ``array('q')`` of (frame, offset,
+    length) triples (no Python object per piece) and, when a checksum is
+    owed (offload, or the CPU's deferred sum), are summed in the same
+    pass (``gather_cksum``).  Returns the frame and whether any of it
+    came from loaned pages.
+    """
+    n = m.m_pkthdr_len if m.m_flags & M_PKTHDR else m_length(m)
+    frame = bytearray(n)
+    fl = m.csum_flags
+    summing = bool(fl & (M_CSUM_TCPv4 | M_CSUM_UDPv4))
+    # the transport segment starts after the IP header (in the first mbuf)
+    hl = (m._kmem()[m.m_data] & 15) << 2 if summing else 0
+    total = 0  # ones'-complement sum of frame[hl:], unfolded
+    loaned = False
+    run = array("q")
+    run_at = 0  # frame position of the run's first byte
+    pos = 0
+    cur: Mbuf | None = m
+    while cur is not None:
+        ln = cur.m_len
+        if ln:
+            if cur.m_flags & M_EXT_PAGES:
+                ext = cur.m_ext
+                assert ext is not None
+                if not run:
+                    run_at = pos
+                pgs = ext.ext_pgs
+                va = ext.ext_buf % ps + cur.m_data
+                left = ln
+                while left:
+                    i, o = divmod(va, ps)
+                    take = ps - o if ps - o < left else left
+                    run.extend((pgs[i].frame, o, take))
+                    va += take
+                    left -= take
+                loaned = True
+            else:
+                if run:
+                    total += _put_run(pm, run, frame, run_at, hl, summing)
+                    run = array("q")
+                d = cur.m_data
+                end = pos + ln
+                frame[pos:end] = cur._kmem()[d : d + ln]
+                if summing and end > hl:
+                    start = pos if pos > hl else hl
+                    sm = pm.cksum_bytes(memoryview(frame)[start:end])
+                    total += _swap16(sm) if (start - hl) & 1 else sm
+            pos += ln
+        cur = cur.m_next
+    if run:
+        total += _put_run(pm, run, frame, run_at, hl, summing)
+    if summing:
+        # in_delayed_cksum's (or the NIC's) sum over the pseudo-header
+        # and the segment, whose checksum field is still zero
+        p = frame[9]
+        src, dst = struct.unpack_from("!II", frame, 12)
+        s = fold(total + pseudo_sum(src, dst, p, n - hl))
+        c = ~s & 0xFFFF
+        if c == 0 and p == IPPROTO_UDP:
+            c = 0xFFFF  # RFC 768: a computed zero is sent as all ones
+        struct.pack_into("!H", frame, hl + m.csum_data, c)
+    return frame, loaned
+
+
 @attrs.define(eq=False)
 class IfData:
     """struct if_data counters (the ``ifi_`` prefix dropped)."""
@@ -154,73 +222,8 @@ class Netif:
         ch.send(frame, meta, lambda: self._tx_done(m))
 
     def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
-        """Read the chain into a frame; fill the transport checksum if owed.
-
-        One walk of the chain: kernel-memory data is copied, runs of loaned
-        page pieces go to C as a flat ``array('q')`` of (frame, offset,
-        length) triples (no Python object per piece) and, when a checksum is
-        owed (offload, or the CPU's deferred sum), are summed in the same
-        pass (``gather_cksum``).  Returns the frame and whether any of it
-        came from loaned pages.
-        """
-        pm = self.host.machine.physmem
-        ps = self.host.machine.page_size
-        n = m.m_pkthdr_len if m.m_flags & M_PKTHDR else m_length(m)
-        frame = bytearray(n)
-        fl = m.csum_flags
-        summing = bool(fl & (M_CSUM_TCPv4 | M_CSUM_UDPv4))
-        # the transport segment starts after the IP header (in the first mbuf)
-        hl = (m._kmem()[m.m_data] & 15) << 2 if summing else 0
-        total = 0  # ones'-complement sum of frame[hl:], unfolded
-        loaned = False
-        run = array("q")
-        run_at = 0  # frame position of the run's first byte
-        pos = 0
-        cur: Mbuf | None = m
-        while cur is not None:
-            ln = cur.m_len
-            if ln:
-                if cur.m_flags & M_EXT_PAGES:
-                    ext = cur.m_ext
-                    assert ext is not None
-                    if not run:
-                        run_at = pos
-                    pgs = ext.ext_pgs
-                    va = ext.ext_buf % ps + cur.m_data
-                    left = ln
-                    while left:
-                        i, o = divmod(va, ps)
-                        take = ps - o if ps - o < left else left
-                        run.extend((pgs[i].frame, o, take))
-                        va += take
-                        left -= take
-                    loaned = True
-                else:
-                    if run:
-                        total += _put_run(pm, run, frame, run_at, hl, summing)
-                        run = array("q")
-                    d = cur.m_data
-                    end = pos + ln
-                    frame[pos:end] = cur._kmem()[d : d + ln]
-                    if summing and end > hl:
-                        start = pos if pos > hl else hl
-                        sm = pm.cksum_bytes(memoryview(frame)[start:end])
-                        total += _swap16(sm) if (start - hl) & 1 else sm
-                pos += ln
-            cur = cur.m_next
-        if run:
-            total += _put_run(pm, run, frame, run_at, hl, summing)
-        if summing:
-            # in_delayed_cksum's (or the NIC's) sum over the pseudo-header
-            # and the segment, whose checksum field is still zero
-            p = frame[9]
-            src, dst = struct.unpack_from("!II", frame, 12)
-            s = fold(total + pseudo_sum(src, dst, p, n - hl))
-            c = ~s & 0xFFFF
-            if c == 0 and p == IPPROTO_UDP:
-                c = 0xFFFF  # RFC 768: a computed zero is sent as all ones
-            struct.pack_into("!H", frame, hl + m.csum_data, c)
-        return frame, loaned
+        mach = self.host.machine
+        return dma_read(mach.physmem, mach.page_size, m)
 
     def _tx_done(self, m: Mbuf) -> None:
         self.host.kernel(lambda: self._txintr(m), self.intr_cpu)
