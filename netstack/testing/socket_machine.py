@@ -37,12 +37,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from hypothesis import Phase, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from uvmloan.invariants import check_invariants
-from uvmloan.testing.failures import CheckFailure
+from uvmloan.testing.failures import CheckFailure, hunt_settings
 from uvmloan.testing.profiles import machine_settings
 
 from ..inject import inject
@@ -66,16 +66,7 @@ def socket_settings(name: str | None = None) -> settings:
 
 def no_shrink_settings(max_examples: int, steps: int = 30) -> settings:
     """Settings for proving an injected bug is found: deterministic, no shrink."""
-    return settings(
-        socket_settings(),
-        max_examples=max_examples,
-        stateful_step_count=steps,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        database=None,
-        report_multiple_bugs=False,
-        print_blob=False,
-    )
+    return hunt_settings(socket_settings(), max_examples, steps)
 
 
 class SocketStateMachine(RuleBasedStateMachine):

@@ -86,6 +86,21 @@ class CheckFailure(AssertionError):
         super().__init__(f"[{check}] {message}")
 
 
+def hunt_settings(base: settings, max_examples: int, steps: int) -> settings:
+    """Settings for proving an injected bug is found: ``base`` made
+    deterministic, without shrinking, the database or blobs."""
+    return settings(
+        base,
+        max_examples=max_examples,
+        stateful_step_count=steps,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        database=None,
+        report_multiple_bugs=False,
+        print_blob=False,
+    )
+
+
 def failure_id(exc: BaseException) -> str | None:
     """ "TLB1", "I3" ... for an invariant violation, "bytes", "wiring" ... for
     a check failure, None for anything else (the harness tripped)."""

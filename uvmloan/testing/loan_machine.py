@@ -66,7 +66,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
-from hypothesis import Phase, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -86,7 +86,7 @@ from ..param import (
 )
 from ..process import Process
 from ..trace import Event, PageFree
-from .failures import CheckFailure
+from .failures import CheckFailure, hunt_settings
 from .hooks import MachineHooks
 from .loan_ops import leaked_pages, mappings_of, release_order_problems
 from .profiles import PROFILE_ENV, machine_settings
@@ -728,16 +728,7 @@ class LoanStateMachine(MachineHooks, RuleBasedStateMachine):
 
 def no_shrink_settings(max_examples: int, steps: int = 40) -> settings:
     """Settings for proving an injected bug is found: deterministic, no shrink."""
-    return settings(
-        loan_settings(),
-        max_examples=max_examples,
-        stateful_step_count=steps,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        database=None,
-        report_multiple_bugs=False,
-        print_blob=False,
-    )
+    return hunt_settings(loan_settings(), max_examples, steps)
 
 
 _ = AnonObject  # re-exported for subclasses that add aobj rules
