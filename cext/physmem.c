@@ -391,22 +391,34 @@ pm_copyout1(const pm_arena *a, int64_t frame, int64_t offset, char *dst, int64_t
 /* ------------------------------------------------------------------ */
 /* scatter / gather                                                   */
 
-int
-pm_gather(const pm_arena *a, const pm_piece *pieces, int64_t n, char *dst, int64_t dstlen,
-          int64_t *written)
+/* What pm_gather and pm_gather_cksum check before they move a byte: valid
+ * pieces that fit the destination.  *total gets the bytes they hold. */
+static int
+check_gather(const pm_arena *a, const pm_piece *pieces, int64_t n, const char *dst,
+             int64_t dstlen, int64_t *total)
 {
     if (a == NULL)
         return PM_EINVAL;
     if (dstlen < 0)
         return PM_ENEGLEN;
-    int64_t total = 0;
-    int rc = check_pieces(a, pieces, n, &total);
+    int rc = check_pieces(a, pieces, n, total);
     if (rc != PM_OK)
         return rc;
-    if (total > dstlen)
+    if (*total > dstlen)
         return PM_EBUFSIZE;
-    if (total > 0 && dst == NULL)
+    if (*total > 0 && dst == NULL)
         return PM_EINVAL;
+    return PM_OK;
+}
+
+int
+pm_gather(const pm_arena *a, const pm_piece *pieces, int64_t n, char *dst, int64_t dstlen,
+          int64_t *written)
+{
+    int64_t total = 0;
+    int rc = check_gather(a, pieces, n, dst, dstlen, &total);
+    if (rc != PM_OK)
+        return rc;
     unsigned char *d = (unsigned char *)dst;
     for (int64_t i = 0; i < n; i++) {
         const pm_piece *p = &pieces[i];
@@ -613,18 +625,12 @@ int
 pm_gather_cksum(const pm_arena *a, const pm_piece *pieces, int64_t n, char *dst, int64_t dstlen,
                 uint64_t initial, int64_t *written, uint32_t *sum)
 {
-    if (a == NULL || sum == NULL)
+    if (sum == NULL)
         return PM_EINVAL;
-    if (dstlen < 0)
-        return PM_ENEGLEN;
     int64_t total = 0;
-    int rc = check_pieces(a, pieces, n, &total);
+    int rc = check_gather(a, pieces, n, dst, dstlen, &total);
     if (rc != PM_OK)
         return rc;
-    if (total > dstlen)
-        return PM_EBUFSIZE;
-    if (total > 0 && dst == NULL)
-        return PM_EINVAL;
     unsigned char *d = (unsigned char *)dst;
     uint64_t acc = 0;
     int odd = 0;
