@@ -8,6 +8,12 @@ Subcommands:
   the process overwrites part of it, the borrower still reads the original
   bytes; prints what happened (loans, breaks, orphans, protections,
   shootdowns) and writes the JSON Lines trace.
+* ``sweep``: a parameter grid of an experiment from a TOML file, run on a
+  process pool, threads or Dask, resumable (``uvmloan.sweep``).
+* ``trace summary`` / ``trace perfetto``: what a JSON Lines trace says in
+  numbers, or the trace as Chrome/Perfetto trace-event JSON.
+* ``check``: the shipped hypothesis state machines, with a pasteable
+  program on failure.
 """
 
 from __future__ import annotations
@@ -317,6 +323,8 @@ class Command(Protocol):
 
 
 def _commands() -> dict[str, Command]:
+    from .research_cli import BUILTIN
+
     found: dict[str, Command] = {}
     for ep in sorted(entry_points(group="uvmloan.commands"), key=lambda e: e.name):
         try:
@@ -324,6 +332,10 @@ def _commands() -> dict[str, Command]:
         except Exception as e:  # a broken add-on must not take the command down
             print(f"uvmloan: cannot load the {ep.name!r} command ({e})", file=sys.stderr)
             continue
+        found[cmd.name] = cmd
+    # The built-in research commands share the plugins' protocol; a plugin
+    # cannot replace one of them.
+    for cmd in BUILTIN:
         found[cmd.name] = cmd
     return found
 

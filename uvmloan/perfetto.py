@@ -134,8 +134,14 @@ class SegmentRecord:
 _TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "A"), (0x20, "U"))
 
 
-def parse_ipv4(t: int, frame: bytes | bytearray, link: str = "", direction: str = "",
-               dur: int = 0, loaned: bool = False) -> SegmentRecord | None:
+def parse_ipv4(
+    t: int,
+    frame: bytes | bytearray,
+    link: str = "",
+    direction: str = "",
+    dur: int = 0,
+    loaned: bool = False,
+) -> SegmentRecord | None:
     """A record of the IPv4 packet ``frame`` (None for anything else)."""
     if len(frame) < 20 or frame[0] >> 4 != 4:
         return None
@@ -149,14 +155,30 @@ def parse_ipv4(t: int, frame: bytes | bytearray, link: str = "", direction: str 
         sport, dport, seq, ack, off_flags = struct.unpack_from("!HHIIH", body, 0)
         hl = (off_flags >> 12) * 4
         flags = "".join(c for bit, c in _TCP_FLAGS if off_flags & bit)
-        return SegmentRecord(t, link, direction, "tcp", src, dst, sport, dport, seq, ack, flags,
-                             len(body) - hl, dur, loaned)
+        return SegmentRecord(
+            t,
+            link,
+            direction,
+            "tcp",
+            src,
+            dst,
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+            len(body) - hl,
+            dur,
+            loaned,
+        )
     if proto == 17 and len(body) >= 8:
         sport, dport = struct.unpack_from("!HH", body, 0)
-        return SegmentRecord(t, link, direction, "udp", src, dst, sport, dport, 0, 0, "",
-                             len(body) - 8, dur, loaned)
-    return SegmentRecord(t, link, direction, str(proto), src, dst, 0, 0, 0, 0, "", len(body),
-                         dur, loaned)
+        return SegmentRecord(
+            t, link, direction, "udp", src, dst, sport, dport, 0, 0, "", len(body) - 8, dur, loaned
+        )
+    return SegmentRecord(
+        t, link, direction, str(proto), src, dst, 0, 0, 0, 0, "", len(body), dur, loaned
+    )
 
 
 class SegmentTap:
@@ -179,7 +201,11 @@ class SegmentTap:
         if self.bandwidth_bps:
             dur = len(frame) * 8 * 1_000_000_000 // self.bandwidth_bps
         rec = parse_ipv4(
-            now, frame, self.link, str(getattr(meta, "direction", "") or ""), dur,
+            now,
+            frame,
+            self.link,
+            str(getattr(meta, "direction", "") or ""),
+            dur,
             bool(getattr(meta, "loaned", False)),
         )
         if rec is not None:
@@ -245,28 +271,56 @@ class _Builder:
 
     def counter(self, name: str, key: str, value: int, ts: float) -> None:
         ts = self._mono((PID_MACHINE, f"C:{name}"), ts)
-        self.out.append({"name": name, "ph": "C", "ts": ts, "pid": PID_MACHINE,
-                         "tid": TID_LOANS, "args": {key: value}})
+        self.out.append(
+            {
+                "name": name,
+                "ph": "C",
+                "ts": ts,
+                "pid": PID_MACHINE,
+                "tid": TID_LOANS,
+                "args": {key: value},
+            }
+        )
 
-    def slice(self, tid: int, name: str, start: int, end: int, args: dict[str, Any],
-              cat: str = "pmap") -> None:
+    def slice(
+        self, tid: int, name: str, start: int, end: int, args: dict[str, Any], cat: str = "pmap"
+    ) -> None:
         track = (PID_MACHINE, tid)
         start = max(start, self.last_end.get(track, start))  # X slices on a tid must nest
         end = max(start, end)
         self.last_end[track] = end
-        self.out.append({"name": name, "cat": cat, "ph": "X", "ts": _us(start),
-                         "dur": _us(end - start), "pid": PID_MACHINE, "tid": tid, "args": args})
+        self.out.append(
+            {
+                "name": name,
+                "cat": cat,
+                "ph": "X",
+                "ts": _us(start),
+                "dur": _us(end - start),
+                "pid": PID_MACHINE,
+                "tid": tid,
+                "args": args,
+            }
+        )
 
     def instant(self, tid: int, ev: Event, cat: str) -> None:
-        self.out.append({"name": ev.name, "cat": cat, "ph": "i", "s": "t", "ts": _us(ev.t),
-                         "pid": PID_MACHINE, "tid": tid, "args": _args(ev)})
+        self.out.append(
+            {
+                "name": ev.name,
+                "cat": cat,
+                "ph": "i",
+                "s": "t",
+                "ts": _us(ev.t),
+                "pid": PID_MACHINE,
+                "tid": tid,
+                "args": _args(ev),
+            }
+        )
 
     def close_handler(self, cpu: int) -> None:
         h = self.handlers.pop(cpu, None)
         if h is not None:
             start, end, source = h
-            self.slice(TID_CPU0 + cpu, "TLB shootdown handler", start, end,
-                       {"source": source})
+            self.slice(TID_CPU0 + cpu, "TLB shootdown handler", start, end, {"source": source})
 
     def add(self, ev: Event) -> None:
         ts = _us(ev.t)
@@ -277,16 +331,35 @@ class _Builder:
             sid = f"loan-{self.loan_seq}"
             name = f"loan {ev.kind}"
             self.open_loans.setdefault(ev.frame, deque()).append((self.loan_seq, name, ts))
-            self.out.append({"name": name, "cat": "loan", "ph": "b", "ts": ts, "pid": PID_MACHINE,
-                             "tid": TID_LOANS, "id2": {"local": sid}, "args": _args(ev)})
+            self.out.append(
+                {
+                    "name": name,
+                    "cat": "loan",
+                    "ph": "b",
+                    "ts": ts,
+                    "pid": PID_MACHINE,
+                    "tid": TID_LOANS,
+                    "id2": {"local": sid},
+                    "args": _args(ev),
+                }
+            )
             self._loans(ev.frame, ev.loan_count, ts)
         elif isinstance(ev, Unloan):
             q = self.open_loans.get(ev.frame)
             if q:
                 seq, name, t0 = q.popleft()
-                self.out.append({"name": name, "cat": "loan", "ph": "e", "ts": max(ts, t0),
-                                 "pid": PID_MACHINE, "tid": TID_LOANS,
-                                 "id2": {"local": f"loan-{seq}"}, "args": _args(ev)})
+                self.out.append(
+                    {
+                        "name": name,
+                        "cat": "loan",
+                        "ph": "e",
+                        "ts": max(ts, t0),
+                        "pid": PID_MACHINE,
+                        "tid": TID_LOANS,
+                        "id2": {"local": f"loan-{seq}"},
+                        "args": _args(ev),
+                    }
+                )
             else:  # the loan predates the trace
                 self.instant(TID_LOANS, ev, "loan")
             self._loans(ev.frame, ev.loan_count, ts)
@@ -338,19 +411,39 @@ class _Builder:
             self.close_handler(c)
         for q in self.open_loans.values():
             for seq, name, t0 in q:
-                self.out.append({"name": name, "cat": "loan", "ph": "e", "ts": max(self.end, t0),
-                                 "pid": PID_MACHINE, "tid": TID_LOANS,
-                                 "id2": {"local": f"loan-{seq}"},
-                                 "args": {"outstanding_at_end": True}})
+                self.out.append(
+                    {
+                        "name": name,
+                        "cat": "loan",
+                        "ph": "e",
+                        "ts": max(self.end, t0),
+                        "pid": PID_MACHINE,
+                        "tid": TID_LOANS,
+                        "id2": {"local": f"loan-{seq}"},
+                        "args": {"outstanding_at_end": True},
+                    }
+                )
             q.clear()
 
 
 def _meta(pid: int, tid: int | None, name: str) -> dict[str, Any]:
     if tid is None:
-        return {"name": "process_name", "ph": "M", "ts": 0, "pid": pid, "tid": 0,
-                "args": {"name": name}}
-    return {"name": "thread_name", "ph": "M", "ts": 0, "pid": pid, "tid": tid,
-            "args": {"name": name}}
+        return {
+            "name": "process_name",
+            "ph": "M",
+            "ts": 0,
+            "pid": pid,
+            "tid": 0,
+            "args": {"name": name},
+        }
+    return {
+        "name": "thread_name",
+        "ph": "M",
+        "ts": 0,
+        "pid": pid,
+        "tid": tid,
+        "args": {"name": name},
+    }
 
 
 def chrome_trace(
@@ -390,20 +483,32 @@ def chrome_trace(
             ts = max(_us(s.t), last.get(tid, 0.0))
             dur = _us(s.dur)
             last[tid] = ts + dur
-            name = (f"{s.proto} {s.flags} seq={s.seq} len={s.length}" if s.proto == "tcp"
-                    else f"{s.proto} len={s.length}")
-            seg_events.append({"name": name, "cat": "segment,loaned" if s.loaned else "segment",
-                               "ph": "X", "ts": ts, "dur": dur, "pid": PID_LINKS, "tid": tid,
-                               "args": s.to_dict()})
+            name = (
+                f"{s.proto} {s.flags} seq={s.seq} len={s.length}"
+                if s.proto == "tcp"
+                else f"{s.proto} len={s.length}"
+            )
+            seg_events.append(
+                {
+                    "name": name,
+                    "cat": "segment,loaned" if s.loaned else "segment",
+                    "ph": "X",
+                    "ts": ts,
+                    "dur": dur,
+                    "pid": PID_LINKS,
+                    "tid": tid,
+                    "args": s.to_dict(),
+                }
+            )
         for (link, direction), tid in tids.items():
             meta.append(_meta(PID_LINKS, tid, f"{link} {direction}".strip()))
-    other = {k: head[k] for k in ("model", "model_version", "ncpus", "npages", "backend")
-             if k in head}
+    other: dict[str, Any] = {
+        k: head[k] for k in ("model", "model_version", "ncpus", "npages", "backend") if k in head
+    }
     if isinstance(prof, Mapping) and "name" in prof:
         other["profile"] = prof["name"]
     other["units"] = "ts and dur in microseconds of simulated time"
-    return {"traceEvents": meta + b.out + seg_events, "displayTimeUnit": "ns",
-            "otherData": other}
+    return {"traceEvents": meta + b.out + seg_events, "displayTimeUnit": "ns", "otherData": other}
 
 
 def chrome_trace_from_file(
