@@ -41,9 +41,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 def test_points_are_every_combination_first_axis_outermost() -> None:
     g = Grid.from_dict({"experiment": DRAW, "grid": {"x": [1, 2, 3]}, "seeds": [7, 8]})
     pts = g.points()
-    assert [dict(p.params) for p in pts] == [
-        {"x": x, "seed": s} for x in (1, 2, 3) for s in (7, 8)
-    ]
+    assert [dict(p.params) for p in pts] == [{"x": x, "seed": s} for x in (1, 2, 3) for s in (7, 8)]
     assert [p.index for p in pts] == list(range(6))
     assert len({p.key for p in pts}) == 6
 
@@ -217,7 +215,10 @@ def test_plain_progress_lines_off_a_terminal(
 def test_a_python_function_can_be_the_experiment(tmp_path: Path) -> None:
     with ThreadPoolExecutor(1) as ex:
         res = run_sweep(
-            {"grid": {"x": [2]}, "seeds": [0]}, tmp_path, executor=ex, progress=False,
+            {"grid": {"x": [2]}, "seeds": [0]},
+            tmp_path,
+            executor=ex,
+            progress=False,
             experiment=fx.draw,
         )
     assert res.ok and res.rows[0]["x_squared"] == 4
@@ -226,8 +227,12 @@ def test_a_python_function_can_be_the_experiment(tmp_path: Path) -> None:
 def test_parquet_when_pyarrow_is_there(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     with ThreadPoolExecutor(1) as ex:
-        run_sweep({"experiment": DRAW, "grid": {"x": [1, 2]}, "seeds": [0]}, tmp_path,
-                  executor=ex, progress=False)
+        run_sweep(
+            {"experiment": DRAW, "grid": {"x": [1, 2]}, "seeds": [0]},
+            tmp_path,
+            executor=ex,
+            progress=False,
+        )
     assert pq.read_table(tmp_path / "results.parquet").num_rows == 2
 
 
@@ -236,9 +241,12 @@ def test_dask_local_cluster(tmp_path: Path) -> None:
     from uvmloan.sweep import dask_executor
 
     grid = {"experiment": DRAW, "grid": {"x": [1, 2]}, "seeds": [4, 4.5]}
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-    ) as cluster, dask_executor(cluster.scheduler_address) as ex:
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        dask_executor(cluster.scheduler_address) as ex,
+    ):
         res = run_sweep(grid, tmp_path, executor=ex, progress=False)
     assert res.ok and res.computed == 4
     want = [random.Random(f"{x}/{s}").randrange(1 << 30) for x in (1, 2) for s in (4, 4.5)]
