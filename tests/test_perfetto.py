@@ -248,7 +248,7 @@ def test_segment_tap_on_a_real_link() -> None:
         a = net.host("a", memory="16M")
         b = net.host("b", memory="16M")
         link = net.link(a, b, bandwidth_bps=100_000_000, delay_ns=100_000)
-        tap = SegmentTap(link.name, 100_000_000)
+        tap = SegmentTap(link.name, serialization_ns=link.params.serialization_ns)
         link.add_tap(tap)
         ls = b.socket("tcp")
         ls.bind(("", 80))
@@ -267,6 +267,9 @@ def test_segment_tap_on_a_real_link() -> None:
         ls.close()
         net.run_until_idle()
     assert got == b"q" * 3000
+    # each segment lasts the link's serialisation of its packet, headers included
+    for r in tap.records:
+        assert r.dur > link.params.serialization_ns(r.length) or not r.length
     tcp = [r for r in tap.records if r.proto == "tcp"]
     assert tcp[0].flags == "S" and sum(r.length for r in tcp if r.sport == tcp[0].sport) == 3000
     check_schema(chrome_trace([], segments=tap.records))

@@ -251,3 +251,9 @@ def test_dask_local_cluster(tmp_path: Path) -> None:
     assert res.ok and res.computed == 4
     want = [random.Random(f"{x}/{s}").randrange(1 << 30) for x in (1, 2) for s in (4, 4.5)]
     assert [r["draw"] for r in res.rows] == want
+
+
+def test_the_shipped_example_sweep_file_loads() -> None:
+    g = load_grid(Path(__file__).resolve().parent.parent / "docs" / "sweeps" / "copy-vs-loan.toml")
+    assert g.name == "copy-vs-loan" and len(g.points()) == 2 * 4 * 3
+    assert dict(g.fixed) == {"reuse": True, "profile": "netbsd-10"}

@@ -49,7 +49,7 @@ import gzip
 import json
 import struct
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,19 +186,29 @@ class SegmentTap:
 
     It has the signature of the network stack's link taps, ``tap(now, frame,
     meta)``, and reads only ``meta.loaned`` and ``meta.direction``, so
-    ``link.add_tap(SegmentTap(link.name, link.params.bandwidth_bps))`` feeds
-    it without uvmloan importing the stack.  ``bandwidth_bps`` gives each
-    segment its serialisation time as ``dur``.
+    ``link.add_tap(SegmentTap(link.name,
+    serialization_ns=link.params.serialization_ns))`` feeds it without
+    uvmloan importing the stack.  ``serialization_ns`` (bytes -> ns), or else
+    ``bandwidth_bps``, gives each segment its serialisation time as ``dur``.
     """
 
-    def __init__(self, link: str = "link", bandwidth_bps: int | None = None) -> None:
+    def __init__(
+        self,
+        link: str = "link",
+        bandwidth_bps: int | None = None,
+        serialization_ns: Callable[[int], int] | None = None,
+    ) -> None:
         self.link = link
         self.bandwidth_bps = bandwidth_bps
+        # the link's own rule when given (it may add framing overhead)
+        self.serialization_ns = serialization_ns
         self.records: list[SegmentRecord] = []
 
     def __call__(self, now: int, frame: bytes | bytearray, meta: Any = None) -> None:
         dur = 0
-        if self.bandwidth_bps:
+        if self.serialization_ns is not None:
+            dur = self.serialization_ns(len(frame))
+        elif self.bandwidth_bps:
             dur = len(frame) * 8 * 1_000_000_000 // self.bandwidth_bps
         rec = parse_ipv4(
             now,
