@@ -116,6 +116,9 @@ def test_summary_counts_are_the_machines_counters() -> None:
     for name, n in s.counts.items():
         assert kept[name] == n, name
     assert s.counters == dict(kept)
+    # uvmexp-style counts the page allocator keeps itself, apart from the tracer
+    assert s.counts["page alloc"] == m.uvm.npagealloc
+    assert s.counts.get("page free", 0) == m.uvm.npagefree
     # and what the run did by construction
     assert s.loans == NPAGES and s.bytes_loaned == NPAGES * PS
     assert s.bytes_copied == 2 * PS and s.breaks_by_cause == {"anon fault": 2}

@@ -340,10 +340,26 @@ def _commands() -> dict[str, Command]:
     return found
 
 
+MAIN_EPILOG = """\
+a session:
+  uvmloan demo                       one loan, break and orphan; writes out/demo-trace.jsonl
+  uvmloan trace perfetto out/demo-trace.jsonl     then open it at ui.perfetto.dev
+  uvmloan compare --cpus 1,2,4       copy vs loan over sizes and CPU counts
+  uvmloan sweep grid.toml            any grid of an experiment, resumable (docs/research.md)
+  uvmloan check --machine all        the hypothesis state machines against the model
+
+uvmloan COMMAND --help says more, with examples."""
+
+
 def _parser(
     commands: dict[str, Command] | None = None,
 ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    ap = argparse.ArgumentParser(prog="uvmloan", description=(__doc__ or "").splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="uvmloan",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=MAIN_EPILOG,
+    )
     ap.add_argument("--version", action="version", version=f"uvmloan {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="borrow a buffer by page loan and watch what happens")
