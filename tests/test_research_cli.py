@@ -303,3 +303,35 @@ def test_help_teaches(
     out = capsys.readouterr().out
     for w in words:
         assert w in out
+
+
+def test_sweep_interrupted_on_a_process_pool_exits_130_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sweep_fixtures as fx
+
+    f = tmp_path / "g.toml"
+    f.write_text(
+        'experiment = "sweep_fixtures:draw"\nseeds = [0]\n[grid]\nx = [0, 1, 2, 3, 4, 5]\n'
+    )
+    argv = [
+        "sweep",
+        str(f),
+        "--out",
+        str(tmp_path / "o"),
+        "--executor",
+        "process",
+        "--workers",
+        "1",
+    ]
+    fx.INTERRUPT_AT.add(3)  # the forked worker raises KeyboardInterrupt at x = 3
+    try:
+        assert main(argv) == 130
+    finally:
+        fx.INTERRUPT_AT.clear()
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command to resume" in err
+    done = len(list((tmp_path / "o" / "points").glob("*.json")))
+    assert done < 6
+    assert main(argv) == 0
+    assert f"{6 - done} computed, {done} reused, 0 failed" in capsys.readouterr().out

@@ -257,3 +257,22 @@ def test_the_shipped_example_sweep_file_loads() -> None:
     g = load_grid(Path(__file__).resolve().parent.parent / "docs" / "sweeps" / "copy-vs-loan.toml")
     assert g.name == "copy-vs-loan" and len(g.points()) == 2 * 4 * 3
     assert dict(g.fixed) == {"reuse": True, "profile": "netbsd-10"}
+
+
+def test_rich_progress_on_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("rich")
+    import uvmloan._sweep_out as out
+
+    monkeypatch.setattr(out.os, "isatty", lambda fd: True)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    fx.FAIL_AT.add(2)
+    grid = {"experiment": DRAW, "grid": {"x": [1, 2]}, "seeds": [0], "name": "bar"}
+    with ThreadPoolExecutor(1) as ex:
+        res = run_sweep(grid, tmp_path, executor=ex)
+    assert res.failed == 1
+    text = capsys.readouterr().out
+    assert "bar: 2 points" in text and "point 1 failed: x=2 seed=0" in text
+    assert "[1/2]" not in text  # the bar, not the plain lines
