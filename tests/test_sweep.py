@@ -259,13 +259,26 @@ def test_the_shipped_example_sweep_file_loads() -> None:
     assert dict(g.fixed) == {"reuse": True, "profile": "netbsd-10"}
 
 
+class _TTYOS:
+    """``os`` for uvmloan._sweep_out, with stdout a terminal."""
+
+    def __getattr__(self, name: str) -> Any:
+        import os
+
+        return getattr(os, name)
+
+    def isatty(self, fd: int) -> bool:
+        return True
+
+
 def test_rich_progress_on_a_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("rich")
-    import uvmloan._sweep_out as out
+    import uvmloan._sweep_out
 
-    monkeypatch.setattr(out.os, "isatty", lambda fd: True)
+    # the sweep asks whether stdout is a terminal; rich then draws its bar
+    monkeypatch.setattr(uvmloan._sweep_out, "os", _TTYOS())
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.setenv("TERM", "xterm")
     fx.FAIL_AT.add(2)
