@@ -82,3 +82,17 @@ def test_the_wheel_is_tagged_abi3_only_for_a_limited_api_build() -> None:
 
     include = (Path(cffi.__file__).parent / "_cffi_include.h").read_text()
     assert re.search(r"^#\s*define Py_LIMITED_API\b", include, flags=re.M)
+
+
+def test_every_package_of_the_tree_is_in_the_wheel() -> None:
+    # setuptools' explicit list: a subpackage missing from it is missing
+    # from the wheel (netstack.tcp was: `uvmloan transfer` could not load).
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("uvmloan", "netstack")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)

@@ -8,6 +8,12 @@ Subcommands:
   the process overwrites part of it, the borrower still reads the original
   bytes; prints what happened (loans, breaks, orphans, protections,
   shootdowns) and writes the JSON Lines trace.
+* ``sweep``: a parameter grid of an experiment from a TOML file, run on a
+  process pool, threads or Dask, resumable (``uvmloan.sweep``).
+* ``trace summary`` / ``trace perfetto``: what a JSON Lines trace says in
+  numbers, or the trace as Chrome/Perfetto trace-event JSON.
+* ``check``: the shipped hypothesis state machines, with a pasteable
+  program on failure.
 """
 
 from __future__ import annotations
@@ -317,6 +323,8 @@ class Command(Protocol):
 
 
 def _commands() -> dict[str, Command]:
+    from .research_cli import BUILTIN
+
     found: dict[str, Command] = {}
     for ep in sorted(entry_points(group="uvmloan.commands"), key=lambda e: e.name):
         try:
@@ -325,13 +333,33 @@ def _commands() -> dict[str, Command]:
             print(f"uvmloan: cannot load the {ep.name!r} command ({e})", file=sys.stderr)
             continue
         found[cmd.name] = cmd
+    # The built-in research commands share the plugins' protocol; a plugin
+    # cannot replace one of them.
+    for cmd in BUILTIN:
+        found[cmd.name] = cmd
     return found
+
+
+MAIN_EPILOG = """\
+a session:
+  uvmloan demo                       one loan, break and orphan; writes out/demo-trace.jsonl
+  uvmloan trace perfetto out/demo-trace.jsonl     then open it at ui.perfetto.dev
+  uvmloan compare --cpus 1,2,4       copy vs loan over sizes and CPU counts
+  uvmloan sweep grid.toml            any grid of an experiment, resumable (docs/research.md)
+  uvmloan check --machine all        the hypothesis state machines against the model
+
+uvmloan COMMAND --help says more, with examples."""
 
 
 def _parser(
     commands: dict[str, Command] | None = None,
 ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    ap = argparse.ArgumentParser(prog="uvmloan", description=(__doc__ or "").splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="uvmloan",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=MAIN_EPILOG,
+    )
     ap.add_argument("--version", action="version", version=f"uvmloan {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="borrow a buffer by page loan and watch what happens")
