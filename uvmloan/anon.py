@@ -10,10 +10,10 @@ the same answer, computed rather than stored.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from sortedcontainers import SortedDict
 
 from .errors import KernelAssertion
 from .param import PG, VM_PROT_NONE
@@ -25,25 +25,58 @@ _anon_ids = itertools.count(1)
 _amap_ids = itertools.count(1)
 
 
-@attrs.define(slots=True, eq=False, repr=False)
+@attrs.define(slots=True, eq=False, repr=False, weakref_slot=False)
 class Anon:
     """``struct vm_anon``: ``an_ref`` references, ``an_page``, ``an_swslot``."""
 
     an_ref: int = 1
     an_page: Page | None = None
     an_swslot: int = 0
-    name: str = attrs.field(factory=lambda: f"a{next(_anon_ids)}")
+    # The anon's number, fixed at creation; ``name`` is spelled from it only
+    # when asked (traces, reprs), not stored: one anon per resident page.
+    an_id: int = attrs.field(init=False, factory=_anon_ids.__next__)
+
+    @property
+    def name(self) -> str:
+        return f"a{self.an_id}"
 
     def __repr__(self) -> str:
         frame = self.an_page.frame if self.an_page is not None else None
         return f"<Anon {self.name} ref={self.an_ref} page={frame} swslot={self.an_swslot}>"
 
 
+class AmapSlots(dict[int, "Anon"]):
+    """An amap's slot -> anon table: a plain dict plus ``irange``.
+
+    A plain dict because a fault adds one slot and a sorted container's
+    insert was a large share of the fault; ``irange`` yields slots in
+    ascending order, as ``SortedDict.irange`` did for the callers that walk
+    a range (amap_copy, amap_unref_slots, snapshots).
+    """
+
+    __slots__ = ()
+
+    def irange(
+        self, minimum: int, maximum: int, inclusive: tuple[bool, bool] = (True, True)
+    ) -> Iterator[int]:
+        """The slots in [minimum, maximum] (ends per ``inclusive``), ascending.
+
+        Walks the range when it is no longer than the table, else sorts the
+        table's keys in it: O(min(range, n log n)).  The keys are taken
+        before the first is yielded, so callers may change the table.
+        """
+        lo = minimum if inclusive[0] else minimum + 1
+        hi = maximum + 1 if inclusive[1] else maximum
+        if hi - lo <= len(self):
+            return iter([s for s in range(lo, hi) if s in self])
+        return iter(sorted(s for s in self if lo <= s < hi))
+
+
 @attrs.define(slots=True, eq=False, repr=False)
 class Amap:
     """``struct vm_amap``: slot -> anon, and the entries that refer to it."""
 
-    slots: SortedDict[int, Anon] = attrs.field(factory=SortedDict)  # slot -> Anon
+    slots: AmapSlots = attrs.field(factory=AmapSlots)  # slot -> Anon
     refs: dict[Any, None] = attrs.field(factory=dict)  # MapEntry -> None
     name: str = attrs.field(factory=lambda: f"amap{next(_amap_ids)}")
 
