@@ -43,6 +43,9 @@ _STATUS_NAMES = {
 # for an anon's page.
 _PG_NEW = PG.BUSY | PG.CLEAN | PG.FAKE
 _PG_ANON_NEW = _PG_NEW | PG.ANON
+# ... zero-filled: uvm_pagemarkdirty(DIRTY) of the fresh page, precomputed.
+_PG_ANON_ZERO = (_PG_ANON_NEW & ~PG.CLEAN) | PG.DIRTY
+_PG_FREE = PG.FREE
 
 
 class PQ(enum.Enum):
@@ -259,8 +262,12 @@ class PageAllocator:
         else:
             frame = self._bump
             self._bump = frame + 1
+        zero = flags & UVM_PGA_ZERO
+        # uvm_pagealloc_strat (uvm_page.c 1.246): "A zero'd page is not
+        # clean": an owned zeroed page is DIRTY (uvm_pagemarkdirty of a CLEAN
+        # page, done here by the flag constants).
         if anon is not None:
-            pg = Page(frame, self, _PG_ANON_NEW, uanon=anon, offset=off)
+            pg = Page(frame, self, _PG_ANON_ZERO if zero else _PG_ANON_NEW, uanon=anon, offset=off)
             self.pages[frame] = pg
             anon.an_page = pg
         elif obj is not None:
@@ -268,13 +275,12 @@ class PageAllocator:
             self.pages[frame] = pg
             obj._page_insert(pg)
             pg.flags |= PG.TABLED | obj.pgflag
+            if zero:
+                pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
         else:
             pg = Page(frame, self, _PG_NEW, offset=off)
             self.pages[frame] = pg
-        if flags & UVM_PGA_ZERO:
-            # uvm_pagealloc_strat (uvm_page.c 1.246): "A zero'd page is not clean."
-            if obj is not None or anon is not None:
-                self.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)
+        if zero:
             plat.physmem.zero_page(frame)
             plat.charge(plat.costs.zero_ns(self.page_size))
         self.npagealloc += 1
@@ -411,10 +417,16 @@ class PageAllocator:
 
     def uvm_pageactivate(self, pg: Page) -> None:
         """Put (or move) the page on the active queue; wired pages stay off."""
-        self._check_live(pg, "uvm_pageactivate")
+        # _check_live and uvm_pagedequeue inlined: every fault ends here.
+        if type(pg) is not Page or pg.flags & _PG_FREE or self.pages.get(pg.frame) is not pg:
+            self._check_live(pg, "uvm_pageactivate")
         if pg.wire_count:
             return
-        self.uvm_pagedequeue(pg)
+        q = pg.pqueue
+        if q is _PQ_ACTIVE:
+            del self.active[pg]
+        elif q is _PQ_INACTIVE:
+            del self.inactive[pg]
         self.active[pg] = None
         pg.pqueue = _PQ_ACTIVE
 
@@ -512,4 +524,10 @@ class PageAllocator:
         that needs write faults (``UVM_OBJ_NEEDS_WRITEFAULT``); in the model
         that adds nothing (specs/fault.md 7).
         """
-        return bool(pg.flags & PG.RDONLY) or self.uvm_pagegetdirty(pg) == UVM_PAGE_STATUS_CLEAN
+        f = pg.flags
+        if f & PG.RDONLY:
+            return True
+        # uvm_pagegetdirty inlined (with its KASSERT).
+        if f & (PG.CLEAN | PG.DIRTY) == PG.CLEAN | PG.DIRTY:
+            self.uvm_pagegetdirty(pg)  # raises
+        return f & PG.CLEAN == UVM_PAGE_STATUS_CLEAN

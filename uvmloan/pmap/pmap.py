@@ -186,6 +186,7 @@ def _keys_of(cls: type[Event], *fields: object) -> tuple[str, ...]:
 _K_ENTER = _keys_of(PmapEnter, 0, 0, 0, False, False)
 _K_REMOVE = _keys_of(PmapRemove, 0, 0)
 _K_PROTECT = _keys_of(PmapProtect, 0, 0)
+_K_UPDATE = _keys_of(PmapUpdate)
 
 
 @attrs.define(slots=True, eq=False)
@@ -475,10 +476,22 @@ class PmapModule:
 
     def pmap_remove(self, pmap: Pmap, sva: int, eva: int) -> None:
         """Remove mappings in [sva, eva); shootdown only for accessed PTEs."""
-        self._check_pmap(pmap)
-        self._check_range(pmap, sva, eva)
+        mask = self._pgmask
+        # One exact-type test for the usual case, the explaining checks else.
+        if not (
+            type(pmap) is Pmap
+            and pmap.module is self
+            and not pmap.destroyed
+            and type(sva) is int
+            and type(eva) is int
+            and not (sva | eva) & mask
+            and pmap.minva <= sva <= eva <= pmap.maxva
+            and sva < pmap.maxva
+        ):
+            self._check_pmap(pmap)
+            self._check_range(pmap, sva, eva)
         ptes = pmap.ptes
-        ps = self._pgmask + 1
+        ps = mask + 1
         if eva - sva == ps:
             vas = [sva] if sva in ptes else []  # one page: the common case
         else:
@@ -666,15 +679,24 @@ class PmapModule:
         x86 ``pmap_update`` runs ``pmap_tlb_shootnow()``, which processes the
         *current CPU's* packet whatever pmap it is given.
         """
-        if pmap is not None:
+        if pmap is not None and (
+            type(pmap) is not Pmap or pmap.module is not self or pmap.destroyed
+        ):
             self._check_pmap(pmap)
         plat = self.platform
         tr = plat.tracer
         if tr.on:
-            tr.emit(PmapUpdate(plat.now(), plat.cur, pmap.name if pmap else "-"))
+            if tr.full:
+                tr.emit(PmapUpdate(plat.now(), plat.cur, pmap.name if pmap else "-"))
+            else:
+                tr.count(*_K_UPDATE)
         if self.inject_skip_update:
             return
-        self.pmap_tlb_shootnow()
+        # Both shootnow flavours return at once on an empty packet; test it
+        # here, as most updates (one after every fault) have nothing to do.
+        pkt = plat.cpus[plat.cur].packet
+        if pkt.vas or pkt.allva or pkt.pmaps:
+            self.pmap_tlb_shootnow()
 
     def pmap_unwire(self, pmap: Pmap, va: int) -> None:
         """Clear the wired attribute of one mapping (no TLB effect)."""
