@@ -127,3 +127,38 @@ def test_anon_names_follow_creation_order() -> None:
     na, nb = int(a.name[1:]), int(b.name[1:])
     assert a.name.startswith("a") and nb == na + 1
     assert a.name == a.name  # spelled the same each time
+
+
+def _pmap_workload(m: Machine) -> None:
+    """Faults, COW sharing across CPUs, write-protect, remove, exit: every
+    pmap and page path that counts trace events, with shootdowns."""
+    p = m.spawn("a", cpu=0)
+    va = p.mmap(8 * PS)
+    for i in range(8):
+        p.write(va + i * PS, bytes([i]))
+    c = p.fork("b", cpu=1)
+    c.write(va + 2 * PS, b"c")  # COW break with the parent live on CPU 0
+    p.run_on(2)
+    p.write(va + 3 * PS, b"p")
+    p.mprotect(va, 4 * PS, 1)
+    p.read(va, 16)
+    c.munmap(va, 4 * PS)
+    m.reclaim(pages=2)
+    c.exit()
+    p.munmap(va, 8 * PS)
+    p.exit()
+
+
+def test_counting_only_tracing_counts_what_recording_counts() -> None:
+    # The hot paths bump counters from keys computed once per event class
+    # instead of building events; the totals must be the events' own.
+    for policy in ("x86", "mi-asid"):
+        got = []
+        for trace in ("counters", "record"):
+            with Machine(
+                ncpus=3, memory="1M", trace=trace, profile_overrides={"tlb_policy": policy}
+            ) as m:
+                _pmap_workload(m)
+                got.append(dict(m.counters))
+        assert got[0] == got[1], policy
+        assert got[0]["pmap enter"] > 0 and got[0]["tlbshoot request"] > 0

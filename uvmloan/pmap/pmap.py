@@ -187,6 +187,36 @@ _K_ENTER = _keys_of(PmapEnter, 0, 0, 0, False, False)
 _K_REMOVE = _keys_of(PmapRemove, 0, 0)
 _K_PROTECT = _keys_of(PmapProtect, 0, 0)
 _K_UPDATE = _keys_of(PmapUpdate)
+_K_PAGE_PROTECT = _keys_of(PageProtect, 0, 0, 0)
+_K_INVLPG = _keys_of(TLBInvalidate, 0)
+_K_FLUSH = _keys_of(TLBFlush, False, "-")
+_K_FLUSHG = _keys_of(TLBFlush, True, "-")
+
+# pmap_tlb_shootdown's TLBSTATS scope of a user pmap, by (local, remote).
+_SCOPES: dict[tuple[bool, bool], tuple[str, ...]] = {
+    (False, False): (),
+    (True, False): ("local",),
+    (False, True): ("remote",),
+    (True, True): ("local", "remote"),
+}
+
+_SQ_KEYS: dict[tuple[bool, str, tuple[str, ...], bool, bool], tuple[str, ...]] = {}
+
+
+def _shootdown_queued_keys(
+    allva_req: bool, why: str, scopes: tuple[str, ...], pte: int, allva: bool
+) -> tuple[str, ...]:
+    """ShootdownQueued's counter keys, from a prototype event per distinct
+    (full-flush request, reason, scopes, PTE_G, packet allva): every field
+    but the time, CPU, address space and the address itself (of which only
+    "is it -1" is kept).  A handful of combinations exist, so the cache stays
+    tiny; the keys still come from the event class's own method."""
+    ck = (allva_req, why, scopes, bool(pte & PTE_G), allva)
+    keys = _SQ_KEYS.get(ck)
+    if keys is None:
+        proto = ShootdownQueued(0, 0, "-", ALLVA if allva_req else 0, why, scopes, ck[3], allva)
+        keys = _SQ_KEYS[ck] = proto.counter_keys()
+    return keys
 
 
 @attrs.define(slots=True, eq=False)
@@ -207,8 +237,11 @@ class PmapModule:
     # Bug injection: pmap_sync_pv (pmap_page_protect, clear_modify/reference)
     # changes PTEs but forgets to queue their TLB shootdowns.
     inject_sync_pv_no_shootdown: bool = False
+    # The profile's page size and its log2, as plain attributes (read on
+    # every translation and fault; a property costs a call each time).
+    page_size: int = attrs.field(init=False, default=0)
+    page_shift: int = attrs.field(init=False, default=0)
     _pgmask: int = attrs.field(init=False, default=0)
-    _pgshift: int = attrs.field(init=False, default=0)
     _maxuser: int = attrs.field(init=False, default=0)
     _kglobal: bool = attrs.field(init=False, default=False)
 
@@ -225,20 +258,13 @@ class PmapModule:
         self.kernel.cpus = set(range(self.platform.ncpus))
         self.pmaps.append(self.kernel)
         # Constants of the hot paths, read once (a profile is frozen).
+        self.page_size = prof.page_size
+        self.page_shift = prof.page_size.bit_length() - 1
         self._pgmask = prof.page_size - 1
-        self._pgshift = prof.page_size.bit_length() - 1
         self._maxuser = prof.vm_maxuser_address
         self._kglobal = prof.kernel_global
 
     # ------------------------------------------------------------------ helpers
-
-    @property
-    def page_size(self) -> int:
-        return self.platform.profile.page_size
-
-    @property
-    def page_shift(self) -> int:
-        return self.page_size.bit_length() - 1
 
     def _check_va(self, pmap: Pmap, va: int, what: str = "va") -> None:
         if not isinstance(va, int) or isinstance(va, bool):
@@ -387,7 +413,7 @@ class PmapModule:
         # The argument checks, in one test of exact types and ranges for the
         # usual case (this runs on every fault); anything unusual takes the
         # _check_* path, which accepts or explains exactly as before.
-        shift = self._pgshift
+        shift = self.page_shift
         frame = pa >> shift if type(pa) is int else -1
         if not (
             type(pmap) is Pmap
@@ -572,7 +598,10 @@ class PmapModule:
             return
         tr = plat.tracer
         if tr.on:
-            tr.emit(PageProtect(plat.now(), plat.cur, "-", pg.frame, int(prot), n))
+            if tr.full:
+                tr.emit(PageProtect(plat.now(), plat.cur, "-", pg.frame, int(prot), n))
+            else:
+                tr.count(*_K_PAGE_PROTECT)
         if prot & (VMProt.READ | VMProt.EXECUTE):
             for pmap, va in list(md.pv):
                 self._sync_pv(pmap, va, PTE_W)
@@ -851,24 +880,23 @@ class PmapModule:
             pkt.targets = set(range(plat.ncpus))  # kcpuset_copy(kcpuset_running)
             scopes: tuple[str, ...] = ("kernel",)
         else:
-            cpus = set(pmap.cpus)
-            if va != ALLVA and va >= plat.profile.vm_maxuser_address:
-                cpus |= pmap.kernel_cpus
+            cpus = pmap.cpus  # only read below: no copy
+            if va != ALLVA and va >= self._maxuser:
+                cpus = cpus | pmap.kernel_cpus
             pkt.targets |= cpus
             pkt.userpmap = True
-            sc = []
-            if me in cpus:
-                sc.append("local")
-            if cpus - {me}:
-                sc.append("remote")
-            scopes = tuple(sc)
+            local = me in cpus
+            scopes = _SCOPES[local, len(cpus) > local]  # "local" and/or "remote"
         tr = plat.tracer
         if tr.on:
-            tr.emit(
-                ShootdownQueued(
-                    cpu.clock, me, pmap.name, va, why, scopes, bool(pte & PTE_G), pkt.allva
+            if tr.full:
+                tr.emit(
+                    ShootdownQueued(
+                        cpu.clock, me, pmap.name, va, why, scopes, bool(pte & PTE_G), pkt.allva
+                    )
                 )
-            )
+            else:
+                tr.count(*_shootdown_queued_keys(va == ALLVA, why, scopes, pte, pkt.allva))
 
     def _local_flush(self, cpu: CPU, include_global: bool, why: str) -> None:
         plat = self.platform
@@ -876,7 +904,10 @@ class PmapModule:
         cpu.charge(plat.costs.tlbflush_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(TLBFlush(cpu.clock, cpu.index, "-", include_global, why))
+            if tr.full:
+                tr.emit(TLBFlush(cpu.clock, cpu.index, "-", include_global, why))
+            else:
+                tr.count(*(_K_FLUSHG if include_global else _K_FLUSH))
 
     def _invalidate_packet(self, cpu: CPU, vas: list[int], allva: bool, glob: bool) -> None:
         """x86_tlb.c ``pmap_tlb_invalidate`` on one CPU."""
@@ -891,7 +922,10 @@ class PmapModule:
             cpu.tlb.invlpg(va >> shift)
             cpu.charge(cost)
             if tr.on:
-                tr.emit(TLBInvalidate(cpu.clock, cpu.index, "-", va))
+                if tr.full:
+                    tr.emit(TLBInvalidate(cpu.clock, cpu.index, "-", va))
+                else:
+                    tr.count(*_K_INVLPG)
 
     def _trace_round(
         self,
