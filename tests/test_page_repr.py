@@ -162,3 +162,25 @@ def test_counting_only_tracing_counts_what_recording_counts() -> None:
                 got.append(dict(m.counters))
         assert got[0] == got[1], policy
         assert got[0]["pmap enter"] > 0 and got[0]["tlbshoot request"] > 0
+
+
+def test_amap_slots_behave_as_a_mapping_across_chunks() -> None:
+    slots = AmapSlots()
+    anons = {s: Anon() for s in (0, 63, 64, 200, 1000, 5)}
+    for s, a in anons.items():
+        slots[s] = a
+    assert len(slots) == 6 and list(slots) == [0, 5, 63, 64, 200, 1000]
+    assert [slots[s] for s in slots] == [anons[s] for s in sorted(anons)]
+    assert 64 in slots and 65 not in slots and object() not in slots
+    assert slots.get(65) is None and slots.get(65, 7) == 7
+    assert list(slots.irange(5, 64, inclusive=(False, True))) == [63, 64]
+    assert list(slots.irange(60, 70, inclusive=(True, False))) == [63, 64]
+    assert slots.pop(200) is anons[200] and slots.pop(200, None) is None
+    del slots[1000]
+    assert list(slots.items()) == [(0, anons[0]), (5, anons[5]), (63, anons[63]), (64, anons[64])]
+    replaced = Anon()
+    slots[0] = replaced
+    assert len(slots) == 4 and slots[0] is replaced
+    for s in list(slots):
+        del slots[s]
+    assert len(slots) == 0 and not slots and list(slots.irange(0, 10**6)) == []
