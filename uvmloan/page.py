@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from array import array
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -160,6 +161,78 @@ class Page(VMPageMD):
         )
 
 
+# Frames per chunk of a FrameTable (a power of two).
+_FT_SHIFT = 9
+_FT_MASK = (1 << _FT_SHIFT) - 1
+_FT_EMPTY: list[Page | None] = [None] * (1 << _FT_SHIFT)
+
+
+class FrameTable(MutableMapping[int, Page]):
+    """frame -> vm_page of the allocated frames (``uvm.pages``), as a mapping.
+
+    Stored like NetBSD's ``vm_physmem`` page array, by frame number, but in
+    chunks of 512 frames made on a chunk's first allocation: a frame never
+    allocated costs nothing (one list slot per 512 frames), an allocated one
+    8 bytes (a dict entry was ~40).  Frames are handed out lowest first, so
+    chunks fill densely; a chunk stays once made.  Iteration is in frame
+    order.  Keys that are not frames of the machine are simply absent.
+    """
+
+    __slots__ = ("_chunks", "_n")
+
+    def __init__(self, npages: int) -> None:
+        self._chunks: list[list[Page | None] | None] = [None] * ((npages + _FT_MASK) >> _FT_SHIFT)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get(self, frame: int, default: Any = None) -> Any:
+        try:
+            ch = self._chunks[frame >> _FT_SHIFT] if frame >= 0 else None
+        except (IndexError, TypeError):
+            return default
+        if ch is None:
+            return default
+        pg = ch[frame & _FT_MASK]
+        return default if pg is None else pg
+
+    def __getitem__(self, frame: int) -> Page:
+        pg: Page | None = self.get(frame)
+        if pg is None:
+            raise KeyError(frame)
+        return pg
+
+    def __contains__(self, frame: object) -> bool:
+        return type(frame) is int and self.get(frame) is not None
+
+    def __setitem__(self, frame: int, pg: Page) -> None:
+        # Internal: the allocator's frames only (0 <= frame < npages).
+        ci = frame >> _FT_SHIFT
+        ch = self._chunks[ci]
+        if ch is None:
+            ch = self._chunks[ci] = _FT_EMPTY.copy()
+        i = frame & _FT_MASK
+        if ch[i] is None:
+            self._n += 1
+        ch[i] = pg
+
+    def __delitem__(self, frame: int) -> None:
+        ch = self._chunks[frame >> _FT_SHIFT] if frame >= 0 else None
+        if ch is None or ch[frame & _FT_MASK] is None:
+            raise KeyError(frame)
+        ch[frame & _FT_MASK] = None
+        self._n -= 1
+
+    def __iter__(self) -> Iterator[int]:
+        out: list[int] = []
+        for ci, ch in enumerate(self._chunks):
+            if ch is not None:
+                base = ci << _FT_SHIFT
+                out.extend(base + i for i, pg in enumerate(ch) if pg is not None)
+        return iter(out)
+
+
 @attrs.define(slots=True, eq=False)
 class PageAllocator:
     """The free list, the allocated pages and the paging queues (``uvm``/``uvmexp``).
@@ -179,7 +252,7 @@ class PageAllocator:
     on_shortage: str = "raise"
     # The MD layer, reached only through pmap(9) operations.
     pmap: PmapModule | None = None
-    pages: dict[int, Page] = attrs.field(factory=dict)
+    pages: FrameTable = attrs.field(init=False)
     # The free list (see free): frames >= _bump were never allocated; freed
     # frames go on _recycled, a stack of C ints (4 or 8 bytes a frame).
     _bump: int = attrs.field(init=False, default=0)
@@ -203,6 +276,7 @@ class PageAllocator:
     npagefree: int = 0
 
     def __attrs_post_init__(self) -> None:
+        self.pages = FrameTable(self.npages)
         self._recycled = array("i" if self.npages <= 0x7FFFFFFF else "q")
 
     @property
@@ -235,7 +309,12 @@ class PageAllocator:
 
     def phys_to_page(self, frame: int) -> Page | None:
         """PHYS_TO_VM_PAGE: the vm_page of an allocated frame, else None."""
-        return self.pages.get(frame)
+        # FrameTable.get inlined (pmap_enter asks on every fault).
+        if type(frame) is int and 0 <= frame < self.npages:
+            ch = self.pages._chunks[frame >> _FT_SHIFT]
+            if ch is not None:
+                return ch[frame & _FT_MASK]
+        return None
 
     def uvm_pagealloc(
         self, obj: PageOwnerObject | None, off: int, anon: Any, flags: int = 0
