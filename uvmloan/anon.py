@@ -177,14 +177,19 @@ class Amap:
         return f"<Amap {self.name} {len(self.slots)} anons, {self.am_ref} refs>"
 
     def lookup(self, slot: int) -> Anon | None:
-        a: Anon | None = self.slots.get(slot)
-        return a
+        # AmapSlots.get inlined: every fault on an amap'd entry asks.
+        ch = self.slots._chunks.get(slot >> _CHUNK_SHIFT)
+        return ch[slot & _CHUNK_MASK] if ch is not None else None
 
     def add(self, slot: int, anon: Anon, replace: bool = False) -> None:
         """amap_add: install ``anon`` at ``slot`` (replacing only if asked)."""
         slots = self.slots
-        if not replace and slots.get(slot) is not None:
-            raise KernelAssertion(f"amap_add: {self.name} slot {slot} already holds an anon")
+        ch = slots._chunks.get(slot >> _CHUNK_SHIFT)
+        if ch is not None and ch[slot & _CHUNK_MASK] is not None:
+            if not replace:
+                raise KernelAssertion(f"amap_add: {self.name} slot {slot} already holds an anon")
+            ch[slot & _CHUNK_MASK] = anon
+            return
         slots[slot] = anon
 
     def covered(self, slot: int) -> bool:
