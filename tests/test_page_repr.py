@@ -12,10 +12,12 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
+import pytest
 from helpers import PS, RW, UVA
 
 from uvmloan import Machine
 from uvmloan.anon import Amap, AmapSlots, Anon
+from uvmloan.errors import InvariantViolation
 from uvmloan.invariants import check_invariants
 from uvmloan.trace import PmapRemove
 
@@ -184,3 +186,39 @@ def test_amap_slots_behave_as_a_mapping_across_chunks() -> None:
     for s in list(slots):
         del slots[s]
     assert len(slots) == 0 and not slots and list(slots.irange(0, 10**6)) == []
+
+
+def test_paging_queues_are_fifo_and_requeue_moves_to_the_tail() -> None:
+    m = Machine(memory="64K")
+    uvm = m.uvm
+    pages = [uvm.uvm_pagealloc(None, 0, None) for _ in range(4)]
+    a, b, c, d = (p for p in pages if p is not None)
+    for pg in (a, b, c, d):
+        uvm.uvm_pageactivate(pg)
+    assert list(uvm.active) == [a, b, c, d] and len(uvm.active) == 4
+    uvm.uvm_pageactivate(b)  # re-activation moves it to the tail
+    uvm.uvm_pagedeactivate(c)
+    assert list(uvm.active) == [a, d, b] and list(uvm.inactive) == [c]
+    assert b in uvm.active and b not in uvm.inactive and c in uvm.inactive
+    uvm.uvm_pagewire(a)  # wiring takes it off its queue
+    assert list(uvm.active) == [d, b] and a not in uvm.active
+    check_invariants(m)
+    uvm.uvm_pagefree(d)
+    assert list(uvm.active) == [b] and d not in uvm.active
+    uvm.uvm_pageunwire(a)
+    assert list(uvm.active) == [b, a]
+    check_invariants(m)
+
+
+def test_a_broken_paging_queue_link_is_an_invariant_violation() -> None:
+    m = Machine(memory="64K")
+    uvm = m.uvm
+    pages = [uvm.uvm_pagealloc(None, 0, None) for _ in range(3)]
+    for pg in pages:
+        assert pg is not None
+        uvm.uvm_pageactivate(pg)
+    mid = pages[1]
+    assert mid is not None
+    mid.pq_prev = None  # corrupt the back link
+    with pytest.raises(InvariantViolation, match="PA3"):
+        check_invariants(m)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
 from .errors import InvariantViolation
-from .page import PQ
+from .page import PQ, PageQueue
 from .param import PG
 from .pmap.cpu import TLBState
 from .pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_U, PTE_W, PTE_WIRED, pte_frame, pte_str
@@ -43,11 +43,15 @@ def check_pages(m: Machine) -> None:
             "PA1",
             f"{nfree} free + {len(uvm.pages)} allocated != {uvm.npages} frames",
         )
+    # The queues are intrusive lists: walk each once, checking its links,
+    # and compare what is really on them with every page's pqueue field.
+    on_q = {PQ.ACTIVE: _walk_queue(uvm.active), PQ.INACTIVE: _walk_queue(uvm.inactive)}
     for frame, pg in uvm.pages.items():
         if pg.frame != frame or pg.flags & PG.FREE:
             raise InvariantViolation("PA2", f"{pg!r} is allocated but marked free or misfiled")
-        inq = (pg in uvm.active) + (pg in uvm.inactive)
-        expect = {PQ.ACTIVE: (1, pg in uvm.active), PQ.INACTIVE: (1, pg in uvm.inactive)}
+        in_act, in_inact = id(pg) in on_q[PQ.ACTIVE], id(pg) in on_q[PQ.INACTIVE]
+        inq = in_act + in_inact
+        expect = {PQ.ACTIVE: (1, in_act), PQ.INACTIVE: (1, in_inact)}
         if pg.pqueue in expect:
             n, ok = expect[pg.pqueue]
             if inq != n or not ok:
@@ -60,6 +64,25 @@ def check_pages(m: Machine) -> None:
         for pg in q:
             if uvm.pages.get(pg.frame) is not pg:
                 raise InvariantViolation("PA3", f"freed {pg!r} is still on a paging queue")
+
+
+def _walk_queue(q: PageQueue) -> set[int]:
+    """ids of the pages on a paging queue, after checking its TAILQ links."""
+    seen: set[int] = set()
+    prev = None
+    pg = q.head
+    while pg is not None:
+        if id(pg) in seen:
+            raise InvariantViolation("PA3", f"paging queue {q.which.value} loops at {pg!r}")
+        if pg.pq_prev is not prev:
+            raise InvariantViolation("PA3", f"{pg!r}: broken back link on {q.which.value}")
+        seen.add(id(pg))
+        prev, pg = pg, pg.pq_next
+    if q.tail is not prev or q.n != len(seen):
+        raise InvariantViolation(
+            "PA3", f"paging queue {q.which.value}: tail or count ({q.n}/{len(seen)}) wrong"
+        )
+    return seen
 
 
 def check_pmaps(m: Machine) -> None:

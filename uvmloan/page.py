@@ -106,6 +106,11 @@ class Page(VMPageMD):
     uanon: Any = None  # owning anon, or the anon an object page is O->A loaned to
     offset: int = 0
     pqueue: PQ = PQ.NONE
+    # The paging queue links (``pageq``, a TAILQ_ENTRY in NetBSD): the queue
+    # is intrusive, as there, so being on it costs two fields, not a dict
+    # entry.  Meaningful only while pqueue is ACTIVE or INACTIVE.
+    pq_prev: Page | None = None
+    pq_next: Page | None = None
     # Model bookkeeping: the page has been loaned at least once (I6 applies
     # only to such pages; freshly allocated unowned pages are not orphans).
     ever_loaned: bool = False
@@ -138,6 +143,8 @@ class Page(VMPageMD):
         self.uanon = uanon
         self.offset = offset
         self.pqueue = pqueue
+        self.pq_prev = None
+        self.pq_next = None
         self.ever_loaned = ever_loaned
 
     @property
@@ -159,6 +166,67 @@ class Page(VMPageMD):
             f"<Page frame={self.frame} {PG.names(self.flags)} loan={self.loan_count} "
             f"wire={self.wire_count} {owner} q={self.pqueue.value} pv={self.pv_count}>"
         )
+
+
+class PageQueue:
+    """A paging queue (``TAILQ_HEAD(pglist, vm_page)``), oldest page first.
+
+    Intrusive like NetBSD's: the links are the pages' ``pq_prev``/``pq_next``.
+    Iterating gives a snapshot list, so callers may requeue pages as they go
+    (the pagedaemon does).  Only the allocator links and unlinks pages.
+    """
+
+    __slots__ = ("head", "n", "tail", "which")
+
+    def __init__(self, which: PQ) -> None:
+        self.which = which
+        self.head: Page | None = None
+        self.tail: Page | None = None
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Page]:
+        out = []
+        pg = self.head
+        while pg is not None:
+            out.append(pg)
+            pg = pg.pq_next
+        return iter(out)
+
+    def __contains__(self, pg: object) -> bool:
+        return (
+            isinstance(pg, Page)
+            and pg.pqueue is self.which
+            and (pg.pq_prev is not None or self.head is pg)
+        )
+
+    def append(self, pg: Page) -> None:
+        """TAILQ_INSERT_TAIL (the caller sets pg.pqueue)."""
+        tail = self.tail
+        pg.pq_prev = tail
+        pg.pq_next = None
+        if tail is None:
+            self.head = pg
+        else:
+            tail.pq_next = pg
+        self.tail = pg
+        self.n += 1
+
+    def remove(self, pg: Page) -> None:
+        """TAILQ_REMOVE (the caller knows pg is on this queue)."""
+        prev, nxt = pg.pq_prev, pg.pq_next
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.pq_next = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.pq_prev = prev
+        pg.pq_prev = pg.pq_next = None
+        self.n -= 1
 
 
 # Frames per chunk of a FrameTable (a power of two).
@@ -269,14 +337,16 @@ class PageAllocator:
     # Bug injection: names of deliberate bugs switched on (tests prove the
     # invariants and state machines catch each one).  See uvmloan.inject.
     inject: set[str] = attrs.field(factory=set)
-    active: dict[Page, None] = attrs.field(factory=dict)
-    inactive: dict[Page, None] = attrs.field(factory=dict)
+    active: PageQueue = attrs.field(init=False)
+    inactive: PageQueue = attrs.field(init=False)
     # Counters in the manner of uvmexp.
     npagealloc: int = 0
     npagefree: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.pages = FrameTable(self.npages)
+        self.active = PageQueue(PQ.ACTIVE)
+        self.inactive = PageQueue(PQ.INACTIVE)
         self._recycled = array("i" if self.npages <= 0x7FFFFFFF else "q")
 
     @property
@@ -488,9 +558,9 @@ class PageAllocator:
     def uvm_pagedequeue(self, pg: Page) -> None:
         q = pg.pqueue
         if q is _PQ_ACTIVE:
-            del self.active[pg]
+            self.active.remove(pg)
         elif q is _PQ_INACTIVE:
-            del self.inactive[pg]
+            self.inactive.remove(pg)
         if q is not _PQ_FREE:
             pg.pqueue = _PQ_NONE
 
@@ -503,10 +573,10 @@ class PageAllocator:
             return
         q = pg.pqueue
         if q is _PQ_ACTIVE:
-            del self.active[pg]
+            self.active.remove(pg)
         elif q is _PQ_INACTIVE:
-            del self.inactive[pg]
-        self.active[pg] = None
+            self.inactive.remove(pg)
+        self.active.append(pg)
         pg.pqueue = _PQ_ACTIVE
 
     def uvm_pagedeactivate(self, pg: Page) -> None:
@@ -514,7 +584,7 @@ class PageAllocator:
         if pg.wire_count:
             return
         self.uvm_pagedequeue(pg)
-        self.inactive[pg] = None
+        self.inactive.append(pg)
         pg.pqueue = _PQ_INACTIVE
 
     def uvm_pagewire(self, pg: Page) -> None:
