@@ -183,14 +183,19 @@ class Amap:
 
     def add(self, slot: int, anon: Anon, replace: bool = False) -> None:
         """amap_add: install ``anon`` at ``slot`` (replacing only if asked)."""
+        # AmapSlots.__setitem__ inlined (one add per promoting fault).
         slots = self.slots
-        ch = slots._chunks.get(slot >> _CHUNK_SHIFT)
-        if ch is not None and ch[slot & _CHUNK_MASK] is not None:
+        key = slot >> _CHUNK_SHIFT
+        ch = slots._chunks.get(key)
+        if ch is None:
+            ch = slots._chunks[key] = _EMPTY_CHUNK.copy()
+        i = slot & _CHUNK_MASK
+        if ch[i] is not None:
             if not replace:
                 raise KernelAssertion(f"amap_add: {self.name} slot {slot} already holds an anon")
-            ch[slot & _CHUNK_MASK] = anon
-            return
-        slots[slot] = anon
+        else:
+            slots._n += 1
+        ch[i] = anon
 
     def covered(self, slot: int) -> bool:
         """Does any referring entry still cover this slot?"""

@@ -411,24 +411,31 @@ class PageAllocator:
         else:
             frame = self._bump
             self._bump = frame + 1
+        # FrameTable.__setitem__ inlined below (the frame was free: its slot
+        # is empty).
+        table = self.pages
+        chunk = table._chunks[frame >> _FT_SHIFT]
+        if chunk is None:
+            chunk = table._chunks[frame >> _FT_SHIFT] = _FT_EMPTY.copy()
+        table._n += 1
         zero = flags & UVM_PGA_ZERO
         # uvm_pagealloc_strat (uvm_page.c 1.246): "A zero'd page is not
         # clean": an owned zeroed page is DIRTY (uvm_pagemarkdirty of a CLEAN
         # page, done here by the flag constants).
         if anon is not None:
             pg = Page(frame, self, _PG_ANON_ZERO if zero else _PG_ANON_NEW, uanon=anon, offset=off)
-            self.pages[frame] = pg
+            chunk[frame & _FT_MASK] = pg
             anon.an_page = pg
         elif obj is not None:
             pg = Page(frame, self, _PG_NEW, uobject=obj, offset=off)
-            self.pages[frame] = pg
+            chunk[frame & _FT_MASK] = pg
             obj._page_insert(pg)
             pg.flags |= PG.TABLED | obj.pgflag
             if zero:
                 pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
         else:
             pg = Page(frame, self, _PG_NEW, offset=off)
-            self.pages[frame] = pg
+            chunk[frame & _FT_MASK] = pg
         if zero:
             plat.physmem.zero_page(frame)
             plat.charge(plat.costs.zero_ns(self.page_size))
