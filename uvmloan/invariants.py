@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
 from .errors import InvariantViolation
-from .page import PQ, PageQueue
+from .page import PQ
+from .pagetab import PageQueue
 from .param import PG
 from .pmap.cpu import TLBState
 from .pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_U, PTE_W, PTE_WIRED, pte_frame, pte_str
