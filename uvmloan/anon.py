@@ -10,10 +10,10 @@ the same answer, computed rather than stored.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from sortedcontainers import SortedDict
 
 from .errors import KernelAssertion
 from .param import PG, VM_PROT_NONE
@@ -25,25 +25,147 @@ _anon_ids = itertools.count(1)
 _amap_ids = itertools.count(1)
 
 
-@attrs.define(slots=True, eq=False, repr=False)
+@attrs.define(slots=True, eq=False, repr=False, weakref_slot=False)
 class Anon:
     """``struct vm_anon``: ``an_ref`` references, ``an_page``, ``an_swslot``."""
 
     an_ref: int = 1
     an_page: Page | None = None
     an_swslot: int = 0
-    name: str = attrs.field(factory=lambda: f"a{next(_anon_ids)}")
+    # The anon's number, fixed at creation; ``name`` is spelled from it only
+    # when asked (traces, reprs), not stored: one anon per resident page.
+    an_id: int = attrs.field(init=False, factory=_anon_ids.__next__)
+
+    @property
+    def name(self) -> str:
+        return f"a{self.an_id}"
 
     def __repr__(self) -> str:
         frame = self.an_page.frame if self.an_page is not None else None
         return f"<Anon {self.name} ref={self.an_ref} page={frame} swslot={self.an_swslot}>"
 
 
+# Slots per chunk of an AmapSlots table (a power of two).
+_CHUNK_SHIFT = 6
+_CHUNK = 1 << _CHUNK_SHIFT
+_CHUNK_MASK = _CHUNK - 1
+_EMPTY_CHUNK: list[Anon | None] = [None] * _CHUNK
+
+
+class AmapSlots(MutableMapping[int, Anon]):
+    """An amap's slot -> anon table, stored as NetBSD's ``am_anon`` array is:
+    by slot index, in chunks of 64 slots allocated on first use.
+
+    A dense amap costs about 9 bytes a slot, with no int object per slot
+    and no sorted-container insert on the fault path (a dict entry plus its
+    key was ~72 bytes a resident page).  Iteration and ``irange`` go in
+    ascending slot order, as the ``SortedDict`` this replaces did.  Slots
+    are ints; ``None`` marks an empty slot, so it is never stored as a value.
+    """
+
+    __slots__ = ("_chunks", "_n")
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, list[Anon | None]] = {}  # slot >> 6 -> 64 slots
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get(self, slot: int, default: Any = None) -> Any:
+        ch = self._chunks.get(slot >> _CHUNK_SHIFT)
+        if ch is None:
+            return default
+        a = ch[slot & _CHUNK_MASK]
+        return default if a is None else a
+
+    def __getitem__(self, slot: int) -> Anon:
+        ch = self._chunks.get(slot >> _CHUNK_SHIFT)
+        a = ch[slot & _CHUNK_MASK] if ch is not None else None
+        if a is None:
+            raise KeyError(slot)
+        return a
+
+    def __contains__(self, slot: object) -> bool:
+        if type(slot) is not int:
+            return False
+        ch = self._chunks.get(slot >> _CHUNK_SHIFT)
+        return ch is not None and ch[slot & _CHUNK_MASK] is not None
+
+    def __setitem__(self, slot: int, anon: Anon) -> None:
+        ch = self._chunks.get(slot >> _CHUNK_SHIFT)
+        if ch is None:
+            ch = self._chunks[slot >> _CHUNK_SHIFT] = _EMPTY_CHUNK.copy()
+        i = slot & _CHUNK_MASK
+        if ch[i] is None:
+            self._n += 1
+        ch[i] = anon
+
+    def __delitem__(self, slot: int) -> None:
+        key = slot >> _CHUNK_SHIFT
+        ch = self._chunks.get(key)
+        i = slot & _CHUNK_MASK
+        if ch is None or ch[i] is None:
+            raise KeyError(slot)
+        ch[i] = None
+        self._n -= 1
+        if ch.count(None) == _CHUNK:
+            del self._chunks[key]  # an emptied chunk goes, as amaps shrink
+
+    def pop(self, slot: int, *default: Any) -> Any:
+        a = self.get(slot)
+        if a is None:
+            if default:
+                return default[0]
+            raise KeyError(slot)
+        del self[slot]
+        return a
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._slots_in(sorted(self._chunks), None, None))
+
+    def _slots_in(self, keys: Iterable[int], lo: int | None, hi: int | None) -> list[int]:
+        chunks = self._chunks
+        out = []
+        for k in keys:
+            ch = chunks.get(k)
+            if ch is None:
+                continue
+            base = k << _CHUNK_SHIFT
+            for i, a in enumerate(ch):
+                if a is not None:
+                    s = base + i
+                    if (lo is None or s >= lo) and (hi is None or s < hi):
+                        out.append(s)
+        return out
+
+    def irange(
+        self, minimum: int, maximum: int, inclusive: tuple[bool, bool] = (True, True)
+    ) -> Iterator[int]:
+        """The slots in [minimum, maximum] (ends per ``inclusive``), ascending.
+
+        Visits the chunks of the range, or the table's chunks sorted when
+        there are fewer: O(min(range, chunks log chunks) + 64 per chunk).
+        The slots are listed before the first is yielded, so callers may
+        change the table while they iterate.
+        """
+        lo = minimum if inclusive[0] else minimum + 1
+        hi = maximum + 1 if inclusive[1] else maximum
+        if hi <= lo:
+            return iter(())
+        klo, khi = lo >> _CHUNK_SHIFT, ((hi - 1) >> _CHUNK_SHIFT) + 1
+        if khi - klo <= len(self._chunks):
+            keys: Iterable[int] = range(klo, khi)
+        else:
+            keys = sorted(k for k in self._chunks if klo <= k < khi)
+        return iter(self._slots_in(keys, lo, hi))
+
+
 @attrs.define(slots=True, eq=False, repr=False)
 class Amap:
     """``struct vm_amap``: slot -> anon, and the entries that refer to it."""
 
-    slots: SortedDict[int, Anon] = attrs.field(factory=SortedDict)  # slot -> Anon
+    slots: AmapSlots = attrs.field(factory=AmapSlots)  # slot -> Anon
     refs: dict[Any, None] = attrs.field(factory=dict)  # MapEntry -> None
     name: str = attrs.field(factory=lambda: f"amap{next(_amap_ids)}")
 
@@ -55,14 +177,25 @@ class Amap:
         return f"<Amap {self.name} {len(self.slots)} anons, {self.am_ref} refs>"
 
     def lookup(self, slot: int) -> Anon | None:
-        a: Anon | None = self.slots.get(slot)
-        return a
+        # AmapSlots.get inlined: every fault on an amap'd entry asks.
+        ch = self.slots._chunks.get(slot >> _CHUNK_SHIFT)
+        return ch[slot & _CHUNK_MASK] if ch is not None else None
 
     def add(self, slot: int, anon: Anon, replace: bool = False) -> None:
         """amap_add: install ``anon`` at ``slot`` (replacing only if asked)."""
-        if slot in self.slots and not replace:
-            raise KernelAssertion(f"amap_add: {self.name} slot {slot} already holds an anon")
-        self.slots[slot] = anon
+        # AmapSlots.__setitem__ inlined (one add per promoting fault).
+        slots = self.slots
+        key = slot >> _CHUNK_SHIFT
+        ch = slots._chunks.get(key)
+        if ch is None:
+            ch = slots._chunks[key] = _EMPTY_CHUNK.copy()
+        i = slot & _CHUNK_MASK
+        if ch[i] is not None:
+            if not replace:
+                raise KernelAssertion(f"amap_add: {self.name} slot {slot} already holds an anon")
+        else:
+            slots._n += 1
+        ch[i] = anon
 
     def covered(self, slot: int) -> bool:
         """Does any referring entry still cover this slot?"""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from .errors import InvariantViolation
 from .page import PQ
+from .pagetab import PageQueue
 from .param import PG
 from .pmap.cpu import TLBState
 from .pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_U, PTE_W, PTE_WIRED, pte_frame, pte_str
@@ -26,22 +27,32 @@ if TYPE_CHECKING:
 def check_pages(m: Machine) -> None:
     """PA1-PA3: allocator bookkeeping."""
     uvm = m.uvm
-    free = set(uvm.free)
-    if len(free) != len(uvm.free):
+    # The free list is frames [_bump, npages) (never allocated) plus the
+    # stack of freed ones, which must lie below _bump: checked without
+    # listing the never-allocated frames (a big machine has millions).
+    recycled = uvm._recycled
+    bump = uvm._bump
+    freed = set(recycled)
+    if len(freed) != len(recycled) or any(not 0 <= f < bump for f in freed):
         raise InvariantViolation("PA1", "a frame is on the free list twice")
-    both = free & set(uvm.pages)
+    both = {f for f in uvm.pages if f in freed or f >= bump}
     if both:
         raise InvariantViolation("PA1", f"frames {sorted(both)[:5]} are both free and allocated")
-    if len(free) + len(uvm.pages) != uvm.npages:
+    nfree = len(freed) + uvm.npages - bump
+    if nfree + len(uvm.pages) != uvm.npages:
         raise InvariantViolation(
             "PA1",
-            f"{len(free)} free + {len(uvm.pages)} allocated != {uvm.npages} frames",
+            f"{nfree} free + {len(uvm.pages)} allocated != {uvm.npages} frames",
         )
+    # The queues are intrusive lists: walk each once, checking its links,
+    # and compare what is really on them with every page's pqueue field.
+    on_q = {PQ.ACTIVE: _walk_queue(uvm.active), PQ.INACTIVE: _walk_queue(uvm.inactive)}
     for frame, pg in uvm.pages.items():
         if pg.frame != frame or pg.flags & PG.FREE:
             raise InvariantViolation("PA2", f"{pg!r} is allocated but marked free or misfiled")
-        inq = (pg in uvm.active) + (pg in uvm.inactive)
-        expect = {PQ.ACTIVE: (1, pg in uvm.active), PQ.INACTIVE: (1, pg in uvm.inactive)}
+        in_act, in_inact = id(pg) in on_q[PQ.ACTIVE], id(pg) in on_q[PQ.INACTIVE]
+        inq = in_act + in_inact
+        expect = {PQ.ACTIVE: (1, in_act), PQ.INACTIVE: (1, in_inact)}
         if pg.pqueue in expect:
             n, ok = expect[pg.pqueue]
             if inq != n or not ok:
@@ -56,13 +67,34 @@ def check_pages(m: Machine) -> None:
                 raise InvariantViolation("PA3", f"freed {pg!r} is still on a paging queue")
 
 
+def _walk_queue(q: PageQueue) -> set[int]:
+    """ids of the pages on a paging queue, after checking its TAILQ links."""
+    seen: set[int] = set()
+    prev = None
+    pg = q.head
+    while pg is not None:
+        if id(pg) in seen:
+            raise InvariantViolation("PA3", f"paging queue {q.which.value} loops at {pg!r}")
+        if pg.pq_prev is not prev:
+            raise InvariantViolation("PA3", f"{pg!r}: broken back link on {q.which.value}")
+        seen.add(id(pg))
+        prev, pg = pg, pg.pq_next
+    if q.tail is not prev or q.n != len(seen):
+        raise InvariantViolation(
+            "PA3", f"paging queue {q.which.value}: tail or count ({q.n}/{len(seen)}) wrong"
+        )
+    return seen
+
+
 def check_pmaps(m: Machine) -> None:
     """PM1-PM3: page tables, pv lists and statistics agree."""
     uvm = m.uvm
     seen: set[tuple[int, int, int]] = set()
     for pm in m.pmap.pmaps:
         wired = 0
-        for va, pte in pm.ptes.items():
+        # In address order (the table is a plain dict): the first violation
+        # reported is the lowest address, as it always was.
+        for va, pte in sorted(pm.ptes.items()):
             if not pte & PTE_P:
                 raise InvariantViolation("PM1", f"{pm.name} {va:#x}: non-present PTE stored")
             if pte & PTE_WIRED:
@@ -88,7 +120,12 @@ def check_pmaps(m: Machine) -> None:
                 f"wired {pm.wired_count}/{wired}",
             )
     for frame, pg in uvm.pages.items():
-        for pm, va in pg.mdpage.pv:
+        md = pg.mdpage
+        if (md.pv_pmap is None and md.pv_more is not None) or (
+            md.pv_more is not None and not md.pv_more
+        ):
+            raise InvariantViolation("PM2", f"{pg!r}: pv list packed wrongly")
+        for pm, va in md.pv:
             if (id(pm), va, frame) not in seen:
                 raise InvariantViolation(
                     "PM2", f"pv entry ({pm.name}, {va:#x}) of {pg!r} has no matching managed PTE"
@@ -276,7 +313,7 @@ def check_loans(m: Machine) -> None:
         if pg.uobject is None and pg.uanon is None:
             if pg.pqueue is not PQ.NONE:
                 raise InvariantViolation("I6", f"orphan {pg!r} is on a paging queue")
-            if pg.mdpage.pv:
+            if pg.mdpage.pv_pmap is not None:
                 raise InvariantViolation("I6", f"orphan {pg!r} still has user mappings")
         crc = uvm.loan_crc.get(pg)
         if crc is not None and zlib.crc32(physmem.frame_view(frame)) != crc:
@@ -284,7 +321,7 @@ def check_loans(m: Machine) -> None:
     for obj in m.pmap.pmaps:
         if not obj.is_kernel:
             continue
-        for va, pte in obj.ptes.items():
+        for va, pte in sorted(obj.ptes.items()):
             if pte & PTE_PVLIST:
                 continue
             f = pte_frame(pte)

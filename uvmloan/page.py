@@ -1,22 +1,26 @@
 """vm_page, the page allocator and the paging queues.
 
 Follows ``sys/uvm/uvm_page.c`` 1.246 and ``uvm_page.h`` 1.109.  A ``Page``
-exists only while its frame is allocated: the free list holds bare frame
-numbers, so a machine with millions of frames costs nothing until they are
-used, and a stale reference to a freed page is detectable (``PG_FREE``).
+exists only while its frame is allocated, and a frame never allocated costs
+nothing at all: the free list is a bump pointer over never-used frames plus a
+stack (``array``) of freed ones, so a machine with millions of frames holds no
+per-frame Python objects until they are used.  A stale reference to a freed
+page is detectable (``PG_FREE``).
 """
 
 from __future__ import annotations
 
 import enum
+from array import array
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from .errors import KernelAssertion
+from .pagetab import _FT_EMPTY, _FT_MASK, _FT_SHIFT, FrameTable, PageQueue
 from .param import PG, UVM_PGA_USERESERVE, UVM_PGA_ZERO
 from .pmap.pmap import VMPageMD
-from .trace import Orphan, PageAlloc, PageFree
+from .trace import Event, Orphan, PageAlloc, PageFree
 
 if TYPE_CHECKING:
     from .pmap.cpu import Platform
@@ -36,6 +40,15 @@ _STATUS_NAMES = {
 }
 
 
+# A fresh page: PG_BUSY|PG_CLEAN|PG_FAKE (uvm_pagealloc_strat), plus PG_ANON
+# for an anon's page.
+_PG_NEW = PG.BUSY | PG.CLEAN | PG.FAKE
+_PG_ANON_NEW = _PG_NEW | PG.ANON
+# ... zero-filled: uvm_pagemarkdirty(DIRTY) of the fresh page, precomputed.
+_PG_ANON_ZERO = (_PG_ANON_NEW & ~PG.CLEAN) | PG.DIRTY
+_PG_FREE = PG.FREE
+
+
 class PQ(enum.Enum):
     """Which paging queue a page is on (``uvm_pdpolicy_clock`` queues)."""
 
@@ -43,6 +56,14 @@ class PQ(enum.Enum):
     ACTIVE = "active"
     INACTIVE = "inactive"
     FREE = "free"
+
+
+# The queue members as module constants: ``PQ.ACTIVE`` is a metaclass
+# attribute lookup (~0.2 us in CPython 3.11), too slow for the page paths.
+_PQ_NONE = PQ.NONE
+_PQ_ACTIVE = PQ.ACTIVE
+_PQ_INACTIVE = PQ.INACTIVE
+_PQ_FREE = PQ.FREE
 
 
 class PageOwnerObject(Protocol):
@@ -56,9 +77,25 @@ class PageOwnerObject(Protocol):
     def _page_remove(self, pg: Page) -> None: ...
 
 
-@attrs.define(slots=True, eq=False, repr=False)
-class Page:
-    """``struct vm_page``: NetBSD's field names, one instance per allocated frame."""
+def _keys_of(cls: type[Event], *fields: object) -> tuple[str, ...]:
+    """Counter keys of an event whose keys do not depend on its fields,
+    computed once from a prototype (single-sourced with the event class)."""
+    keys: tuple[str, ...] = cls(0, 0, "-", *fields).counter_keys()
+    return keys
+
+
+# Counting-only trace mode (Tracer.full False): the keys the events would add.
+_K_ALLOC = _keys_of(PageAlloc, 0, "-")
+_K_FREE = _keys_of(PageFree, 0)
+
+
+@attrs.define(slots=True, eq=False, repr=False, init=False, weakref_slot=False)
+class Page(VMPageMD):
+    """``struct vm_page``: NetBSD's field names, one instance per allocated frame.
+
+    The machine-dependent ``vm_page_md`` (pv list, saved A/D bits) is embedded
+    as in NetBSD, by subclassing: ``pg.mdpage is pg``.
+    """
 
     frame: int
     allocator: PageAllocator
@@ -69,10 +106,46 @@ class Page:
     uanon: Any = None  # owning anon, or the anon an object page is O->A loaned to
     offset: int = 0
     pqueue: PQ = PQ.NONE
-    mdpage: VMPageMD = attrs.field(factory=VMPageMD)
+    # The paging queue links (``pageq``, a TAILQ_ENTRY in NetBSD): the queue
+    # is intrusive, as there, so being on it costs two fields, not a dict
+    # entry.  Meaningful only while pqueue is ACTIVE or INACTIVE.
+    pq_prev: Page | None = None
+    pq_next: Page | None = None
     # Model bookkeeping: the page has been loaned at least once (I6 applies
     # only to such pages; freshly allocated unowned pages are not orphans).
     ever_loaned: bool = False
+
+    # Written out rather than generated: attrs' __init__ fetches each
+    # init=False default from a dict per call, and one runs per allocation.
+    def __init__(
+        self,
+        frame: int,
+        allocator: PageAllocator,
+        flags: int = PG.NONE,
+        loan_count: int = 0,
+        wire_count: int = 0,
+        uobject: Any = None,
+        uanon: Any = None,
+        offset: int = 0,
+        pqueue: PQ = _PQ_NONE,
+        ever_loaned: bool = False,
+    ) -> None:
+        self.pv_pmap = None
+        self.pv_va = 0
+        self.pv_more = None
+        self.attrs = 0
+        self.frame = frame
+        self.allocator = allocator
+        self.flags = flags
+        self.loan_count = loan_count
+        self.wire_count = wire_count
+        self.uobject = uobject
+        self.uanon = uanon
+        self.offset = offset
+        self.pqueue = pqueue
+        self.pq_prev = None
+        self.pq_next = None
+        self.ever_loaned = ever_loaned
 
     @property
     def pa(self) -> int:
@@ -91,7 +164,7 @@ class Page:
             owner += f" anon={getattr(self.uanon, 'name', id(self.uanon))}"
         return (
             f"<Page frame={self.frame} {PG.names(self.flags)} loan={self.loan_count} "
-            f"wire={self.wire_count} {owner} q={self.pqueue.value} pv={len(self.mdpage.pv)}>"
+            f"wire={self.wire_count} {owner} q={self.pqueue.value} pv={self.pv_count}>"
         )
 
 
@@ -114,8 +187,11 @@ class PageAllocator:
     on_shortage: str = "raise"
     # The MD layer, reached only through pmap(9) operations.
     pmap: PmapModule | None = None
-    pages: dict[int, Page] = attrs.field(factory=dict)
-    free: list[int] = attrs.field(init=False)
+    pages: FrameTable = attrs.field(init=False)
+    # The free list (see free): frames >= _bump were never allocated; freed
+    # frames go on _recycled, a stack of C ints (4 or 8 bytes a frame).
+    _bump: int = attrs.field(init=False, default=0)
+    _recycled: array[int] = attrs.field(init=False)
     # Swap space for anon pages the pagedaemon paged out: slot -> bytes.
     swap: dict[int, bytes] = attrs.field(factory=dict)
     swap_next: int = 1
@@ -128,26 +204,40 @@ class PageAllocator:
     # Bug injection: names of deliberate bugs switched on (tests prove the
     # invariants and state machines catch each one).  See uvmloan.inject.
     inject: set[str] = attrs.field(factory=set)
-    active: dict[Page, None] = attrs.field(factory=dict)
-    inactive: dict[Page, None] = attrs.field(factory=dict)
+    active: PageQueue = attrs.field(init=False)
+    inactive: PageQueue = attrs.field(init=False)
     # Counters in the manner of uvmexp.
     npagealloc: int = 0
     npagefree: int = 0
 
     def __attrs_post_init__(self) -> None:
-        # Hand out low frames first: deterministic and easy to read in traces.
-        self.free = list(range(self.npages - 1, -1, -1))
+        self.pages = FrameTable(self.npages)
+        self.active = PageQueue(PQ.ACTIVE)
+        self.inactive = PageQueue(PQ.INACTIVE)
+        self._recycled = array("i" if self.npages <= 0x7FFFFFFF else "q")
+
+    @property
+    def free(self) -> list[int]:
+        """The free frames in the order a LIFO stack holds them (a fresh list).
+
+        Allocation order (deterministic, as traces and tests rely on it): the
+        most recently freed frame first; with none freed, the lowest frame
+        never allocated.  It is the order of the old explicit stack that
+        started as ``[npages - 1, ..., 1, 0]``: this list is that stack,
+        ``pop()`` being the next frame handed out.
+        """
+        return list(range(self.npages - 1, self._bump - 1, -1)) + self._recycled.tolist()
 
     @property
     def free_count(self) -> int:
-        return len(self.free)
+        return len(self._recycled) + self.npages - self._bump
 
     @property
     def allocated(self) -> int:
         return len(self.pages)
 
     def _available(self, flags: int) -> int:
-        avail = len(self.free)
+        avail = len(self._recycled) + self.npages - self._bump
         if self.limit is not None:
             avail = min(avail, self.limit - len(self.pages))
         if not flags & UVM_PGA_USERESERVE:
@@ -156,7 +246,12 @@ class PageAllocator:
 
     def phys_to_page(self, frame: int) -> Page | None:
         """PHYS_TO_VM_PAGE: the vm_page of an allocated frame, else None."""
-        return self.pages.get(frame)
+        # FrameTable.get inlined (pmap_enter asks on every fault).
+        if type(frame) is int and 0 <= frame < self.npages:
+            ch = self.pages._chunks[frame >> _FT_SHIFT]
+            if ch is not None:
+                return ch[frame & _FT_MASK]
+        return None
 
     def uvm_pagealloc(
         self, obj: PageOwnerObject | None, off: int, anon: Any, flags: int = 0
@@ -169,32 +264,54 @@ class PageAllocator:
         """
         if obj is not None and anon is not None:
             raise KernelAssertion("uvm_pagealloc: both an object and an anon given")
-        if self._available(flags) <= 0:
+        recycled = self._recycled
+        # _available(flags) > 0, inlined for the common case (no limit, no
+        # reserve): this runs on every fault.
+        if self.limit is not None or self.reserve:
+            if self._available(flags) <= 0:
+                return None
+        elif not recycled and self._bump >= self.npages:
             return None
         plat = self.platform
-        frame = self.free.pop()
-        pg = Page(frame, self)
-        pg.flags = PG.BUSY | PG.CLEAN | PG.FAKE
-        pg.offset = off
-        self.pages[frame] = pg
+        if recycled:
+            frame = recycled.pop()
+        else:
+            frame = self._bump
+            self._bump = frame + 1
+        # FrameTable.__setitem__ inlined below (the frame was free: its slot
+        # is empty).
+        table = self.pages
+        chunk = table._chunks[frame >> _FT_SHIFT]
+        if chunk is None:
+            chunk = table._chunks[frame >> _FT_SHIFT] = _FT_EMPTY.copy()
+        table._n += 1
+        zero = flags & UVM_PGA_ZERO
+        # uvm_pagealloc_strat (uvm_page.c 1.246): "A zero'd page is not
+        # clean": an owned zeroed page is DIRTY (uvm_pagemarkdirty of a CLEAN
+        # page, done here by the flag constants).
         if anon is not None:
-            pg.uanon = anon
+            pg = Page(frame, self, _PG_ANON_ZERO if zero else _PG_ANON_NEW, uanon=anon, offset=off)
+            chunk[frame & _FT_MASK] = pg
             anon.an_page = pg
-            pg.flags |= PG.ANON
         elif obj is not None:
-            pg.uobject = obj
+            pg = Page(frame, self, _PG_NEW, uobject=obj, offset=off)
+            chunk[frame & _FT_MASK] = pg
             obj._page_insert(pg)
             pg.flags |= PG.TABLED | obj.pgflag
-        if flags & UVM_PGA_ZERO:
-            # uvm_pagealloc_strat (uvm_page.c 1.246): "A zero'd page is not clean."
-            if obj is not None or anon is not None:
-                self.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)
+            if zero:
+                pg.flags = (pg.flags & ~PG.CLEAN) | PG.DIRTY
+        else:
+            pg = Page(frame, self, _PG_NEW, offset=off)
+            chunk[frame & _FT_MASK] = pg
+        if zero:
             plat.physmem.zero_page(frame)
             plat.charge(plat.costs.zero_ns(self.page_size))
         self.npagealloc += 1
         plat.charge(plat.costs.page_alloc_ns)
         tr = plat.tracer
-        if tr.on:
+        if tr.on and not tr.full:
+            tr.count(*_K_ALLOC)
+        elif tr.on:
             owner = (
                 f"anon {getattr(anon, 'name', '?')}"
                 if anon is not None
@@ -219,10 +336,8 @@ class PageAllocator:
         if pg.wire_count:
             # uvm_page.c 1.246: "if the page was wired, unwire it now".
             pg.wire_count = 0
-        if pg.mdpage.pv:
-            raise KernelAssertion(
-                f"uvm_pagefree: {pg!r} still has {len(pg.mdpage.pv)} managed mappings"
-            )
+        if pg.pv_pmap is not None:
+            raise KernelAssertion(f"uvm_pagefree: {pg!r} still has {pg.pv_count} managed mappings")
         if pg.uobject is not None:
             pg.uobject._page_remove(pg)
             pg.uobject = None
@@ -293,15 +408,18 @@ class PageAllocator:
         plat = self.platform
         self.uvm_pagedequeue(pg)
         pg.flags = PG.FREE
-        pg.pqueue = PQ.FREE
+        pg.pqueue = _PQ_FREE
         del self.pages[pg.frame]
         plat.physmem.release_frame(pg.frame)
-        self.free.append(pg.frame)
+        self._recycled.append(pg.frame)
         self.npagefree += 1
         plat.charge(plat.costs.page_alloc_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(PageFree(plat.now(), plat.cur, "-", pg.frame))
+            if tr.full:
+                tr.emit(PageFree(plat.now(), plat.cur, "-", pg.frame))
+            else:
+                tr.count(*_K_FREE)
 
     def _check_live(self, pg: Page, who: str) -> None:
         if not isinstance(pg, Page):
@@ -312,29 +430,36 @@ class PageAllocator:
     # ----------------------------------------------------------- paging queues
 
     def uvm_pagedequeue(self, pg: Page) -> None:
-        if pg.pqueue is PQ.ACTIVE:
-            del self.active[pg]
-        elif pg.pqueue is PQ.INACTIVE:
-            del self.inactive[pg]
-        if pg.pqueue is not PQ.FREE:
-            pg.pqueue = PQ.NONE
+        q = pg.pqueue
+        if q is _PQ_ACTIVE:
+            self.active.remove(pg)
+        elif q is _PQ_INACTIVE:
+            self.inactive.remove(pg)
+        if q is not _PQ_FREE:
+            pg.pqueue = _PQ_NONE
 
     def uvm_pageactivate(self, pg: Page) -> None:
         """Put (or move) the page on the active queue; wired pages stay off."""
-        self._check_live(pg, "uvm_pageactivate")
+        # _check_live and uvm_pagedequeue inlined: every fault ends here.
+        if type(pg) is not Page or pg.flags & _PG_FREE or self.pages.get(pg.frame) is not pg:
+            self._check_live(pg, "uvm_pageactivate")
         if pg.wire_count:
             return
-        self.uvm_pagedequeue(pg)
-        self.active[pg] = None
-        pg.pqueue = PQ.ACTIVE
+        q = pg.pqueue
+        if q is _PQ_ACTIVE:
+            self.active.remove(pg)
+        elif q is _PQ_INACTIVE:
+            self.inactive.remove(pg)
+        self.active.append(pg)
+        pg.pqueue = _PQ_ACTIVE
 
     def uvm_pagedeactivate(self, pg: Page) -> None:
         self._check_live(pg, "uvm_pagedeactivate")
         if pg.wire_count:
             return
         self.uvm_pagedequeue(pg)
-        self.inactive[pg] = None
-        pg.pqueue = PQ.INACTIVE
+        self.inactive.append(pg)
+        pg.pqueue = _PQ_INACTIVE
 
     def uvm_pagewire(self, pg: Page) -> None:
         self._check_live(pg, "uvm_pagewire")
@@ -422,4 +547,10 @@ class PageAllocator:
         that needs write faults (``UVM_OBJ_NEEDS_WRITEFAULT``); in the model
         that adds nothing (specs/fault.md 7).
         """
-        return bool(pg.flags & PG.RDONLY) or self.uvm_pagegetdirty(pg) == UVM_PAGE_STATUS_CLEAN
+        f = pg.flags
+        if f & PG.RDONLY:
+            return True
+        # uvm_pagegetdirty inlined (with its KASSERT).
+        if f & (PG.CLEAN | PG.DIRTY) == PG.CLEAN | PG.DIRTY:
+            self.uvm_pagegetdirty(pg)  # raises
+        return f & PG.CLEAN == UVM_PAGE_STATUS_CLEAN

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import attrs
-from sortedcontainers import SortedDict
 
 from ..errors import KernelAssertion
 from ..param import VMProt
 from ..trace import (
     ASIDReset,
     ContextSwitch,
+    Event,
     IPIDelivered,
     IPISent,
     KEnter,
@@ -42,6 +42,7 @@ from .pte import (
     PTE_A,
     PTE_D,
     PTE_FRAME_MASK,
+    PTE_FRAME_SHIFT,
     PTE_G,
     PTE_NX,
     PTE_P,
@@ -71,17 +72,49 @@ ALLVA = -1
 VECTOR_TLB = "LAPIC_TLB_VECTOR"
 
 
-@attrs.define(slots=True, eq=False)
+@attrs.define(slots=True, eq=False, weakref_slot=False)
 class VMPageMD:
     """``struct vm_page_md`` / ``pmap_page``: the pv list and saved attributes.
 
-    ``pv`` keys are ``(pmap, va)`` of every managed mapping of the page;
-    ``attrs`` accumulates A/D bits of mappings that were removed or synced
-    (x86 ``pp_attrs``), so referenced/modified survive the mapping.
+    NetBSD embeds this struct in ``struct vm_page``; the MI ``Page`` does the
+    same by subclassing it, so a page costs one object, not three (page,
+    md, pv dict).  ``mdpage`` is the page itself.
+
+    The pv list is packed the way x86's ``pp_pte`` embeds the first entry:
+    the first managed mapping ``(pv_pmap, pv_va)`` lives inline and only a
+    second one allocates ``pv_more`` (an insertion-ordered dict of
+    ``(pmap, va)`` keys).  ``pv_more`` is None whenever ``pv_pmap`` is, and
+    removing the inline entry promotes the oldest of ``pv_more``, so
+    ``pv`` lists mappings in the order they were entered, as the single
+    dict did.  ``attrs`` accumulates A/D bits of mappings that were removed
+    or synced (x86 ``pp_attrs``), so referenced/modified survive the mapping.
     """
 
-    pv: dict[tuple[Pmap, int], None] = attrs.field(factory=dict)
-    attrs: int = 0
+    pv_pmap: Pmap | None = attrs.field(default=None, init=False)
+    pv_va: int = attrs.field(default=0, init=False)
+    pv_more: dict[tuple[Pmap, int], None] | None = attrs.field(default=None, init=False)
+    attrs: int = attrs.field(default=0, init=False)
+
+    @property
+    def mdpage(self) -> VMPageMD:
+        """The page's ``vm_page_md`` (embedded: the object itself)."""
+        return self
+
+    @property
+    def pv(self) -> list[tuple[Pmap, int]]:
+        """Every managed mapping ``(pmap, va)``, oldest first (a fresh list)."""
+        if self.pv_pmap is None:
+            return []
+        out = [(self.pv_pmap, self.pv_va)]
+        if self.pv_more is not None:
+            out.extend(self.pv_more)
+        return out
+
+    @property
+    def pv_count(self) -> int:
+        if self.pv_pmap is None:
+            return 0
+        return 1 + (len(self.pv_more) if self.pv_more is not None else 0)
 
 
 class ManagedPage(Protocol):
@@ -106,7 +139,10 @@ class Pmap:
     is_kernel: bool
     minva: int
     maxva: int
-    ptes: SortedDict[int, int] = attrs.field(factory=SortedDict)  # va -> pte (int)
+    # va -> pte (int).  A plain dict, not a sorted one: a fault inserts one
+    # PTE and a sorted container's insert was a large share of the fault.
+    # Range operations visit addresses in ascending order (``_vas_in``).
+    ptes: dict[int, int] = attrs.field(factory=dict)
     cpus: set[int] = attrs.field(factory=set)  # pm_cpus
     kernel_cpus: set[int] = attrs.field(factory=set)  # pm_kernel_cpus
     resident_count: int = 0
@@ -122,7 +158,65 @@ class Pmap:
         return p
 
     def mappings(self) -> Iterator[tuple[int, int]]:
-        return iter(list(self.ptes.items()))
+        """(va, pte) of every mapping, in address order."""
+        return iter(sorted(self.ptes.items()))
+
+
+def _vas_in(ptes: dict[int, int], sva: int, eva: int, page_size: int) -> list[int]:
+    """The mapped page addresses in [sva, eva), ascending (SortedDict.irange's order).
+
+    Walks the range when it has no more pages than the table has entries,
+    else sorts the table's keys in the range: O(min(range, n log n)).  Keys
+    are page aligned (pmap_enter/kenter check), so both ways agree.
+    """
+    if (eva - sva) // page_size <= len(ptes):
+        return [va for va in range(sva, eva, page_size) if va in ptes]
+    return sorted(va for va in ptes if sva <= va < eva)
+
+
+def _keys_of(cls: type[Event], *fields: object) -> tuple[str, ...]:
+    """The counter keys of ``cls``, for events whose keys do not depend on
+    their fields (computed once from a prototype: single-sourced with the
+    event class, never rebuilt per operation)."""
+    keys: tuple[str, ...] = cls(0, 0, "-", *fields).counter_keys()
+    return keys
+
+
+# Counting-only trace mode (Tracer.full False): the keys the events would add.
+_K_ENTER = _keys_of(PmapEnter, 0, 0, 0, False, False)
+_K_REMOVE = _keys_of(PmapRemove, 0, 0)
+_K_PROTECT = _keys_of(PmapProtect, 0, 0)
+_K_UPDATE = _keys_of(PmapUpdate)
+_K_PAGE_PROTECT = _keys_of(PageProtect, 0, 0, 0)
+_K_INVLPG = _keys_of(TLBInvalidate, 0)
+_K_FLUSH = _keys_of(TLBFlush, False, "-")
+_K_FLUSHG = _keys_of(TLBFlush, True, "-")
+
+# pmap_tlb_shootdown's TLBSTATS scope of a user pmap, by (local, remote).
+_SCOPES: dict[tuple[bool, bool], tuple[str, ...]] = {
+    (False, False): (),
+    (True, False): ("local",),
+    (False, True): ("remote",),
+    (True, True): ("local", "remote"),
+}
+
+_SQ_KEYS: dict[tuple[bool, str, tuple[str, ...], bool, bool], tuple[str, ...]] = {}
+
+
+def _shootdown_queued_keys(
+    allva_req: bool, why: str, scopes: tuple[str, ...], pte: int, allva: bool
+) -> tuple[str, ...]:
+    """ShootdownQueued's counter keys, from a prototype event per distinct
+    (full-flush request, reason, scopes, PTE_G, packet allva): every field
+    but the time, CPU, address space and the address itself (of which only
+    "is it -1" is kept).  A handful of combinations exist, so the cache stays
+    tiny; the keys still come from the event class's own method."""
+    ck = (allva_req, why, scopes, bool(pte & PTE_G), allva)
+    keys = _SQ_KEYS.get(ck)
+    if keys is None:
+        proto = ShootdownQueued(0, 0, "-", ALLVA if allva_req else 0, why, scopes, ck[3], allva)
+        keys = _SQ_KEYS[ck] = proto.counter_keys()
+    return keys
 
 
 @attrs.define(slots=True, eq=False)
@@ -143,6 +237,13 @@ class PmapModule:
     # Bug injection: pmap_sync_pv (pmap_page_protect, clear_modify/reference)
     # changes PTEs but forgets to queue their TLB shootdowns.
     inject_sync_pv_no_shootdown: bool = False
+    # The profile's page size and its log2, as plain attributes (read on
+    # every translation and fault; a property costs a call each time).
+    page_size: int = attrs.field(init=False, default=0)
+    page_shift: int = attrs.field(init=False, default=0)
+    _pgmask: int = attrs.field(init=False, default=0)
+    _maxuser: int = attrs.field(init=False, default=0)
+    _kglobal: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         prof = self.platform.profile
@@ -156,16 +257,14 @@ class PmapModule:
         # The kernel pmap is active on every running CPU.
         self.kernel.cpus = set(range(self.platform.ncpus))
         self.pmaps.append(self.kernel)
+        # Constants of the hot paths, read once (a profile is frozen).
+        self.page_size = prof.page_size
+        self.page_shift = prof.page_size.bit_length() - 1
+        self._pgmask = prof.page_size - 1
+        self._maxuser = prof.vm_maxuser_address
+        self._kglobal = prof.kernel_global
 
     # ------------------------------------------------------------------ helpers
-
-    @property
-    def page_size(self) -> int:
-        return self.platform.profile.page_size
-
-    @property
-    def page_shift(self) -> int:
-        return self.page_size.bit_length() - 1
 
     def _check_va(self, pmap: Pmap, va: int, what: str = "va") -> None:
         if not isinstance(va, int) or isinstance(va, bool):
@@ -267,15 +366,40 @@ class PmapModule:
 
     # --------------------------------------------------------- pv bookkeeping
 
-    def _pv_enter(self, pg: ManagedPage, pmap: Pmap, va: int) -> None:
-        pg.mdpage.pv[(pmap, va)] = None
+    @staticmethod
+    def _pv_enter(md: VMPageMD, pmap: Pmap, va: int) -> None:
+        """Add (pmap, va) to the page's pv list (the caller knows it is absent)."""
+        if md.pv_pmap is None:
+            md.pv_pmap = pmap
+            md.pv_va = va
+        elif md.pv_more is None:
+            md.pv_more = {(pmap, va): None}
+        else:
+            md.pv_more[(pmap, va)] = None
 
     def _pv_remove(self, frame: int, pmap: Pmap, va: int, opte: int) -> None:
         pg = self.phys_to_page(frame)
         if pg is None:
             raise KernelAssertion(f"pv entry for frame {frame} without a vm_page")
         md = pg.mdpage
-        del md.pv[(pmap, va)]
+        more = md.pv_more
+        if md.pv_pmap is pmap and md.pv_va == va:
+            if more is None:
+                md.pv_pmap = None
+                md.pv_va = 0
+            else:
+                # Promote the oldest other entry: pv keeps its entry order.
+                key = next(iter(more))
+                del more[key]
+                md.pv_pmap, md.pv_va = key
+                if not more:
+                    md.pv_more = None
+        elif more is not None and (pmap, va) in more:
+            del more[(pmap, va)]
+            if not more:
+                md.pv_more = None
+        else:
+            raise KernelAssertion(f"pmap: no pv entry for {pmap.name} va {va:#x} on frame {frame}")
         md.attrs |= opte & (PTE_A | PTE_D)
 
     # ------------------------------------------------------------ operations
@@ -286,24 +410,47 @@ class PmapModule:
         x86 ``pmap_enter_ma``: a shootdown is queued only when the old PTE was
         present and accessed and the frame or the W bit changes.
         """
-        self._check_pmap(pmap)
-        self._check_va(pmap, va)
-        frame = self._check_pa(pa)
-        self._check_prot(prot)
-        self._check_flags(flags)
-        access = flags & int(VMProt.READ | VMProt.WRITE | VMProt.EXECUTE)
+        # The argument checks, in one test of exact types and ranges for the
+        # usual case (this runs on every fault); anything unusual takes the
+        # _check_* path, which accepts or explains exactly as before.
+        shift = self.page_shift
+        frame = pa >> shift if type(pa) is int else -1
+        if not (
+            type(pmap) is Pmap
+            and pmap.module is self
+            and not pmap.destroyed
+            and type(va) is int
+            and not va & self._pgmask
+            and pmap.minva <= va < pmap.maxva
+            and 0 <= frame < self.platform.physmem.npages
+            and not pa & self._pgmask
+            and type(prot) is int
+            and not prot & ~7
+            and type(flags) is int
+        ):
+            self._check_pmap(pmap)
+            self._check_va(pmap, va)
+            frame = self._check_pa(pa)
+            self._check_prot(prot)
+            self._check_flags(flags)
+        access = flags & 7  # VM_PROT_READ | VM_PROT_WRITE | VM_PROT_EXECUTE
         if access & ~prot:
             raise ValueError(
                 f"pmap_enter: access type {access:#x} exceeds protection {int(prot):#x}"
             )
         plat = self.platform
-        npte = pte_make(frame, prot)
+        # pte_make, inlined (hot path).
+        npte = (frame << PTE_FRAME_SHIFT) | PTE_P
+        if prot & VMProt.WRITE:
+            npte |= PTE_W
+        if not prot & VMProt.EXECUTE:
+            npte |= PTE_NX
         wired = bool(flags & PMAP_WIRED)
         if wired:
             npte |= PTE_WIRED
-        if va < plat.profile.vm_maxuser_address:
+        if va < self._maxuser:
             npte |= PTE_U
-        if pmap.is_kernel and plat.profile.kernel_global:
+        if pmap.is_kernel and self._kglobal:
             npte |= PTE_G
         if access:
             # x86 pre-sets A (and D for a write access): the fault that asked
@@ -314,48 +461,69 @@ class PmapModule:
         pg = self.phys_to_page(frame)
         if pg is not None:
             npte |= PTE_PVLIST
-        opte: int = pmap.ptes.get(va, 0)
-        # pmap.c 1.381 pmap_enter_ma: "if the same page, inherit PTE_A and
-        # PTE_D" -- a CPU may still cache the old entry (W|D), so the bits
-        # must survive for a later write-protect to shoot it down.
-        if opte & PTE_P and pte_frame(opte) == frame:
-            npte |= opte & (PTE_A | PTE_D)
-        # Replace the old mapping's pv/stat bookkeeping.
+        ptes = pmap.ptes
+        opte: int = ptes.get(va, 0)
+        same = (opte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT == frame
         if opte & PTE_P:
-            same = pte_frame(opte) == frame
-            if opte & PTE_PVLIST and not same:
-                self._pv_remove(pte_frame(opte), pmap, va, opte)
-            elif opte & PTE_PVLIST and same:
-                pg_old = self.phys_to_page(frame)
-                if pg_old is not None:
-                    pg_old.mdpage.attrs |= opte & (PTE_A | PTE_D)
+            # pmap.c 1.381 pmap_enter_ma: "if the same page, inherit PTE_A and
+            # PTE_D" -- a CPU may still cache the old entry (W|D), so the bits
+            # must survive for a later write-protect to shoot it down.
+            if same:
+                npte |= opte & (PTE_A | PTE_D)
+            # Replace the old mapping's pv/stat bookkeeping.
+            if opte & PTE_PVLIST:
+                if not same:
+                    self._pv_remove(pte_frame(opte), pmap, va, opte)
+                elif pg is not None:
+                    pg.mdpage.attrs |= opte & (PTE_A | PTE_D)
             if opte & PTE_WIRED:
                 pmap.wired_count -= 1
         else:
             pmap.resident_count += 1
         if wired:
             pmap.wired_count += 1
-        pmap.ptes[va] = npte
-        if pg is not None and not (opte & PTE_PVLIST and pte_frame(opte) == frame):
-            self._pv_enter(pg, pmap, va)
+        ptes[va] = npte
+        if pg is not None and not (opte & PTE_PVLIST and same):
+            self._pv_enter(pg.mdpage, pmap, va)
         plat.charge(plat.costs.pte_update_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(
-                PmapEnter(
-                    plat.now(), plat.cur, pmap.name, va, frame, int(prot), pg is not None, wired
+            if tr.full:
+                tr.emit(
+                    PmapEnter(
+                        plat.now(), plat.cur, pmap.name, va, frame, int(prot), pg is not None, wired
+                    )
                 )
-            )
+            else:
+                tr.count(*_K_ENTER)
         if opte & (PTE_P | PTE_A) == (PTE_P | PTE_A) and (opte ^ npte) & (PTE_FRAME_MASK | PTE_W):
             self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_ENTER)
         return 0
 
     def pmap_remove(self, pmap: Pmap, sva: int, eva: int) -> None:
         """Remove mappings in [sva, eva); shootdown only for accessed PTEs."""
-        self._check_pmap(pmap)
-        self._check_range(pmap, sva, eva)
-        for va in list(pmap.ptes.irange(sva, eva, inclusive=(True, False))):
-            opte = pmap.ptes.pop(va)
+        mask = self._pgmask
+        # One exact-type test for the usual case, the explaining checks else.
+        if not (
+            type(pmap) is Pmap
+            and pmap.module is self
+            and not pmap.destroyed
+            and type(sva) is int
+            and type(eva) is int
+            and not (sva | eva) & mask
+            and pmap.minva <= sva <= eva <= pmap.maxva
+            and sva < pmap.maxva
+        ):
+            self._check_pmap(pmap)
+            self._check_range(pmap, sva, eva)
+        ptes = pmap.ptes
+        ps = mask + 1
+        if eva - sva == ps:
+            vas = [sva] if sva in ptes else []  # one page: the common case
+        else:
+            vas = _vas_in(ptes, sva, eva, ps)
+        for va in vas:
+            opte = ptes.pop(va)
             self._remove_pte_bookkeeping(pmap, va, opte)
             if opte & PTE_A:
                 self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_REMOVE_PTE)
@@ -370,7 +538,10 @@ class PmapModule:
         plat.charge(plat.costs.pte_update_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(PmapRemove(plat.now(), plat.cur, pmap.name, va, pte_frame(opte)))
+            if tr.full:
+                tr.emit(PmapRemove(plat.now(), plat.cur, pmap.name, va, pte_frame(opte)))
+            else:
+                tr.count(*_K_REMOVE)
 
     def pmap_protect(self, pmap: Pmap, sva: int, eva: int, prot: int) -> None:
         """Lower the protection of [sva, eva); never adds permissions.
@@ -392,14 +563,18 @@ class PmapModule:
         bit_rem = PTE_W
         bit_put = 0 if prot & VMProt.EXECUTE else PTE_NX
         tr = plat.tracer
-        for va in list(pmap.ptes.irange(sva, eva, inclusive=(True, False))):
-            opte = pmap.ptes[va]
+        ptes = pmap.ptes
+        for va in _vas_in(ptes, sva, eva, self._pgmask + 1):
+            opte = ptes[va]
             npte = (opte & ~bit_rem) | bit_put
             if npte != opte:
-                pmap.ptes[va] = npte
+                ptes[va] = npte
                 plat.charge(plat.costs.pte_update_ns)
                 if tr.on:
-                    tr.emit(PmapProtect(plat.now(), plat.cur, pmap.name, va, int(prot)))
+                    if tr.full:
+                        tr.emit(PmapProtect(plat.now(), plat.cur, pmap.name, va, int(prot)))
+                    else:
+                        tr.count(*_K_PROTECT)
             # pmap_write_protect (pmap.c 1.381) tests the old D bit only, even
             # when the PTE was already read-only.
             if opte & PTE_D:
@@ -418,12 +593,15 @@ class PmapModule:
         self._check_prot(prot)
         md = pg.mdpage
         plat = self.platform
-        n = len(md.pv)
+        n = md.pv_count
         if prot & VMProt.WRITE:
             return
         tr = plat.tracer
         if tr.on:
-            tr.emit(PageProtect(plat.now(), plat.cur, "-", pg.frame, int(prot), n))
+            if tr.full:
+                tr.emit(PageProtect(plat.now(), plat.cur, "-", pg.frame, int(prot), n))
+            else:
+                tr.count(*_K_PAGE_PROTECT)
         if prot & (VMProt.READ | VMProt.EXECUTE):
             for pmap, va in list(md.pv):
                 self._sync_pv(pmap, va, PTE_W)
@@ -530,15 +708,24 @@ class PmapModule:
         x86 ``pmap_update`` runs ``pmap_tlb_shootnow()``, which processes the
         *current CPU's* packet whatever pmap it is given.
         """
-        if pmap is not None:
+        if pmap is not None and (
+            type(pmap) is not Pmap or pmap.module is not self or pmap.destroyed
+        ):
             self._check_pmap(pmap)
         plat = self.platform
         tr = plat.tracer
         if tr.on:
-            tr.emit(PmapUpdate(plat.now(), plat.cur, pmap.name if pmap else "-"))
+            if tr.full:
+                tr.emit(PmapUpdate(plat.now(), plat.cur, pmap.name if pmap else "-"))
+            else:
+                tr.count(*_K_UPDATE)
         if self.inject_skip_update:
             return
-        self.pmap_tlb_shootnow()
+        # Both shootnow flavours return at once on an empty packet; test it
+        # here, as most updates (one after every fault) have nothing to do.
+        pkt = plat.cpus[plat.cur].packet
+        if pkt.vas or pkt.allva or pkt.pmaps:
+            self.pmap_tlb_shootnow()
 
     def pmap_unwire(self, pmap: Pmap, va: int) -> None:
         """Clear the wired attribute of one mapping (no TLB effect)."""
@@ -564,6 +751,8 @@ class PmapModule:
         md = pg.mdpage
         if md.attrs & bit:
             return True
+        if md.pv_pmap is None:
+            return False
         return any(pm.ptes[va] & bit for pm, va in md.pv)
 
     def pmap_is_modified(self, pg: ManagedPage) -> bool:
@@ -691,24 +880,23 @@ class PmapModule:
             pkt.targets = set(range(plat.ncpus))  # kcpuset_copy(kcpuset_running)
             scopes: tuple[str, ...] = ("kernel",)
         else:
-            cpus = set(pmap.cpus)
-            if va != ALLVA and va >= plat.profile.vm_maxuser_address:
-                cpus |= pmap.kernel_cpus
+            cpus = pmap.cpus  # only read below: no copy
+            if va != ALLVA and va >= self._maxuser:
+                cpus = cpus | pmap.kernel_cpus
             pkt.targets |= cpus
             pkt.userpmap = True
-            sc = []
-            if me in cpus:
-                sc.append("local")
-            if cpus - {me}:
-                sc.append("remote")
-            scopes = tuple(sc)
+            local = me in cpus
+            scopes = _SCOPES[local, len(cpus) > local]  # "local" and/or "remote"
         tr = plat.tracer
         if tr.on:
-            tr.emit(
-                ShootdownQueued(
-                    cpu.clock, me, pmap.name, va, why, scopes, bool(pte & PTE_G), pkt.allva
+            if tr.full:
+                tr.emit(
+                    ShootdownQueued(
+                        cpu.clock, me, pmap.name, va, why, scopes, bool(pte & PTE_G), pkt.allva
+                    )
                 )
-            )
+            else:
+                tr.count(*_shootdown_queued_keys(va == ALLVA, why, scopes, pte, pkt.allva))
 
     def _local_flush(self, cpu: CPU, include_global: bool, why: str) -> None:
         plat = self.platform
@@ -716,7 +904,10 @@ class PmapModule:
         cpu.charge(plat.costs.tlbflush_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(TLBFlush(cpu.clock, cpu.index, "-", include_global, why))
+            if tr.full:
+                tr.emit(TLBFlush(cpu.clock, cpu.index, "-", include_global, why))
+            else:
+                tr.count(*(_K_FLUSHG if include_global else _K_FLUSH))
 
     def _invalidate_packet(self, cpu: CPU, vas: list[int], allva: bool, glob: bool) -> None:
         """x86_tlb.c ``pmap_tlb_invalidate`` on one CPU."""
@@ -731,7 +922,10 @@ class PmapModule:
             cpu.tlb.invlpg(va >> shift)
             cpu.charge(cost)
             if tr.on:
-                tr.emit(TLBInvalidate(cpu.clock, cpu.index, "-", va))
+                if tr.full:
+                    tr.emit(TLBInvalidate(cpu.clock, cpu.index, "-", va))
+                else:
+                    tr.count(*_K_INVLPG)
 
     def _trace_round(
         self,

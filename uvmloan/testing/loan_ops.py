@@ -158,7 +158,7 @@ def write_paths(m: Machine, frames: Iterable[int]) -> list[str]:
     want = set(frames)
     out: list[str] = []
     for pm in m.pmap.pmaps:
-        for va, pte in pm.ptes.items():
+        for va, pte in sorted(pm.ptes.items()):  # address order
             if pte & PTE_P and pte_frame(pte) in want and pte & PTE_W:
                 kind = "managed" if pte & PTE_PVLIST else "unmanaged"
                 out.append(f"{kind} PTE {pm.name} {va:#x} -> frame {pte_frame(pte)}")
@@ -183,7 +183,7 @@ def mappings_of(m: Machine, frame: int) -> list[str]:
     """
     out: list[str] = []
     for pm in m.pmap.pmaps:
-        for va, pte in pm.ptes.items():
+        for va, pte in sorted(pm.ptes.items()):  # address order
             if pte & PTE_P and pte_frame(pte) == frame:
                 out.append(f"{pm.name} PTE {va:#x} maps it")
     for cpu in m.cpus:
