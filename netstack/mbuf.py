@@ -23,6 +23,7 @@ leaked.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -95,6 +96,16 @@ class ExtStorage:
     ext_arg: Any = None
     ext_pgs: list[Page] = attrs.field(factory=list)
     ext_cl: bytearray | None = None
+    # (frame, 0, page size) per page of ext_pgs, as one flat array('q'):
+    # built at the first DMA read and sliced for each packet after (the
+    # model's cache, not a NetBSD field; the page list is fixed at MEXTADD)
+    ext_tri: array[int] | None = None
+
+    def page_triples(self, ps: int) -> array[int]:
+        tri = self.ext_tri
+        if tri is None:
+            tri = self.ext_tri = array("q", [x for pg in self.ext_pgs for x in (pg.frame, 0, ps)])
+        return tri
 
     def __repr__(self) -> str:
         kind = f"{len(self.ext_pgs)} pages" if self.ext_pgs else "kernel memory"

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from uvmloan.errors import KernelAssertion
+
 from .ip import ENOBUFS, M_CSUM_TCP_UDP_BAD, M_CSUM_TCPv4, M_CSUM_UDPv4
 from .link import Channel, FrameMeta, Link
 from .mbuf import M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
@@ -105,15 +107,22 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
                 assert ext is not None
                 if not run:
                     run_at = pos
-                pgs = ext.ext_pgs
+                # the storage's per-page triples, sliced to this mbuf's
+                # bytes: the first piece starts at its offset, the last
+                # ends at the data's end (C-level slicing, no loop per page)
                 va = ext.ext_buf % ps + cur.m_data
-                left = ln
-                while left:
-                    i, o = divmod(va, ps)
-                    take = ps - o if ps - o < left else left
-                    run.extend((pgs[i].frame, o, take))
-                    va += take
-                    left -= take
+                i0, o0 = divmod(va, ps)
+                i1 = (va + ln - 1) // ps
+                piece = ext.page_triples(ps)[3 * i0 : 3 * i1 + 3]
+                if len(piece) != 3 * (i1 - i0 + 1):
+                    raise KernelAssertion(f"DMA read of {cur!r}: data past its {ext!r}")
+                piece[1] = o0
+                if i0 == i1:
+                    piece[2] = ln
+                else:
+                    piece[2] = ps - o0
+                    piece[-1] = va + ln - i1 * ps
+                run += piece
                 loaned = True
             else:
                 if run:
