@@ -530,3 +530,74 @@ def test_uvm_map_maxprot_all_is_the_default(m: Machine) -> None:
     with pytest.raises(UVMError) as e:
         p.map.uvm_map(PS, None, 0, RW, maxprot=R)
     assert e.value.errno == EACCES
+
+
+# --------------------------------------------------------------- uvm_map
+
+
+@pytest.mark.parametrize(
+    ("size", "kw", "exc", "msg"),
+    [
+        (0, {}, ValueError, r"^uvm_map: size 0 must be a positive multiple of 4096$"),
+        (PS + 1, {}, ValueError, r"^uvm_map: size 4097 must be a positive multiple of 4096$"),
+        (PS, {"fixed": True}, ValueError, r"^uvm_map: MAP_FIXED needs an address$"),
+        (PS, {"fixed": True, "addr": 0x20000001}, ValueError, r"^uvm_map: address 0x20000001 "),
+        (PS, {"addr": 0x20000001}, ValueError, r"^uvm_map: address 0x20000001 "),
+        (PS, {"maxprot": R}, UVMError, r"uvm_map: protection 3 exceeds maximum 1$"),
+    ],
+)
+def test_uvm_map_checks_its_arguments(
+    m: Machine, size: int, kw: dict[str, object], exc: type[Exception], msg: str
+) -> None:
+    p = m.spawn("p")
+    with pytest.raises(exc, match=msg):
+        p.map.uvm_map(size, None, 0, RW, **kw)  # type: ignore[arg-type]
+    assert not p.map.entries
+
+
+def test_uvm_map_fixed_replaces_an_entry_starting_inside_the_range(m: Machine) -> None:
+    p = m.spawn("p")
+    va = p.map.base
+    p.map.uvm_map(PS, None, 0, RW, addr=va + PS, fixed=True)
+    p.write(va + PS, b"old")
+    assert p.map.uvm_map(2 * PS, None, 0, RW, addr=va, fixed=True) == va
+    assert [(e.start, e.end) for e in _entries(p)] == [(va, va + 2 * PS)]
+    assert m.uvm.allocated == 0  # the old page went with the old entry
+    assert p.read(va + PS, 3) == bytes(3)
+
+
+def test_uvm_map_takes_the_hint_when_it_is_free(m: Machine) -> None:
+    """uvm_map_findspace starts at the hint (and keeps it if it is free)."""
+    p = m.spawn("p")
+    hint = p.map.base + 16 * PS
+    assert p.map.uvm_map(PS, None, 0, RW, addr=hint) == hint
+
+
+def test_uvm_map_skips_every_entry_in_the_way_of_the_hint(m: Machine) -> None:
+    p = m.spawn("p")
+    base = p.map.base
+    p.map.uvm_map(PS, None, 0, RW, addr=base, fixed=True)
+    p.map.uvm_map(PS, None, 0, RW, addr=base + 2 * PS, fixed=True)
+    assert p.map.uvm_map(2 * PS, None, 0, RW, addr=base + PS) == base + 3 * PS
+    p.map.check()
+
+
+def test_uvm_map_may_end_at_the_top_and_no_further(m: Machine) -> None:
+    p = m.spawn("p")
+    top = p.map.maxva
+    assert p.map.uvm_map(PS, None, 0, RW, addr=top - PS) == top - PS
+    with pytest.raises(UVMError, match=r"p: no 0x1000-byte hole in the address space") as e:
+        p.map.uvm_map(PS, None, 0, RW, addr=top - PS)
+    assert e.value.errno == ENOMEM
+
+
+def test_uvm_map_is_copy_on_write_by_default(m: Machine) -> None:
+    """uvm_map's default is a private mapping (UVM_ET_COPYONWRITE): stores
+    go to anons, the file keeps its bytes."""
+    vn = m.vnode(b"f" * PS)
+    p = m.spawn("p")
+    va = p.map.uvm_map(PS, vn, 0, RW)
+    (e,) = _entries(p)
+    assert e.copy_on_write and e.needs_copy
+    p.write(va, b"p")
+    assert vn.read(0, 1) == b"f" and p.read(va, 1) == b"p"
