@@ -294,6 +294,31 @@ def test_failed_mlock_after_fork_restores_the_shared_anons(m: Machine) -> None:
     assert p.read(va, 1) == b"a"
 
 
+def test_failed_mlock_gives_back_only_the_copys_reference(m: Machine) -> None:
+    """An anon shared by two amaps (a child copied its amap) and still in
+    the old one: the undo drops the one reference the copy took."""
+    p = m.spawn("p")
+    va = p.mmap(2 * PS)
+    p.write(va, b"a" * 2 * PS)
+    c1 = p.fork("c1")
+    c2 = p.fork("c2")
+    c2.write(va + PS, b"2")  # c2's own amap: anon 0 now in two amaps
+    amap = _entries(p)[0].amap
+    assert amap is not None
+    anon0 = amap.slots[0]
+    assert anon0.an_ref == 2 and amap.am_ref == 2
+    _avail(m, 0)
+    with pytest.raises(UVMError, match=r"mlock: needs 2 free pages, 0 available"):
+        p.mlock(va, 2 * PS)
+    m.uvm.limit = None
+    assert _entries(p)[0].amap is amap and anon0.an_ref == 2
+    check_invariants(m)
+    c1.exit()
+    c2.exit()
+    p.munmap(va, 2 * PS)
+    assert m.uvm.allocated == 0
+
+
 def test_failed_mlock_puts_back_the_anons_the_copy_moved(m: Machine) -> None:
     """An entry that alone covers its slots of a shared amap: amap_copy
     moves its anons into the new amap; the undo moves them back."""
