@@ -626,3 +626,57 @@ def test_uvm_map_is_copy_on_write_by_default(m: Machine) -> None:
     assert e.copy_on_write and e.needs_copy
     p.write(va, b"p")
     assert vn.read(0, 1) == b"f" and p.read(va, 1) == b"p"
+
+
+def test_fork_of_a_wired_read_only_entry_copies_its_shared_anons(m: Machine) -> None:
+    """A wired entry whose maximum protection has no write keeps anons
+    shared with an earlier child (mlock made it an amap but no copy).
+    fork's amap_cow_now gives the new child copies; each old anon loses
+    only the new child's reference (an_ref 3 -> 2: the parent's amap and
+    the first child's)."""
+    p = m.spawn("p")
+    va = p.map.uvm_map(2 * PS, None, 0, R, maxprot=R)
+    p.read(va, 1)
+    p.read(va + PS, 1)
+    c1 = p.fork("c1")
+    p.mlock(va, 2 * PS)
+    amap = _entries(p)[0].amap
+    assert amap is not None
+    anons = [amap.slots[0], amap.slots[1]]
+    assert [a.an_ref for a in anons] == [2, 2]
+    c2 = p.fork("c2")
+    assert [a.an_ref for a in anons] == [2, 2]
+    camap = _entries(c2)[0].amap
+    assert camap is not None
+    assert all(camap.slots[s] is not anons[s] for s in (0, 1))
+    assert [camap.slots[s].an_ref for s in (0, 1)] == [1, 1]
+    c2.exit()
+    c1.exit()
+    p.munlock(va, 2 * PS)
+
+
+def test_fork_skips_a_loaned_anon_of_a_wired_entry(m: Machine) -> None:
+    """amap_cow_now leaves a loaned page shared (it is mapped read-only
+    anyway) and copies the next; fork reserves nothing for the loaned one."""
+    p = m.spawn("p")
+    va = p.map.uvm_map(2 * PS, None, 0, R, maxprot=R)
+    p.read(va, 1)
+    p.read(va + PS, 1)
+    c1 = p.fork("c1")
+    kl = m.kernel_loan(p, va, PS)  # a wired page cannot be lent: lend first
+    p.mlock(va, 2 * PS)
+    amap = _entries(p)[0].amap
+    assert amap is not None
+    anons = [amap.slots[0], amap.slots[1]]
+    _avail(m, 0)
+    with pytest.raises(UVMError, match=r"fork of p: needs 1 free pages, 0 available"):
+        p.fork("c2")
+    m.uvm.limit = None
+    c2 = p.fork("c2")
+    camap = _entries(c2)[0].amap
+    assert camap is not None
+    assert camap.slots[0] is anons[0] and camap.slots[1] is not anons[1]
+    kl.release()
+    c2.exit()
+    c1.exit()
+    p.munlock(va, 2 * PS)
