@@ -58,6 +58,7 @@ def test_anfree_of_a_busy_page_marks_it_released(m: Machine) -> None:
     a.an_ref = 0
     uvm_anfree(m.uvm, a)
     assert pg.flags & PG.RELEASED and a.an_page is None
+    assert pg.flags & PG.BUSY  # still its owner's, who frees it on unbusy
     assert m.uvm.phys_to_page(pg.frame) is pg  # still allocated
     # The busy page's owner frees it when it lets go (uvm_page_unbusy).
     m.uvm.uvm_pagefree(pg)
