@@ -18,8 +18,9 @@ from uvmloan import (
     UVMError,
     check_invariants,
 )
+from uvmloan.anon import Anon, anon_unref
 from uvmloan.map import MAP_INHERIT_NONE, MAP_INHERIT_SHARE, MapEntry, VMMap, amap_cow_now
-from uvmloan.param import EACCES, ENOMEM
+from uvmloan.param import EACCES, ENOMEM, PG
 from uvmloan.process import Process
 from uvmloan.trace import PmapUpdate
 
@@ -680,3 +681,33 @@ def test_fork_skips_a_loaned_anon_of_a_wired_entry(m: Machine) -> None:
     c2.exit()
     c1.exit()
     p.munlock(va, 2 * PS)
+
+
+def test_mlock_of_an_unadopted_o_to_a_page_takes_no_page(m: Machine) -> None:
+    """An anon holding a disowned O->A page (built by hand, as in
+    tests/test_loan_adoption.py: NetBSD 10 compiles O->A loans out): the
+    page's loan count includes the anon's own loan, so the wiring fault
+    only adopts it (uvm_anon_lockloanpg) and needs no page; a further
+    kernel loan would need one, for the break."""
+    vn = m.vnode(b"o" * PS)
+    vn.write(0, b"d" * PS)  # dirty (a clean one trips uvm_fault_upper_enter's KASSERT)
+    pg = vn.pgo_get(0)
+    p = m.spawn("p")
+    va = p.mmap(PS)
+    p.write(va, b"x")
+    (e,) = _entries(p)
+    assert e.amap is not None
+    old = e.amap.slots[0]
+    anon = Anon()
+    anon.an_page = pg
+    pg.uanon = anon
+    pg.loan_count += 1
+    e.amap.add(0, anon, replace=True)
+    anon_unref(m.uvm, old)
+    vn.truncate(0)  # the object lets go: the page is the anon's, unadopted
+    assert pg.uobject is None and not pg.flags & PG.ANON and pg.loan_count == 1
+    _avail(m, 0)
+    p.mlock(va, PS)
+    m.uvm.limit = None
+    assert p.read(va, 1) == b"d" and anon.an_page is pg and pg.flags & PG.ANON
+    p.munlock(va, PS)
