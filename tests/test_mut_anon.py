@@ -16,12 +16,12 @@ m = machine_fixture(ncpus=2, memory="1M", check=True)
 
 
 def test_anon_repr_shows_references_page_and_swap_slot(m: Machine) -> None:
-    a = Anon(name="a")
-    assert repr(a) == "<Anon a ref=1 page=None swslot=0>"
+    a = Anon()
+    assert repr(a) == f"<Anon {a.name} ref=1 page=None swslot=0>"
     pg = m.uvm.uvm_pagealloc(None, 0, a, UVM_PGA_ZERO)
     assert pg is not None
     a.an_swslot = 7
-    assert repr(a) == f"<Anon a ref=1 page={pg.frame} swslot=7>"
+    assert repr(a) == f"<Anon {a.name} ref=1 page={pg.frame} swslot=7>"
     a.an_swslot = 0
     pg.flags &= ~PG.BUSY
     a.an_ref = 0
@@ -41,11 +41,12 @@ def test_amap_add_refuses_a_held_slot_unless_replacing(m: Machine) -> None:
 
 
 def test_anfree_and_unref_assertions_name_the_anon(m: Machine) -> None:
-    a = Anon(name="a")
-    with pytest.raises(KernelAssertion, match=r"^uvm_anfree: <Anon a ref=1 .* still referenced$"):
+    a = Anon()
+    n = a.name
+    with pytest.raises(KernelAssertion, match=rf"^uvm_anfree: <Anon {n} ref=1 .* still referenced$"):
         uvm_anfree(m.uvm, a)
     anon_unref(m.uvm, a)
-    with pytest.raises(KernelAssertion, match=r"^anon_unref: <Anon a ref=0 .* has no references$"):
+    with pytest.raises(KernelAssertion, match=rf"^anon_unref: <Anon {n} ref=0 .* has no references$"):
         anon_unref(m.uvm, a)
 
 
