@@ -172,7 +172,7 @@ def test_workloads_reach_the_fast_path_sites() -> None:
 
 
 def _scenario_params() -> list[object]:
-    out = []
+    out: list[object] = []
     for path in scenario_files(ROOT):
         sc = load_scenario(path)
         if sc.xfail:
