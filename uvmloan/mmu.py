@@ -22,7 +22,7 @@ from .errors import KernelAssertion, SegmentationFault
 from .param import VMProt
 from .pmap.cpu import CPU, Platform
 from .pmap.pmap import Pmap, PmapModule
-from .pmap.pte import PTE_A, PTE_D, PTE_P, PTE_U, PTE_W, pte_frame
+from .pmap.pte import PTE_A, PTE_D, PTE_FRAME_MASK, PTE_FRAME_SHIFT, PTE_P, PTE_U, PTE_W, pte_frame
 from .trace import Fault, Tracer
 
 MAX_FAULT_RETRIES = 16
@@ -45,6 +45,7 @@ class MMU:
     _user_max: int = attrs.field(init=False)
     _x86: bool = attrs.field(init=False)
     _page_walk_ns: int = attrs.field(init=False)
+    _copy_bw: int = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         prof = self.platform.profile
@@ -54,6 +55,7 @@ class MMU:
         self._user_max = prof.vm_maxuser_address
         self._x86 = prof.tlb_policy == "x86"
         self._page_walk_ns = self.platform.costs.page_walk_ns
+        self._copy_bw = self.platform.costs.copy_bw
 
     def _pmap_for(self, cpu: CPU, va: int, user: bool) -> Pmap:
         if va >= self._kernel_min:
@@ -67,6 +69,9 @@ class MMU:
 
     def translate(self, cpu: CPU, va: int, write: bool, user: bool) -> int:
         """The frame backing ``va`` for this access, faulting as needed."""
+        # Every user load and store runs this: the TLB hit is kept free of
+        # calls but the TLB's own lookup (the pmap choice of _pmap_for, the
+        # ASID of PmapModule.asid_of and pte_frame are inlined).
         pmm = self.pmap_module
         page_va = va & -self._page_size
         vpn = page_va >> self._shift
@@ -74,9 +79,11 @@ class MMU:
         for _ in range(MAX_FAULT_RETRIES):
             if cpu.pending_ipis:
                 pmm.take_interrupts(cpu)
-            pmap = self._pmap_for(cpu, va, user)
-            # PmapModule.asid_of, inlined for the x86 policy and the kernel
-            # pmap (always tag 0): it is asked on every access.
+            if va >= self._kernel_min or va >= self._user_max or va < 0 or cpu.curpmap is None:
+                pmap = self._pmap_for(cpu, va, user)  # the kernel pmap, or the error
+            else:
+                pmap = cpu.curpmap
+            # x86 tags every entry 0; the MI policy tags user pmaps by ASID.
             asid = 0 if self._x86 or pmap.is_kernel else pmm.asid_of(cpu, pmap)
             key = (asid, vpn)
             ent = tlb.lookup(key)
@@ -86,12 +93,12 @@ class MMU:
                     ok = False
                 elif not write:
                     self.tlb_hits += 1
-                    return pte_frame(pte)
+                    return (pte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT
                 elif not pte & PTE_W:
                     ok = False
                 elif pte & PTE_D:
                     self.tlb_hits += 1
-                    return pte_frame(pte)
+                    return (pte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT
                 else:
                     # Setting D needs a locked page walk: the PTE as it is
                     # now decides, not the snapshot.
@@ -185,7 +192,7 @@ class MMU:
             frames = [self.translate(cpu, va, False, user)]  # one page: the common case
         else:
             frames = self._frames(cpu, va, n, False, user)
-        cpu.clock += plat.costs.copy_ns(n)
+        cpu.clock += n * 1000 // self._copy_bw if self._copy_bw else 0  # CostModel.copy_ns
         return plat.physmem.copyout(frames, off, n)
 
     def store(
@@ -212,7 +219,7 @@ class MMU:
             frames = [self.translate(cpu, va, True, user)]  # one page: the common case
         else:
             frames = self._frames(cpu, va, n, True, user)
-        cpu.clock += plat.costs.copy_ns(n)
+        cpu.clock += n * 1000 // self._copy_bw if self._copy_bw else 0  # CostModel.copy_ns
         plat.physmem.copyin(frames, off, data)
 
 

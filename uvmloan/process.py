@@ -29,6 +29,7 @@ from .param import (
     VM_PROT_WRITE,
     VMProt,
 )
+from .pmap.cpu import TLBState
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -204,7 +205,9 @@ class Process:
             raise ValueError(f"read: length must be a non-negative int, got {n!r}")
         c = self.cpu if cpu is None else self._cpu_arg(cpu)
         plat = m.platform
-        cpuinfo = m._switch_fast(self, c)
+        cpuinfo = plat.cpus[c]
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+            m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
         saved = plat.cur
         plat.cur = c
         try:
@@ -223,7 +226,9 @@ class Process:
             raise TypeError(f"write: data must be bytes-like, not {type(data).__name__}")
         c = self.cpu if cpu is None else self._cpu_arg(cpu)
         plat = m.platform
-        cpuinfo = m._switch_fast(self, c)
+        cpuinfo = plat.cpus[c]
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+            m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
         saved = plat.cur
         plat.cur = c
         try:
