@@ -567,8 +567,7 @@ def _fast_init(cls: type[Event]) -> None:
     """
     fields = attrs.fields(cls)
     if any(
-        a.default is not attrs.NOTHING or a.validator or a.converter or not a.init
-        for a in fields
+        a.default is not attrs.NOTHING or a.validator or a.converter or not a.init for a in fields
     ):
         return
     setters: dict[str, Any] = {}
