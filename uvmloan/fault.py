@@ -79,22 +79,20 @@ def uvm_fault(
     returns EFAULT for all three); ENOMEM: no page could be allocated
     (nothing was changed: retry after freeing).
     """
-    ps = map.page_size
-    flt = FaultCtx(
-        map, va - va % ps, int(access_type), wire, maxprot, wire_mapping=wire, wire_paging=wire
-    )
+    ps = map.uvm.page_size
+    flt = FaultCtx(map, va - va % ps, int(access_type), wire, maxprot, wire, wire)
     for _ in range(64):
         err = uvm_fault_check(flt)
         if err == 0:
             e = flt.entry
             assert e is not None
-            anon = e.amap.lookup(e.slot(flt.va)) if e.amap is not None else None
+            amap = e.amap
+            anon = amap.lookup(e.slot(flt.va)) if amap is not None else None
             err = uvm_fault_upper(flt, anon) if anon is not None else uvm_fault_lower(flt)
-        if err == ERESTART:
-            continue
-        if err:
+            if err == 0:
+                return
+        if err != ERESTART:
             raise UVMError(err, _fault_msg(flt, err))
-        return
     raise KernelAssertion(f"uvm_fault at {va:#x}: restarted 64 times")
 
 
@@ -260,12 +258,14 @@ def uvm_fault_upper_enter(flt: FaultCtx, anon: Anon, pg: Page) -> int:
     uvm = m.uvm
     if uvm.uvm_pagegetdirty(pg) == UVM_PAGE_STATUS_CLEAN:
         raise KernelAssertion(f"uvm_fault_upper_enter: {pg!r} at {flt.va:#x} is CLEAN")
-    pmod = m.pmap.module
-    access = flt.access_type & flt.enter_prot
-    flags = access | (PMAP_WIRED if flt.wire_mapping else 0)
-    pmod.pmap_enter(m.pmap, flt.va, pg.pa, flt.enter_prot, flags)
+    pmap = m.pmap
+    pmod = pmap.module
+    flags = flt.access_type & flt.enter_prot
+    if flt.wire_mapping:
+        flags |= PMAP_WIRED
+    pmod.pmap_enter(pmap, flt.va, pg.pa, flt.enter_prot, flags)
     uvm_fault_upper_done(flt, anon, pg)
-    pmod.pmap_update(m.pmap)
+    pmod.pmap_update(pmap)
     return 0
 
 
@@ -304,6 +304,7 @@ def uvm_fault_lower(flt: FaultCtx) -> int:
     uobjpage: Page | None = None
     if uobj is None:
         flt.promote = True  # zero fill: a new anon even on a read
+        return uvm_fault_lower_promote(flt, None)
     else:
         off = e.objoff(flt.va)
         size = getattr(uobj, "size", None)
@@ -393,17 +394,21 @@ def uvm_fault_lower_enter(flt: FaultCtx, pg: Page) -> int:
     """
     m = flt.map
     uvm = m.uvm
+    access = flt.access_type
     readonly = uvm.uvm_pagereadonly_p(pg)
-    if flt.access_type & VM_PROT_WRITE and readonly:
+    if access & VM_PROT_WRITE and readonly:
         raise KernelAssertion(
             f"uvm_fault_lower_enter: write access at {flt.va:#x} meets read-only {pg!r}"
         )
     prot = flt.enter_prot & ~VM_PROT_WRITE if readonly else flt.enter_prot
-    pmod = m.pmap.module
-    flags = (flt.access_type & prot) | (PMAP_WIRED if flt.wire_mapping else 0)
-    pmod.pmap_enter(m.pmap, flt.va, pg.pa, prot, flags)
+    pmap = m.pmap
+    pmod = pmap.module
+    flags = access & prot
+    if flt.wire_mapping:
+        flags |= PMAP_WIRED
+    pmod.pmap_enter(pmap, flt.va, pg.pa, prot, flags)
     uvm_fault_lower_done(flt, pg)
-    pmod.pmap_update(m.pmap)
+    pmod.pmap_update(pmap)
     return 0
 
 

@@ -17,7 +17,6 @@ body of ``uvm_unloananon``) behaves here as it does there; see
 from __future__ import annotations
 
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from errno import errorcode
 from typing import TYPE_CHECKING, Literal
@@ -26,7 +25,9 @@ import attrs
 
 from .anon import Anon
 from .errors import KernelAssertion, UVMError
-from .object import UVMObject
+from .map import VMMap
+from .object import PGO_FREE, UVMObject
+from .page import Page
 from .param import (
     EBUSY,
     EINVAL,
@@ -39,11 +40,12 @@ from .param import (
     VM_PROT_NONE,
     VM_PROT_READ,
 )
+from .pdaemon import uvm_wait
 from .trace import Adopt, Loan, LoanBreak, LoanFail, Orphan, Unloan
 
 if TYPE_CHECKING:
-    from .map import MapEntry, VMMap
-    from .page import Page, PageAllocator
+    from .map import MapEntry
+    from .page import PageAllocator
 
 UVM_LOAN_GET_CHUNK = 16  # uvm_loan.c: pages per pgo_get in uvm_loanuobjpages
 
@@ -69,8 +71,6 @@ class ZeroLoanObject(UVMObject):
     pgflag: int = PG.NONE
 
     def pgo_put(self, start: int, end: int, flags: int) -> int:
-        from .object import PGO_FREE
-
         if not flags & PGO_FREE:
             return 0  # ulz_put: "Don't need to do any work here if we're not freeing pages."
         uvm = self.uvm
@@ -88,6 +88,8 @@ class ZeroLoanObject(UVMObject):
 
 
 def _check_flags(flags: object, who: str) -> int:
+    if flags == UVM_LOAN_TOPAGE and type(flags) is int:
+        return flags  # the common case, decided by two tests
     if not isinstance(flags, int) or isinstance(flags, bool):
         raise TypeError(f"{who}: flags must be an int, not {type(flags).__name__}")
     if flags & ~(UVM_LOAN_TOANON | UVM_LOAN_TOPAGE):
@@ -103,7 +105,10 @@ def _emit_loan(
     plat = uvm.platform
     tr = plat.tracer
     if tr.on:
-        tr.emit(Loan(plat.now(), plat.cur, space, kind, pg.frame, va, pg.loan_count, protected))
+        if tr.full:
+            tr.emit(Loan(plat.now(), plat.cur, space, kind, pg.frame, va, pg.loan_count, protected))
+        else:
+            tr.count(*Loan.keys(kind))
 
 
 def _ledger_add(uvm: PageAllocator, pg: Page) -> None:
@@ -137,17 +142,16 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
     failure are undone; TOANON ones are not, because ``uvm_unloananon`` is
     empty in 1.104 (the ``an_ref`` increments leak, as they do there).
     """
-    from .map import VMMap
-
     if not isinstance(map, VMMap):
         raise TypeError(f"uvm_loan: map must be a VMMap, not {type(map).__name__}")
     _check_flags(flags, "uvm_loan")
     ps = map.page_size
-    for name, v in (("start", start), ("len", len)):
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise TypeError(f"uvm_loan: {name} must be an int, not {type(v).__name__}")
-        if v % ps:
-            raise ValueError(f"uvm_loan: {name} {v:#x} is not a multiple of the page size {ps}")
+    if type(start) is not int or type(len) is not int or (start | len) & (ps - 1):
+        for name, v in (("start", start), ("len", len)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"uvm_loan: {name} must be an int, not {type(v).__name__}")
+            if v % ps:
+                raise ValueError(f"uvm_loan: {name} {v:#x} is not a multiple of the page size {ps}")
     if len <= 0:
         raise ValueError(f"uvm_loan: len must be positive, got {len}")
     if start < map.minva or start + len > map.maxva:
@@ -185,7 +189,10 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
         plat = map.uvm.platform
         tr = plat.tracer
         if tr.on:
-            tr.emit(LoanFail(plat.now(), plat.cur, map.name, errno, reason, undone))
+            if tr.full:
+                tr.emit(LoanFail(plat.now(), plat.cur, map.name, errno, reason, undone))
+            else:
+                tr.count(LoanFail.KIND)
         raise UVMError(
             errno, f"uvm_loan of [{start:#x}, {end:#x}) failed: {reason}", reason=reason
         ) from None
@@ -205,8 +212,6 @@ def _reserve_loan(map: VMMap, start: int, end: int, flags: int) -> None:
     first hole, and waits for it (``pdaemon.uvm_wait``) or fails with
     nothing changed.
     """
-    from .pdaemon import uvm_wait
-
     uvm = map.uvm
     ps = map.page_size
     fresh = uvm.platform.profile.zero_loan_style == "fresh"
@@ -426,11 +431,9 @@ def uvm_unloan(items: Iterable[Page] | Iterable[Anon], flags: int) -> None:
             if not isinstance(a, Anon):
                 raise TypeError(f"uvm_unloan(TOANON): expected anons, got {type(a).__name__}")
         return
-    from .page import Page
-
     uvm: PageAllocator | None = None
     for pg in seq:
-        if not isinstance(pg, Page):
+        if type(pg) is not Page and not isinstance(pg, Page):
             raise TypeError(f"uvm_unloan(TOPAGE): expected pages, got {type(pg).__name__}")
         if uvm is None:
             uvm = pg.allocator
@@ -443,7 +446,11 @@ def uvm_unloan(items: Iterable[Page] | Iterable[Anon], flags: int) -> None:
 
 def uvm_unloanpage(uvm: PageAllocator, pages: Sequence[Page]) -> None:
     """``uvm_unloanpage``: decrement, adopt an unadopted O->A page, free orphans."""
-    need = Counter(pages)
+    # How often each page is given back; a plain dict, since building a
+    # Counter costs more than the usual one-page unloan.
+    need: dict[Page, int] = {}
+    for pg in pages:
+        need[pg] = need.get(pg, 0) + 1
     for pg, n in need.items():
         if pg.flags & PG.FREE or uvm.pages.get(pg.frame) is not pg:
             raise KernelAssertion(f"uvm_unloanpage: page of frame {pg.frame} is free")
@@ -464,10 +471,16 @@ def uvm_unloanpage(uvm: PageAllocator, pages: Sequence[Page]) -> None:
             pg.loan_count -= 1
             pg.flags |= PG.ANON
             if tr.on:
-                tr.emit(Adopt(plat.now(), plat.cur, "-", pg.frame))
+                if tr.full:
+                    tr.emit(Adopt(plat.now(), plat.cur, "-", pg.frame))
+                else:
+                    tr.count(Adopt.KIND)
         freed = pg.loan_count == 0 and pg.uobject is None and pg.uanon is None
         if tr.on:
-            tr.emit(Unloan(plat.now(), plat.cur, "-", pg.frame, pg.loan_count, freed))
+            if tr.full:
+                tr.emit(Unloan(plat.now(), plat.cur, "-", pg.frame, pg.loan_count, freed))
+            else:
+                tr.count(Unloan.KIND)
         if freed:
             if pg.flags & PG.BUSY:
                 raise KernelAssertion(f"uvm_unloanpage: freeing busy {pg!r}")
@@ -513,8 +526,6 @@ def uvm_loanuobjpages(uobj: UVMObject, pgoff: int, npages: int) -> list[Page]:
 def _reserve_uobjpages(uobj: UVMObject, pgoff: int, npages: int) -> None:
     """Reserve a page for every page of the request not resident (within
     EOF) before lending any (``genfs_getpages`` waits for memory)."""
-    from .pdaemon import uvm_wait
-
     ps = uobj.page_size
     size = getattr(uobj, "size", None)
     limit = size + (-size) % ps if size is not None else None
@@ -541,6 +552,11 @@ def _trace_break(
     an Orphan."""
     plat = old.allocator.platform
     tr = plat.tracer
+    if not tr.full:
+        tr.count(*LoanBreak.keys(kind))
+        if orphan and old.loan_count:
+            tr.count(Orphan.KIND)
+        return
     tr.emit(
         LoanBreak(
             plat.now(), plat.cur, space, kind, old.frame, newpg.frame, old.loan_count, where, va
@@ -628,8 +644,12 @@ def uvm_anon_lockloanpg(anon: Anon) -> Page | None:
         pg.flags |= PG.ANON
         pg.loan_count -= 1
         plat = pg.allocator.platform
-        if plat.tracer.on:
-            plat.tracer.emit(Adopt(plat.now(), plat.cur, "-", pg.frame))
+        tr = plat.tracer
+        if tr.on:
+            if tr.full:
+                tr.emit(Adopt(plat.now(), plat.cur, "-", pg.frame))
+            else:
+                tr.count(Adopt.KIND)
     return pg
 
 

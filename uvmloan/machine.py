@@ -254,6 +254,16 @@ class Machine:
             with self.platform.on_cpu(cpu):
                 self.pmap.pmap_activate(proc.map.pmap, c)
 
+    def _switch_fast(self, proc: Process, cpu: int) -> CPU:
+        """``_switch_to`` for a caller that checked the machine is open and
+        ``cpu`` is a valid index; returns the CPU.  The common case, the
+        process already loaded and VALID there, costs two tests."""
+        c = self.platform.cpus[cpu]
+        if c.curpmap is not proc.map.pmap or c.tlbstate is not TLBState.VALID:
+            with self.platform.on_cpu(cpu):
+                self.pmap.pmap_activate(proc.map.pmap, c)
+        return c
+
     def map_of(self, pmap: Pmap) -> VMMap:
         return self._maps[pmap]
 

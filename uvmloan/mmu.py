@@ -22,8 +22,8 @@ from .errors import KernelAssertion, SegmentationFault
 from .param import VMProt
 from .pmap.cpu import CPU, Platform
 from .pmap.pmap import Pmap, PmapModule
-from .pmap.pte import PTE_A, PTE_D, PTE_P, PTE_U, PTE_W, pte_frame
-from .trace import Fault
+from .pmap.pte import PTE_A, PTE_D, PTE_FRAME_MASK, PTE_FRAME_SHIFT, PTE_P, PTE_U, PTE_W, pte_frame
+from .trace import Fault, Tracer
 
 MAX_FAULT_RETRIES = 16
 
@@ -36,12 +36,31 @@ class MMU:
     # changes, and counting them must cost nothing).
     tlb_hits: int = 0
     page_walks: int = 0
+    # The profile's constants, resolved once: every access reads them, and a
+    # machine's profile never changes (attribute lookups through profile and
+    # costs were a measurable part of a TLB hit).
+    _page_size: int = attrs.field(init=False)
+    _shift: int = attrs.field(init=False)
+    _kernel_min: int = attrs.field(init=False)
+    _user_max: int = attrs.field(init=False)
+    _x86: bool = attrs.field(init=False)
+    _page_walk_ns: int = attrs.field(init=False)
+    _copy_bw: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        prof = self.platform.profile
+        self._page_size = prof.page_size
+        self._shift = prof.page_size.bit_length() - 1
+        self._kernel_min = prof.vm_min_kernel_address
+        self._user_max = prof.vm_maxuser_address
+        self._x86 = prof.tlb_policy == "x86"
+        self._page_walk_ns = self.platform.costs.page_walk_ns
+        self._copy_bw = self.platform.costs.copy_bw
 
     def _pmap_for(self, cpu: CPU, va: int, user: bool) -> Pmap:
-        prof = self.platform.profile
-        if va >= prof.vm_min_kernel_address:
+        if va >= self._kernel_min:
             return self.pmap_module.kernel
-        if va >= prof.vm_maxuser_address or va < 0:
+        if va >= self._user_max or va < 0:
             raise SegmentationFault(va, "access", "address outside user and kernel space")
         pm = cpu.curpmap
         if pm is None:
@@ -50,59 +69,68 @@ class MMU:
 
     def translate(self, cpu: CPU, va: int, write: bool, user: bool) -> int:
         """The frame backing ``va`` for this access, faulting as needed."""
-        plat = self.platform
+        # Every user load and store runs this: the TLB hit is kept free of
+        # calls but the TLB's own lookup (the pmap choice of _pmap_for, the
+        # ASID of PmapModule.asid_of and pte_frame are inlined).
         pmm = self.pmap_module
-        shift = pmm.page_shift
-        page_va = va & ~(plat.profile.page_size - 1)
-        vpn = page_va >> shift
-        costs = plat.costs
+        page_va = va & -self._page_size
+        vpn = page_va >> self._shift
+        tlb = cpu.tlb
         for _ in range(MAX_FAULT_RETRIES):
             if cpu.pending_ipis:
                 pmm.take_interrupts(cpu)
-            pmap = self._pmap_for(cpu, va, user)
-            key = (pmm.asid_of(cpu, pmap), vpn)
-            ent = cpu.tlb.lookup(key)
+            if va >= self._kernel_min or va >= self._user_max or va < 0 or cpu.curpmap is None:
+                pmap = self._pmap_for(cpu, va, user)  # the kernel pmap, or the error
+            else:
+                pmap = cpu.curpmap
+            # x86 tags every entry 0; the MI policy tags user pmaps by ASID.
+            asid = 0 if self._x86 or pmap.is_kernel else pmm.asid_of(cpu, pmap)
+            key = (asid, vpn)
+            ent = tlb.lookup(key)
             if ent is not None:
                 pte = ent[1]
-                ok = not (user and not pte & PTE_U)
-                if ok and write:
-                    if not pte & PTE_W:
-                        ok = False
-                    elif not pte & PTE_D:
-                        # Setting D needs a locked page walk: the PTE as it is
-                        # now decides, not the snapshot.
-                        ent = None
-                if ok and ent is not None:
+                if user and not pte & PTE_U:
+                    ok = False
+                elif not write:
                     self.tlb_hits += 1
-                    return pte_frame(pte)
+                    return (pte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT
+                elif not pte & PTE_W:
+                    ok = False
+                elif pte & PTE_D:
+                    self.tlb_hits += 1
+                    return (pte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT
+                else:
+                    # Setting D needs a locked page walk: the PTE as it is
+                    # now decides, not the snapshot.
+                    ok = True
                 if not ok:
                     # A faulting access drops the entry (SDM 4.10.4.1).
-                    cpu.tlb.invalidate_key(key)
+                    tlb.invalidate_key(key)
                     self._fault(cpu, pmap, page_va, write, user, "protection")
                     continue
             # Page walk.
             self.page_walks += 1
-            cpu.charge(costs.page_walk_ns)
+            cpu.clock += self._page_walk_ns
             pte = pmap.ptes.get(page_va, 0)
             if not pte & PTE_P:
-                cpu.tlb.invalidate_key(key)
+                tlb.invalidate_key(key)
                 self._fault(cpu, pmap, page_va, write, user, "miss")
                 continue
             if (user and not pte & PTE_U) or (write and not pte & PTE_W):
-                cpu.tlb.invalidate_key(key)
+                tlb.invalidate_key(key)
                 self._fault(cpu, pmap, page_va, write, user, "protection")
                 continue
             npte = pte | PTE_A | (PTE_D if write else 0)
             if npte != pte:
                 pmap.ptes[page_va] = npte
-            cpu.tlb.insert(key, pmap, npte)
+            tlb.insert(key, pmap, npte)
             return pte_frame(npte)
         raise KernelAssertion(f"fault loop at {va:#x} on CPU {cpu.index}: no progress")
 
     def _fault(self, cpu: CPU, pmap: Pmap, va: int, write: bool, user: bool, why: str) -> None:
         plat = self.platform
         access = "write" if write else "read"
-        cpu.charge(plat.costs.fault_entry_ns)
+        cpu.clock += plat.costs.fault_entry_ns
         handler = plat.fault_handler
         tr = plat.tracer
         if pmap.is_kernel and not user:
@@ -114,27 +142,27 @@ class MMU:
                 )
         if handler is None:
             if tr.on:
-                tr.emit(Fault(cpu.clock, cpu.index, pmap.name, va, access, why, "EFAULT"))
+                _trace_fault(tr, cpu, pmap, va, access, why, "EFAULT")
             if pmap.is_kernel and not user:
                 raise KernelAssertion(f"kernel {access} fault at {va:#x} with no fault handler")
             raise SegmentationFault(va, access, f"{why} fault and no fault handler")
         saved = plat.cur
         plat.cur = cpu.index
         try:
-            handler(cpu, pmap, va, int(VMProt.WRITE if write else VMProt.READ), user)
+            handler(cpu, pmap, va, VMProt.WRITE if write else VMProt.READ, user)
         except SegmentationFault:
             if tr.on:
-                tr.emit(Fault(cpu.clock, cpu.index, pmap.name, va, access, why, "EFAULT"))
+                _trace_fault(tr, cpu, pmap, va, access, why, "EFAULT")
             raise
         finally:
             plat.cur = saved
         if tr.on:
-            tr.emit(Fault(cpu.clock, cpu.index, pmap.name, va, access, why, "resolved"))
+            _trace_fault(tr, cpu, pmap, va, access, why, "resolved")
 
     def _frames(self, cpu: CPU, va: int, n: int, write: bool, user: bool) -> list[int]:
-        ps = self.platform.profile.page_size
-        first = va & ~(ps - 1)
-        last = (va + n - 1) & ~(ps - 1)
+        ps = self._page_size
+        first = va & -ps
+        last = (va + n - 1) & -ps
         return [self.translate(cpu, p, write, user) for p in range(first, last + 1, ps)]
 
     def _check_args(self, cpu: CPU, va: int) -> None:
@@ -151,12 +179,21 @@ class MMU:
             raise TypeError(f"length must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"length must be >= 0, got {n}")
+        return self.load_checked(cpu, va, n, user)
+
+    def load_checked(self, cpu: CPU, va: int, n: int, user: bool) -> bytes:
+        """``load`` for a caller that has validated its arguments (the
+        Process facade): ``cpu`` is this machine's, ``va`` an int, ``n >= 0``."""
         if n == 0:
             return b""
         plat = self.platform
-        frames = self._frames(cpu, va, n, False, user)
-        cpu.charge(plat.costs.copy_ns(n))
-        return plat.physmem.copyout(frames, va & (plat.profile.page_size - 1), n)
+        off = va & (self._page_size - 1)
+        if off + n <= self._page_size:
+            frames = [self.translate(cpu, va, False, user)]  # one page: the common case
+        else:
+            frames = self._frames(cpu, va, n, False, user)
+        cpu.clock += n * 1000 // self._copy_bw if self._copy_bw else 0  # CostModel.copy_ns
+        return plat.physmem.copyout(frames, off, n)
 
     def store(
         self, cpu: CPU, va: int, data: bytes | bytearray | memoryview, user: bool = True
@@ -165,10 +202,32 @@ class MMU:
         self._check_args(cpu, va)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        self.store_checked(cpu, va, data, user)
+
+    def store_checked(
+        self, cpu: CPU, va: int, data: bytes | bytearray | memoryview, user: bool
+    ) -> None:
+        """``store`` for a caller that has validated its arguments (the
+        Process facade): ``cpu`` is this machine's, ``va`` an int, ``data``
+        bytes-like."""
         n = len(data)
         if n == 0:
             return
         plat = self.platform
-        frames = self._frames(cpu, va, n, True, user)
-        cpu.charge(plat.costs.copy_ns(n))
-        plat.physmem.copyin(frames, va & (plat.profile.page_size - 1), data)
+        off = va & (self._page_size - 1)
+        if off + n <= self._page_size:
+            frames = [self.translate(cpu, va, True, user)]  # one page: the common case
+        else:
+            frames = self._frames(cpu, va, n, True, user)
+        cpu.clock += n * 1000 // self._copy_bw if self._copy_bw else 0  # CostModel.copy_ns
+        plat.physmem.copyin(frames, off, data)
+
+
+def _trace_fault(
+    tr: Tracer, cpu: CPU, pmap: Pmap, va: int, access: str, why: str, result: str
+) -> None:
+    """The Fault event, or only its counters when nobody wants the event."""
+    if tr.full:
+        tr.emit(Fault(cpu.clock, cpu.index, pmap.name, va, access, why, result))
+    else:
+        tr.count(*Fault.keys(result))

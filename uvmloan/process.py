@@ -29,6 +29,7 @@ from .param import (
     VM_PROT_WRITE,
     VMProt,
 )
+from .pmap.cpu import TLBState
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -187,31 +188,53 @@ class Process:
         self.cpu = c.index
         self.machine._switch_to(self, c.index)
 
+    # read and write are the model's hottest entry points (every user load
+    # and store): they validate here once, with ``type(x) is`` tests for the
+    # common exact types before the general ones, then call the MMU's
+    # unchecked variants and set curcpu inline instead of through the
+    # on_cpu context manager.
+
     def read(self, va: int, n: int, cpu: int | None = None) -> bytes:
         """A user load of ``n`` bytes at ``va`` on ``cpu`` (default: its CPU)."""
-        self._alive("read")
-        if not isinstance(va, int) or isinstance(va, bool):
-            raise TypeError(f"read: address must be an int, not {type(va).__name__}")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"read: length must be a non-negative int, got {n!r}")
-        c = self._cpu_arg(cpu)
-        self.machine._switch_to(self, c)
         m = self.machine
-        with m.platform.on_cpu(c) as cpuinfo:
-            return m.mmu.load(cpuinfo, va, n, user=True)
+        if m._closed or not self.alive:
+            self._alive("read")
+        if type(va) is not int and (not isinstance(va, int) or isinstance(va, bool)):
+            raise TypeError(f"read: address must be an int, not {type(va).__name__}")
+        if (type(n) is not int and (not isinstance(n, int) or isinstance(n, bool))) or n < 0:
+            raise ValueError(f"read: length must be a non-negative int, got {n!r}")
+        c = self.cpu if cpu is None else self._cpu_arg(cpu)
+        plat = m.platform
+        cpuinfo = plat.cpus[c]
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+            m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
+        saved = plat.cur
+        plat.cur = c
+        try:
+            return m.mmu.load_checked(cpuinfo, va, n, True)
+        finally:
+            plat.cur = saved
 
     def write(self, va: int, data: bytes | bytearray | memoryview, cpu: int | None = None) -> None:
         """A user store of ``data`` at ``va`` on ``cpu`` (default: its CPU)."""
-        self._alive("write")
-        if not isinstance(va, int) or isinstance(va, bool):
-            raise TypeError(f"write: address must be an int, not {type(va).__name__}")
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"write: data must be bytes-like, not {type(data).__name__}")
-        c = self._cpu_arg(cpu)
-        self.machine._switch_to(self, c)
         m = self.machine
-        with m.platform.on_cpu(c) as cpuinfo:
-            m.mmu.store(cpuinfo, va, data, user=True)
+        if m._closed or not self.alive:
+            self._alive("write")
+        if type(va) is not int and (not isinstance(va, int) or isinstance(va, bool)):
+            raise TypeError(f"write: address must be an int, not {type(va).__name__}")
+        if type(data) is not bytes and not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"write: data must be bytes-like, not {type(data).__name__}")
+        c = self.cpu if cpu is None else self._cpu_arg(cpu)
+        plat = m.platform
+        cpuinfo = plat.cpus[c]
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+            m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
+        saved = plat.cur
+        plat.cur = c
+        try:
+            m.mmu.store_checked(cpuinfo, va, data, True)
+        finally:
+            plat.cur = saved
 
     # ------------------------------------------------------------ lifecycle
 

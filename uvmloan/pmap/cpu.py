@@ -9,8 +9,7 @@ profile and cost model, the tracer, the scheduler and physical memory.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -88,6 +87,27 @@ class CPU:
         return f"<CPU {self.index} t={self.clock}ns pmap={cur} tlb={len(self.tlb)}>"
 
 
+class _OnCPU:
+    """``Platform.on_cpu``'s context manager: a plain class, because a
+    generator-based ``contextmanager`` costs a microsecond per user access
+    and every load and store goes through one."""
+
+    __slots__ = ("_cpu", "_plat", "_saved")
+
+    def __init__(self, plat: Platform, cpu: CPU) -> None:
+        self._plat = plat
+        self._cpu = cpu
+        self._saved = plat.cur
+
+    def __enter__(self) -> CPU:
+        self._saved = self._plat.cur
+        self._plat.cur = self._cpu.index
+        return self._cpu
+
+    def __exit__(self, *exc: object) -> None:
+        self._plat.cur = self._saved
+
+
 @attrs.define(slots=True, eq=False)
 class Platform:
     profile: Profile
@@ -97,6 +117,14 @@ class Platform:
     sched: Scheduler = attrs.field(factory=Scheduler)
     cur: int = 0
     fault_handler: FaultHandler | None = None
+    #: ``profile.costs``, resolved once (a plain attribute, not a property:
+    #: every charge in the model reads it).  A machine's profile is fixed
+    #: for its life.  (No on_setattr hook keeps the two in step: attrs would
+    #: then route every attribute store, ``cur`` included, through Python.)
+    costs: CostModel = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.costs = self.profile.costs
 
     @classmethod
     def build(cls, profile: Profile, physmem: PhysMem, tracer: Tracer, ncpus: int) -> Platform:
@@ -105,10 +133,6 @@ class Platform:
             for i in range(ncpus)
         ]
         return cls(profile, physmem, tracer, cpus)
-
-    @property
-    def costs(self) -> CostModel:
-        return self.profile.costs
 
     @property
     def ncpus(self) -> int:
@@ -130,13 +154,6 @@ class Platform:
             raise ValueError(f"unknown CPU {index}: this machine has CPUs 0..{len(self.cpus) - 1}")
         return self.cpus[index]
 
-    @contextmanager
-    def on_cpu(self, index: int) -> Iterator[CPU]:
+    def on_cpu(self, index: int) -> _OnCPU:
         """Run the enclosed kernel work on CPU ``index`` (it becomes curcpu)."""
-        cpu = self.cpu(index)
-        saved = self.cur
-        self.cur = index
-        try:
-            yield cpu
-        finally:
-            self.cur = saved
+        return _OnCPU(self, self.cpu(index))
