@@ -43,10 +43,12 @@ def test_amap_add_refuses_a_held_slot_unless_replacing(m: Machine) -> None:
 def test_anfree_and_unref_assertions_name_the_anon(m: Machine) -> None:
     a = Anon()
     n = a.name
-    with pytest.raises(KernelAssertion, match=rf"^uvm_anfree: <Anon {n} ref=1 .* still referenced$"):
+    still = rf"^uvm_anfree: <Anon {n} ref=1 .* still referenced$"
+    with pytest.raises(KernelAssertion, match=still):
         uvm_anfree(m.uvm, a)
     anon_unref(m.uvm, a)
-    with pytest.raises(KernelAssertion, match=rf"^anon_unref: <Anon {n} ref=0 .* has no references$"):
+    none = rf"^anon_unref: <Anon {n} ref=0 .* has no references$"
+    with pytest.raises(KernelAssertion, match=none):
         anon_unref(m.uvm, a)
 
 
