@@ -35,6 +35,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,12 +190,19 @@ class KernelCapture:
             if not line:
                 raise RuntimeError(f"dumpcap did not start: {seen.decode(errors='replace')}")
             seen += line
+        # it says so just before its socket is bound to the device: a
+        # packet in that moment would be missed
+        time.sleep(0.5)
         self.stderr = seen
 
-    def stop(self) -> str:
+    def stop(self, settle_s: float = 1.0) -> str:
         """Stop the capture; returns what dumpcap said (packets dropped ...)."""
         p = self.proc
         if p.poll() is None:
+            # libpcap hands dumpcap a ring block only when it is full or its
+            # timeout (dumpcap's 250 ms read timeout) retires it; a SIGTERM
+            # before that loses the last block's packets
+            time.sleep(settle_s)
             p.send_signal(signal.SIGTERM)
         assert p.stderr is not None
         rest = p.stderr.read()
