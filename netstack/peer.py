@@ -118,6 +118,9 @@ class PeerSession:
         self.tun: TunBackend | None = None
         self.kcap: KernelCapture | None = None
         self.kcap_report = ""
+        # the model's TCP connections, in the order the exchanges made them
+        # (their TCPConnection: sequence state and per-connection stats)
+        self.conns: list[Any] = []
         try:
             self.net = realtime_network(seed)
             self.host: Host = self.net.host(
@@ -189,6 +192,7 @@ class PeerSession:
         s = host.socket("tcp")
         s.setsockopt(SOL_SOCKET, SO_SNDBUF, sndbuf)
         s.connect((KERNEL_ADDR, port))
+        self.conns.append(s.so.so_pcb.conn)
         proc = host.machine.spawn("sender")
         va = proc.mmap(len(data) + PS)
         proc.write(va, data)
@@ -232,6 +236,7 @@ class PeerSession:
         t.start()
         conn, _peer = ls.accept()
         ls.close()
+        self.conns.append(conn.so.so_pcb.conn)
         h = hashlib.sha256()
         n = 0
         while True:

@@ -227,6 +227,12 @@ class TunBackend:
             sched.call_at(sched.arrival_time(), _arrive(ifp, frame))
         return got
 
+    def flush(self) -> None:
+        """Write the capture's buffered records out (to read it while running)."""
+        cap = self.capture
+        if cap is not None and cap._f is not None:
+            cap._f.flush()
+
     def close(self) -> None:
         """Detach from the scheduler (back to simulated time), close the device."""
         if self.closed:
