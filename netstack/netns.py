@@ -25,6 +25,7 @@ child, under ``ip netns exec``; :class:`KernelCapture` stops it by its pid.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -162,10 +163,9 @@ class NetNS:
 @atexit.register
 def _cleanup() -> None:
     for ns in list(_live.values()):
-        try:
+        # best effort at exit: one namespace failing must not keep the others
+        with contextlib.suppress(Exception):
             ns.close()
-        except Exception:  # noqa: BLE001 (best effort at exit: never mask the real error)
-            pass
 
 
 class KernelCapture:

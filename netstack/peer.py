@@ -65,7 +65,7 @@ class KThread(threading.Thread):
     def run(self) -> None:
         try:
             self.result = self.fn()
-        except BaseException as e:  # noqa: BLE001 (re-raised in the main thread)
+        except BaseException as e:  # re-raised in the main thread by outcome()
             self.error = e
 
     def outcome(self) -> Any:
@@ -355,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
         data = Path(args.file).read_bytes()
     else:
         data = pattern(args.size, args.seed)
-    with PeerSession(args.out, kernel_capture=False, seed=args.seed) as ps:
+    memory = f"{max(64, 3 * len(data) // (1 << 20) + 40)}M"
+    with PeerSession(args.out, memory=memory, seed=args.seed) as ps:
         print(f"namespace {ps.ns.name}: kernel {KERNEL_ADDR} on {ps.backend.dev}, "
               f"model {MODEL_ADDR}")
         c0 = dict(ps.host.machine.counters)

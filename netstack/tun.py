@@ -171,16 +171,16 @@ class TunBackend:
         """The model's frame left its wire: into the device (unless hooked away)."""
         st = self.stats
         fd = self.fd
-        data: bytes | None = bytes(frame)
+        data = bytes(frame)
         hook = self.tx_hook
         if hook is not None:
-            orig = data
-            data = hook(orig)
-            if data is None:
+            new = hook(data)
+            if new is None:
                 st.tx_dropped += 1
                 return
-            if data != orig:
+            if new != data:
                 st.tx_rewritten += 1
+            data = new
         if fd is None:
             st.tx_dropped += 1  # detached: the wire ends nowhere
             return
@@ -282,7 +282,7 @@ def tcp_payload_len(frame: bytes) -> int:
     if len(frame) < 40 or frame[9] != 6:
         return 0
     hl = (frame[0] & 15) << 2
-    tot, = struct.unpack_from("!H", frame, 2)
+    tot: int = struct.unpack_from("!H", frame, 2)[0]
     return tot - hl - ((frame[hl + 12] >> 4) << 2)
 
 

@@ -9,26 +9,29 @@ Skipped, with what is missing named, without root or /dev/net/tun.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from netstack.netns import missing_requirements, read_pcap
-from netstack.sockapi import get_layer
+from netstack.peer import KThread, PeerSession, pattern
+from netstack.sockapi import UserSocket, get_layer
+from netstack.sockerr import ECONNREFUSED, SocketError
+from netstack.tcp import TCPConnection
+from netstack.tcp_usrreq import TCPTable
+from netstack.tun import KERNEL_ADDR, MODEL_ADDR, Hook, drop_matching, tcp_payload_len
+from netstack.wire import TH_ACK, TH_FIN, TH_RST, TH_SYN
 
 _missing = missing_requirements()
 if _missing:
     pytest.skip("interop with the kernel needs " + ", ".join(_missing), allow_module_level=True)
-
-from netstack.peer import KThread, PeerSession, pattern  # noqa: E402
-from netstack.sockerr import ECONNREFUSED, SocketError  # noqa: E402
-from netstack.tun import KERNEL_ADDR, MODEL_ADDR, drop_matching, tcp_payload_len  # noqa: E402
-from netstack.wire import TH_ACK, TH_FIN, TH_RST, TH_SYN  # noqa: E402
 
 MiB = 1 << 20
 KADDR = socket.inet_aton(KERNEL_ADDR)
@@ -86,6 +89,10 @@ def _frames(ps: PeerSession, src: bytes) -> list[bytes]:
     return [p for _, p in read_pcap(ps.pcap) if p[12:16] == src]
 
 
+def _segments(ps: PeerSession, src: bytes) -> list[tuple[int, int, int, int, int, bytes, int]]:
+    return [t for f in _frames(ps, src) if (t := _tcp(f)) is not None]
+
+
 def _options(opts: bytes) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     i = 0
@@ -105,7 +112,7 @@ def _options(opts: bytes) -> dict[int, bytes]:
 def _cksum(data: bytes) -> int:
     if len(data) & 1:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -136,7 +143,9 @@ def _raw_send(ps: PeerSession, pkt: bytes) -> None:
         r.sendto(pkt, (MODEL_ADDR, 0))
 
 
-def _open_kernel_to_model(ps: PeerSession, port: int) -> tuple[socket.socket, object, object]:
+def _open_kernel_to_model(
+    ps: PeerSession, port: int
+) -> tuple[socket.socket, UserSocket, TCPConnection]:
     """A connection the kernel opened to a model listener: (kernel socket,
     model socket, the model's TCPConnection)."""
     ls = ps.host.socket("tcp")
@@ -152,35 +161,39 @@ def _open_kernel_to_model(ps: PeerSession, port: int) -> tuple[socket.socket, ob
     return k, conn, conn.so.so_pcb.conn
 
 
-def _drain(ps: PeerSession, conn: object, want: int) -> bytes:
+def _drain(ps: PeerSession, conn: UserSocket, want: int) -> bytes:
     got = bytearray()
 
     def more() -> bool:
-        try:
-            got.extend(conn.recv_bytes(65536))  # type: ignore[attr-defined]
-        except SocketError:
-            pass
+        with contextlib.suppress(SocketError):  # EWOULDBLOCK: nothing yet
+            got.extend(conn.recv_bytes(65536))
         return len(got) >= want
 
     ps.run_until(more, 30)
     return bytes(got)
 
 
-def _close_kernel_to_model(ps: PeerSession, k: socket.socket, conn: object) -> None:
+def _close_kernel_to_model(ps: PeerSession, k: socket.socket, conn: UserSocket) -> None:
     k.shutdown(socket.SHUT_WR)
     assert ps.run_until(lambda: _eof(conn), 10)
-    assert conn.recv_bytes(1) == b""  # type: ignore[attr-defined]
-    conn.close()  # type: ignore[attr-defined]
+    assert conn.recv_bytes(1) == b""
+    conn.close()
     t = KThread(lambda: k.recv(10), "kernel-eof")
     t.start()
     assert ps.wait(t) == b""
     k.close()
 
 
-def _eof(conn: object) -> bool:
+def _tcpstat(ps: PeerSession) -> Counter[str]:
+    t = ps.host.stack.pcbs["tcp"]
+    assert isinstance(t, TCPTable)
+    return t.tcpstat
+
+
+def _eof(conn: UserSocket) -> bool:
     from netstack.socket import SS_CANTRCVMORE
 
-    return bool(conn.so.so_state & SS_CANTRCVMORE)  # type: ignore[attr-defined]
+    return bool(conn.so.so_state & SS_CANTRCVMORE)
 
 
 # ----------------------------------------------------------- TCP transfers
@@ -213,10 +226,10 @@ def test_tcp_handshake_options_both_ways(session: PeerSession) -> None:
     up = session.model_to_kernel(pattern(200_000, 1), port=5101)
     down = session.kernel_to_model(pattern(200_000, 2), port=5102)
     assert up.exact and down.exact
-    kf = _frames(session, KADDR)
-    mf = _frames(session, MADDR)
-    ksyn = [t for f in kf if (t := _tcp(f)) and t[4] & TH_SYN]
-    msyn = [t for f in mf if (t := _tcp(f)) and t[4] & TH_SYN]
+    kt = _segments(session, KADDR)
+    mt = _segments(session, MADDR)
+    ksyn = [t for t in kt if t[4] & TH_SYN]
+    msyn = [t for t in mt if t[4] & TH_SYN]
     assert [t[4] & (TH_SYN | TH_ACK) for t in ksyn] == [TH_SYN | TH_ACK, TH_SYN]
     assert [t[4] & (TH_SYN | TH_ACK) for t in msyn] == [TH_SYN, TH_SYN | TH_ACK]
     synack, syn = (_options(t[5]) for t in ksyn)
@@ -226,15 +239,15 @@ def test_tcp_handshake_options_both_ways(session: PeerSession) -> None:
     for t in msyn:
         assert set(_options(t[5])) == {2, 3}
     # no timestamps after the handshake: the kernel's data segments carry no options
-    assert all(not t[5] for f in kf if (t := _tcp(f)) and t[6] > 0)
+    assert all(not t[5] for t in kt if t[6] > 0)
     c_up, c_down = session.conns
     for conn, kopts in ((c_up, synack), (c_down, syn)):
         assert conn.t_peermss == 1460 and conn.t_segsz == 1460
         assert conn.rcvd_scale and conn.snd_scale == kopts[3][0]
     # orderly close from either side: FIN each way, no RST anywhere
-    assert not any((t := _tcp(f)) and t[4] & TH_RST for f in kf + mf)
-    assert sum(1 for f in kf if (t := _tcp(f)) and t[4] & TH_FIN) == 2
-    assert sum(1 for f in mf if (t := _tcp(f)) and t[4] & TH_FIN) == 2
+    assert not any(t[4] & TH_RST for t in kt + mt)
+    assert sum(1 for t in kt if t[4] & TH_FIN) == 2
+    assert sum(1 for t in mt if t[4] & TH_FIN) == 2
 
 
 def test_kernel_options_seen_by_the_kernel(session: PeerSession) -> None:
@@ -266,7 +279,7 @@ def test_rst_on_closed_ports_both_ways(session: PeerSession) -> None:
     with pytest.raises(ConnectionRefusedError):
         session.wait(t)
     mf = _frames(session, MADDR)
-    rst = [t for f in mf if (t := _tcp(f)) and t[4] & TH_RST]
+    rst = [seg for f in mf if (seg := _tcp(f)) and seg[4] & TH_RST]
     assert len(rst) == 1 and rst[0][0] == 5998 and rst[0][4] & TH_ACK
 
 
@@ -277,7 +290,7 @@ def _is_data(frame: bytes) -> bool:
     return tcp_payload_len(frame) > 0
 
 
-def _skip_then_drop(skip: int, count: int) -> object:
+def _skip_then_drop(skip: int, count: int) -> Hook:
     seen = [0]
 
     def pred(frame: bytes) -> bool:
@@ -290,7 +303,7 @@ def _skip_then_drop(skip: int, count: int) -> object:
 
 
 def test_kernel_retransmits_what_the_model_dropped(session: PeerSession) -> None:
-    session.backend.rx_hook = _skip_then_drop(20, 3)  # type: ignore[assignment]
+    session.backend.rx_hook = _skip_then_drop(20, 3)
     r = session.kernel_to_model(pattern(1 * MiB, 3))
     assert r.exact
     assert session.backend.stats.rx_dropped == 3
@@ -299,7 +312,7 @@ def test_kernel_retransmits_what_the_model_dropped(session: PeerSession) -> None
 
 
 def test_model_retransmissions_accepted_by_the_kernel(session: PeerSession) -> None:
-    session.backend.tx_hook = _skip_then_drop(20, 3)  # type: ignore[assignment]
+    session.backend.tx_hook = _skip_then_drop(20, 3)
     r = session.model_to_kernel(pattern(1 * MiB, 4))
     assert r.exact
     assert session.backend.stats.tx_dropped == 3
@@ -324,7 +337,7 @@ def test_corruption_on_the_path_is_caught_and_repaired(session: PeerSession) -> 
     r = session.kernel_to_model(pattern(1 * MiB, 5))
     assert r.exact
     assert session.backend.stats.rx_rewritten == 2
-    assert session.host.stack.pcbs["tcp"].tcpstat["tcps_rcvbadsum"] == 2  # type: ignore[attr-defined]
+    assert _tcpstat(session)["tcps_rcvbadsum"] == 2
 
 
 # ------------------------------------------------ bad input from the kernel
@@ -340,7 +353,7 @@ def test_crafted_segments_get_rfc_behaviour(session: PeerSession) -> None:
     k.sendall(first)
     assert _drain(session, conn, len(first)) == first
     kport = k.getsockname()[1]
-    st = session.host.stack.pcbs["tcp"].tcpstat  # type: ignore[attr-defined]
+    st = _tcpstat(session)
 
     def settle() -> None:
         session.sched.run_until(session.sched.wall() + 100_000_000)
@@ -377,7 +390,7 @@ def test_crafted_segments_get_rfc_behaviour(session: PeerSession) -> None:
     # the kernel now refuses the model's acknowledgment of bytes it never
     # sent (RFC 5961 5.2), so nothing closes in order: the model's FIN is
     # retransmitted until it gives up, in simulated time after the teardown
-    conn.close()  # type: ignore[attr-defined]
+    conn.close()
     k.close()
 
 
@@ -424,8 +437,8 @@ def test_udp_both_ways_loans_released_on_transmit(session: PeerSession) -> None:
 
 def test_kernel_capture_agrees_frame_for_frame(captured_session: PeerSession) -> None:
     session = captured_session
-    session.backend.tx_hook = _skip_then_drop(10, 1)  # type: ignore[assignment]
-    session.backend.rx_hook = _skip_then_drop(10, 1)  # type: ignore[assignment]
+    session.backend.tx_hook = _skip_then_drop(10, 1)
+    session.backend.rx_hook = _skip_then_drop(10, 1)
     assert session.model_to_kernel(pattern(300_000, 12), port=5401).exact
     assert session.kernel_to_model(pattern(300_000, 13), port=5402).exact
     sent, got = session.udp_model_to_kernel([1, 3000, 20000])
