@@ -56,9 +56,11 @@ PS = 4096
 class KThread(threading.Thread):
     """The kernel side's user program: a thread whose result or error is kept."""
 
-    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+    def __init__(self, fn: Callable[[], Any], name: str,
+                 wake: Callable[[], None] | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.fn = fn
+        self.wake = wake
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -67,6 +69,9 @@ class KThread(threading.Thread):
             self.result = self.fn()
         except BaseException as e:  # re-raised in the main thread by outcome()
             self.error = e
+        finally:
+            if self.wake is not None:
+                self.wake()  # the model's runner may be waiting for this
 
     def outcome(self) -> Any:
         if self.is_alive():
@@ -154,6 +159,10 @@ class PeerSession:
     def run_until(self, cond: Callable[[], bool], timeout_s: float = 60.0) -> bool:
         return run_until(self.network, cond, timeout_s)
 
+    def kthread(self, fn: Callable[[], Any], name: str) -> KThread:
+        """A kernel-side thread (not started) that wakes the runner when done."""
+        return KThread(fn, name, wake=self.sched.wakeup)
+
     def wait(self, t: KThread, timeout_s: float = 120.0) -> Any:
         """Run the model until the kernel-side thread ``t`` is done."""
         self.run_until(lambda: not t.is_alive(), timeout_s)
@@ -185,7 +194,7 @@ class PeerSession:
                     n += len(d)
             return n, h.hexdigest()
 
-        t = KThread(serve, "kernel-receiver")
+        t = self.kthread(serve, "kernel-receiver")
         t.start()
         host = self.host
         w0, s0 = time.perf_counter(), self.network.now
@@ -231,7 +240,7 @@ class PeerSession:
                 while ksock.recv(4096):
                     pass  # to the model's FIN
 
-        t = KThread(send, "kernel-sender")
+        t = self.kthread(send, "kernel-sender")
         w0, s0 = time.perf_counter(), self.network.now
         t.start()
         conn, _peer = ls.accept()
@@ -265,7 +274,7 @@ class PeerSession:
             with k:
                 return [k.recv(65536) for _ in sizes]
 
-        t = KThread(recv, "kernel-udp-receiver")
+        t = self.kthread(recv, "kernel-udp-receiver")
         t.start()
         host = self.host
         s = host.socket("udp")
@@ -300,7 +309,7 @@ class PeerSession:
                 for d in sent:
                     k.sendto(d, (MODEL_ADDR, port))
 
-        t = KThread(send, "kernel-udp-sender")
+        t = self.kthread(send, "kernel-udp-sender")
         t.start()
         got = [s.recvfrom_bytes(65536)[0] for _ in sizes]
         self.wait(t)

@@ -21,7 +21,13 @@ looks at the wall clock:
   frame arrives, whichever is first: it sleeps only when the model has
   nothing due and the device has nothing to read;
 * a frame read from a source is scheduled at ``max(now, wall clock)``: it
-  arrives when it really arrived, after everything already due.
+  arrives when it really arrived, after everything already due;
+* a wait ends early, and ``step()`` returns without running anything, when
+  another thread calls :meth:`RealtimeScheduler.wakeup` (the kernel side's
+  user threads do when they finish: the caller's condition may hold now),
+  and in any case after ``max_wait_ns``, so a caller waiting for a condition
+  another thread sets re-checks it at least that often, however far away
+  the next event (TIME_WAIT's 60 s) is.
 
 The cost model still accounts CPU time inside the model: an activity's
 effects are stamped at its CPU's clock as always; the wall clock only
@@ -47,6 +53,8 @@ the model has nothing pending, which with a real peer is not idle).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import time
 from collections.abc import Callable
@@ -73,10 +81,12 @@ class Source(Protocol):
 class RealtimeScheduler(Scheduler):
     idle_poll_ns: int = 20_000_000
     pump_interval_ns: int = 200_000
+    max_wait_ns: int = 50_000_000
     _sources: dict[int, Source] = attrs.field(factory=dict)
     _wall0: int = 0
     _sim0: int = 0
     _last_pump: int = 0
+    _wake: tuple[int, int] | None = None  # self-pipe: (read end, write end)
     # what the pacing did: waits, wall ns spent waiting, polls
     waits: int = 0
     waited_ns: int = 0
@@ -92,12 +102,29 @@ class RealtimeScheduler(Scheduler):
         if not self._sources:
             self._wall0 = time.monotonic_ns()
             self._sim0 = self.now
+        if self._wake is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._wake = (r, w)
         self._sources[src.fileno()] = src
 
     def detach(self, src: Source) -> None:
         for fd, s in list(self._sources.items()):
             if s is src:
                 del self._sources[fd]
+        if not self._sources and self._wake is not None:
+            r, w = self._wake
+            self._wake = None
+            os.close(r)
+            os.close(w)
+
+    def wakeup(self) -> None:
+        """End the current wait (thread-safe: for the kernel side's threads)."""
+        wk = self._wake
+        if wk is not None:
+            with contextlib.suppress(OSError):  # full (a wake is pending) or closed
+                os.write(wk[1], b"w")
 
     def wall(self) -> int:
         """The wall clock in simulated ns (meaningful while realtime)."""
@@ -108,9 +135,13 @@ class RealtimeScheduler(Scheduler):
         w = self.wall()
         return w if w > self.now else self.now
 
-    def _poll(self, timeout_ns: int) -> int:
+    def _poll(self, timeout_ns: int) -> tuple[int, bool]:
+        """Frames read, and whether a wakeup came."""
         self.polls += 1
         fds = list(self._sources)
+        wk = self._wake
+        if wk is not None:
+            fds.append(wk[0])
         if timeout_ns > 0:
             t0 = time.monotonic_ns()
             ready, _, _ = select.select(fds, [], [], timeout_ns / 1e9)
@@ -119,11 +150,17 @@ class RealtimeScheduler(Scheduler):
         else:
             ready, _, _ = select.select(fds, [], [], 0)
         got = 0
+        woken = False
         for fd in ready:
+            if wk is not None and fd == wk[0]:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 4096)
+                woken = True
+                continue
             src = self._sources.get(fd)
             if src is not None:
                 got += src.pump()
-        return got
+        return got, woken
 
     # ------------------------------------------------------------ stepping
 
@@ -147,15 +184,20 @@ class RealtimeScheduler(Scheduler):
                     self._poll(0)
                 return Scheduler.step(self)
             limit = self.idle_poll_ns if head is None else head - wall
+            if limit > self.max_wait_ns:
+                limit = self.max_wait_ns
             self._last_pump = wall
-            if self._poll(limit):
-                continue
-            if head is None:
-                # nothing happened for a while: time passes all the same
-                self.now = max(self.now, self.wall())
-                return True
-            if not self._sources:
-                return Scheduler.step(self)
+            got, _woken = self._poll(limit)
+            if got:
+                continue  # they are due now: run them
+            # a wakeup, or the wait ran out: time passed (not beyond the
+            # head, which runs on the next call); the caller looks again
+            w = self.wall()
+            if head is not None and w > head:
+                w = head
+            if w > self.now:
+                self.now = w
+            return True
 
     def run_until(self, when: int) -> int:
         ran = 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from netstack.netns import missing_requirements, read_pcap
-from netstack.peer import KThread, PeerSession, pattern
+from netstack.peer import PeerSession, pattern
 from netstack.sockapi import UserSocket, get_layer
 from netstack.sockerr import ECONNREFUSED, SocketError
 from netstack.tcp import TCPConnection
@@ -160,7 +160,7 @@ def _open_kernel_to_model(
     ls.bind(("", port))
     ls.listen()
     k = ps.ksocket()
-    t = KThread(lambda: k.connect((MODEL_ADDR, port)), "kernel-connect")
+    t = ps.kthread(lambda: k.connect((MODEL_ADDR, port)), "kernel-connect")
     t.start()
     conn, _ = ls.accept()
     ls.close()
@@ -186,7 +186,7 @@ def _close_kernel_to_model(ps: PeerSession, k: socket.socket, conn: UserSocket) 
     assert ps.run_until(lambda: _eof(conn), 10)
     assert conn.recv_bytes(1) == b""
     conn.close()
-    t = KThread(lambda: k.recv(10), "kernel-eof")
+    t = ps.kthread(lambda: k.recv(10), "kernel-eof")
     t.start()
     assert ps.wait(t) == b""
     k.close()
@@ -282,7 +282,7 @@ def test_rst_on_closed_ports_both_ways(session: PeerSession) -> None:
         with k:
             k.connect((MODEL_ADDR, 5998))  # nobody listens in the model
 
-    t = KThread(connect, "kernel-connect")
+    t = session.kthread(connect, "kernel-connect")
     t.start()
     with pytest.raises(ConnectionRefusedError):
         session.wait(t)
@@ -380,7 +380,7 @@ def test_crafted_segments_get_rfc_behaviour(session: PeerSession) -> None:
     assert st["tcps_rcvbadopt"] == 1
 
     second = pattern(300_000, 10)
-    t = KThread(lambda: k.sendall(second), "kernel-sender")  # more than its buffer
+    t = session.kthread(lambda: k.sendall(second), "kernel-sender")  # more than its buffer
     t.start()
     assert _drain(session, conn, len(second)) == second
     session.wait(t)

@@ -113,9 +113,23 @@ def test_a_future_event_waits_for_the_wall_clock(rt: tuple[RealtimeScheduler, Pi
     t0 = time.monotonic_ns()
     ran: list[int] = []
     sched.call_at(sched.now + 30_000_000, lambda: ran.append(time.monotonic_ns()))
-    assert sched.step()
-    assert ran and ran[0] - t0 >= 30_000_000  # never early: 30 ms of wall clock passed
+    assert sched.run_until_cond(lambda: bool(ran), timeout_s=60)
+    assert ran[0] - t0 >= 30_000_000  # never early: 30 ms of wall clock passed
     assert sched.waits >= 1
+
+
+def test_a_wakeup_ends_a_long_wait(rt: tuple[RealtimeScheduler, PipeSource]) -> None:
+    """Another thread's wakeup (a kernel-side thread finishing) returns the
+    runner to its caller with the far event still pending."""
+    sched, src = rt
+    sched.attach(src)
+    sched.max_wait_ns = 3_600 * 10**9  # only the wakeup can end this wait early
+    far: list[int] = []
+    sched.call_at(sched.now + 3_600 * 10**9, lambda: far.append(1))
+    done = threading.Event()
+    threading.Timer(0.02, lambda: (done.set(), sched.wakeup())).start()
+    assert sched.run_until_cond(done.is_set, timeout_s=60)
+    assert not far
 
 
 def test_a_frame_interrupts_the_wait(rt: tuple[RealtimeScheduler, PipeSource]) -> None:
