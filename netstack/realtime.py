@@ -174,6 +174,11 @@ class RealtimeScheduler(Scheduler):
     def step(self) -> bool:
         if not self._sources:
             return Scheduler.step(self)
+        return self._step(None)
+
+    def _step(self, until: int | None) -> bool:
+        """One event, or one wait (ended by a frame, a wakeup, ``max_wait_ns``,
+        the head's time or the wall clock reaching ``until``)."""
         while True:
             head = Scheduler.next_time(self)
             wall = self.wall()
@@ -186,6 +191,8 @@ class RealtimeScheduler(Scheduler):
             limit = self.idle_poll_ns if head is None else head - wall
             if limit > self.max_wait_ns:
                 limit = self.max_wait_ns
+            if until is not None and until - wall < limit:
+                limit = max(until - wall, 0)
             self._last_pump = wall
             got, _woken = self._poll(limit)
             if got:
@@ -200,13 +207,17 @@ class RealtimeScheduler(Scheduler):
             return True
 
     def run_until(self, when: int) -> int:
+        """Every event due at or before ``when``; in real time also until the
+        wall clock reaches ``when`` (simulated time never runs ahead of it)."""
         ran = 0
-        while True:
-            nxt = self.next_time()
-            if nxt is None or nxt > when:
+        while self._sources:
+            head = Scheduler.next_time(self)
+            if (head is None or head > when) and self.wall() >= when:
                 break
-            self.step()
+            self._step(when)
             ran += 1
+        if not self._sources:
+            ran += Scheduler.run_until(self, when)
         self.now = max(self.now, when)
         return ran
 

@@ -179,3 +179,17 @@ def test_detached_it_is_the_discrete_event_scheduler() -> None:
         from netstack.network import Network
 
         run_until(Network(), lambda: True)
+
+
+def test_run_until_never_runs_ahead_of_the_wall_clock(
+    rt: tuple[RealtimeScheduler, PipeSource],
+) -> None:
+    sched, src = rt
+    sched.attach(src)
+    ran: list[int] = []
+    when = sched.wall() + 30_000_000
+    sched.call_at(when, lambda: ran.append(sched.now))
+    sched.call_at(when + 1, lambda: ran.append(-1))  # due just after: not run
+    sched.run_until(when)
+    assert ran == [when]
+    assert sched.now == when <= sched.wall()
