@@ -6,9 +6,11 @@ turns IPv6 off inside it (a TUN device with IPv6 would send router and
 multicast solicitations nobody asked for), and deletes it again on
 ``close()``: from ``__exit__`` (so also after a failure inside the ``with``)
 and from an ``atexit`` hook (an interpreter that exits without unwinding the
-``with``).  Nothing is configured outside the namespace: the addresses and
-routes the TUN device gets exist only in it, so nothing the model sends can
-leave it.
+``with``).  A process killed by a signal runs neither, so creating a
+namespace first deletes those of the same prefix whose creator (the pid in
+the name) is no longer alive (:func:`reap_stale`).  Nothing is configured
+outside the namespace: the addresses and routes the TUN device gets exist
+only in it, so nothing the model sends can leave it.
 
 Entering the namespace: Python 3.11 has no ``os.setns``, so
 :meth:`NetNS.entered` calls ``setns(2)`` through ``ctypes`` on the fd of
@@ -74,11 +76,40 @@ def _run(*argv: str) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale(prefix: str = "uvmloan") -> list[str]:
+    """Delete namespaces ``<prefix>-<pid>-...`` whose process is gone."""
+    reaped = []
+    names = os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 4 or parts[0] != prefix or not parts[1].isdigit():
+            continue
+        if _alive(int(parts[1])):
+            continue
+        r = subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        if r.returncode == 0:
+            reaped.append(name)
+    return reaped
+
+
 class NetNS:
     """A network namespace of this run; a context manager."""
 
     def __init__(self, prefix: str = "uvmloan") -> None:
         global _counter
+        if "-" in prefix or not prefix:
+            raise ValueError(f"the prefix must be a non-empty word without '-', not {prefix!r}")
+        reap_stale(prefix)
         with _lock:
             _counter += 1
             n = _counter
@@ -231,4 +262,4 @@ def read_pcap(path: str | Path) -> list[tuple[int, bytes]]:
     return out
 
 
-__all__ = ["KernelCapture", "NetNS", "missing_requirements", "read_pcap"]
+__all__ = ["KernelCapture", "NetNS", "missing_requirements", "read_pcap", "reap_stale"]

@@ -469,3 +469,15 @@ def test_namespace_removed_after_a_failure(tmp_path: Path) -> None:
 
 def test_threads_left_behind() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("kernel-")]
+
+
+def test_namespaces_of_dead_processes_are_reaped(tmp_path: Path) -> None:
+    """A run killed by a signal leaves its namespace; the next one deletes it."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    stale = f"uvmloan-{p.pid}-1-abcdef"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    with PeerSession(tmp_path) as ps:
+        assert stale not in _netns_list()
+        assert ps.ns.name in _netns_list()  # its own, alive, stays
+    assert ps.ns.name not in _netns_list()
