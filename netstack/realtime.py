@@ -221,12 +221,6 @@ class RealtimeScheduler(Scheduler):
         self.now = max(self.now, when)
         return ran
 
-    def run(self, max_events: int | None = None) -> int:
-        ran = 0
-        while (max_events is None or ran < max_events) and self.step():
-            ran += 1
-        return ran
-
     def run_until_cond(self, cond: Callable[[], bool], timeout_s: float) -> bool:
         """Step until ``cond()``, at most ``timeout_s`` of wall time; returns cond()."""
         deadline = time.monotonic() + timeout_s
