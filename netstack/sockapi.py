@@ -158,6 +158,9 @@ class UserSocket:
     def _open(self, what: str) -> None:
         if self.closed:
             raise SocketError(EBADF, f"{what} on a closed socket")
+        mach = self.host.machine
+        if mach._closed:
+            mach._check_open(f"socket {what}")  # MachineClosed, naming the call
 
     def _proc(self, proc: object, what: str) -> Process:
         if not isinstance(proc, Process) or proc.machine is not self.host.machine:

@@ -355,9 +355,13 @@ def copyin(mach: Machine, uio: Uio, n: int) -> bytes:
     assert proc is not None and uio.vmmap is not None
     if not _user_range_ok(uio.vmmap, uio.iov_base, n):
         raise SocketError(EFAULT, f"copyin from {uio.iov_base:#x}: outside user space")
-    mach._switch_to(proc, mach.platform.cur)
+    # kernel code: the range and the process were checked above, the CPU is
+    # the running activity's (the MMU's checked entry points skip revalidation)
+    if mach._closed:
+        mach._check_open("copyin")
+    cpu = mach._switch_fast(proc, mach.platform.cur)
     try:
-        return mach.mmu.load(mach.platform.curcpu(), uio.iov_base, n, user=True)
+        return mach.mmu.load_checked(cpu, uio.iov_base, n, True)
     except SegmentationFault as e:
         raise SocketError(EFAULT, f"copyin: {e}") from None
 
@@ -368,9 +372,11 @@ def copyout(mach: Machine, uio: Uio, data: bytes | memoryview) -> None:
     assert proc is not None and uio.vmmap is not None
     if not _user_range_ok(uio.vmmap, uio.iov_base, len(data)):
         raise SocketError(EFAULT, f"copyout to {uio.iov_base:#x}: outside user space")
-    mach._switch_to(proc, mach.platform.cur)
+    if mach._closed:
+        mach._check_open("copyout")
+    cpu = mach._switch_fast(proc, mach.platform.cur)
     try:
-        mach.mmu.store(mach.platform.curcpu(), uio.iov_base, data, user=True)
+        mach.mmu.store_checked(cpu, uio.iov_base, data, True)
     except SegmentationFault as e:
         raise SocketError(EFAULT, f"copyout: {e}") from None
 

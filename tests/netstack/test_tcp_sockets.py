@@ -245,3 +245,24 @@ def test_run_until_idle_stops_at_a_zero_window_and_the_stream_resumes(net: Netwo
             break
         net.run_until_idle()
     assert got == data
+
+
+def test_socket_calls_on_a_closed_machine_raise_machine_closed(net: Network) -> None:
+    # The facade refuses before any kernel work: nothing reaches the
+    # unmapped arena (it used to fail deep inside physmem).
+    from uvmloan import MachineClosed
+
+    a, b = hosts(net)
+    srv = b.socket("tcp")
+    srv.bind(("", 7))
+    srv.listen()
+    cli = a.socket("tcp")
+    cli.connect((b.addr, 7))
+    p = a.machine.spawn("p")
+    va = p.mmap(8192)
+    p.write(va, b"x" * 8192)
+    a.machine.close()
+    with pytest.raises(MachineClosed, match="socket send"):
+        cli.send(p, va, 4096)
+    with pytest.raises(MachineClosed, match="socket recv_bytes"):
+        cli.recv_bytes(10)
