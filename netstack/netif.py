@@ -3,10 +3,12 @@
 Transmit: ``if_output`` (IFQ_ENQUEUE onto ``if_snd``, drop-tail at
 ``ifq_maxlen``, ``ifq_drops``) and, when the running activity finishes,
 ``if_start``: the NIC takes the first packet, gathers the frame from the
-pieces the mbuf chain references (``m_pieces``; arena runs by the C
-gather, kernel memory copied) — with checksum offload it also sums the
-transport segment and writes the field, uncharged — and puts it on the
-wire.  When the last bit has left, the transmit completion interrupt (a
+storage the mbuf chain references (``dma_read``: runs of lent pages go to
+the C gather as a flat ``array('q')`` of page triples, kernel memory is
+copied) — summing the transport segment in the same pass when a sum is
+owed (checksum offload, uncharged; or the CPU's deferred
+``in_delayed_cksum``, charged in ``ip_output``) and writing the field — and
+puts it on the wire.  When the last bit has left, the transmit completion interrupt (a
 kernel activity on ``intr_cpu``, charged ``intr_ns``) frees the chain with
 ``m_freem``: that is what releases a UDP datagram's loaned pages.  One frame
 is on the wire at a time (a one-descriptor ring); the next starts from the
