@@ -19,6 +19,7 @@ from uvmloan import KernelAssertion, Machine, check_invariants
 from uvmloan.param import VMProt
 from uvmloan.pmap import TLB, Pmap
 from uvmloan.pmap.asid import pmap_tlb_asid_acquire
+from uvmloan.pmap.cpu import TLBState
 from uvmloan.pmap.pmap import ALLVA
 from uvmloan.pmap.pte import (
     PTE_A,
@@ -309,3 +310,51 @@ def test_cpu_repr_names_clock_pmap_and_tlb_occupancy(pool4: Machine) -> None:
     c0 = m.cpu(0)
     assert repr(c0) == f"<CPU 0 t={c0.clock}ns pmap={pm.name} tlb={len(c0.tlb)}>"
     assert len(c0.tlb) == 1 and pm.name == "p1"
+
+
+def test_a_kernel_only_round_after_a_user_one_leaves_a_lazy_cpu_lazy() -> None:
+    """x86_tlb.c ``pmap_tlb_intr``: a lazy CPU leaves its pmap only when the
+    packet holds user-pmap work (``tp_userpmap``); the flag is reset with
+    the packet, so a later kernel-only round does not carry it."""
+    with Machine(ncpus=2, memory="256k") as m:
+        pm = m.pmap.pmap_create("p")
+        for c in (0, 1):
+            with m.on_cpu(c):
+                m.pmap.pmap_activate(pm, m.cpu(c))
+        with m.on_cpu(0):
+            m.pmap.pmap_tlb_shootdown(pm, UVA, 0, "remove_pte")
+            m.pmap.pmap_tlb_shootnow()
+        m.pmap.pmap_deactivate(m.cpu(1))
+        assert m.cpu(1).tlbstate is TLBState.LAZY
+        kva = m.platform.profile.vm_maxuser_address + 16 * m.page_size
+        with m.on_cpu(0):
+            m.pmap.pmap_tlb_shootdown(m.pmap.pmap_kernel(), kva, 0, "remove_pte")
+            m.pmap.pmap_tlb_shootnow()
+        assert m.cpu(1).tlbstate is TLBState.LAZY
+        assert 1 in pm.cpus
+
+
+def _random_victims(seed: int, cpu: int) -> list[tuple[int, int]]:
+    """The entries CPU ``cpu``'s random-replacement TLB keeps of 12."""
+    over = {"tlb_replacement": "random", "tlb_entries": 4, "seed": seed}
+    with Machine(ncpus=2, memory="256k", profile_overrides=over) as m:
+        t = m.cpu(cpu).tlb
+        for i in range(12):
+            t.insert((0, i), "pm", i << 12)
+        return sorted(t.entries)
+
+
+def test_random_replacement_follows_the_machines_seed() -> None:
+    """M6: seeded random replacement: a machine's seed reproduces its TLBs'
+    choices, and another seed gives others."""
+    assert _random_victims(3, 0) == _random_victims(3, 0)
+    assert _random_victims(3, 1) == _random_victims(3, 1)
+    assert any(_random_victims(s, 0) != _random_victims(3, 0) for s in range(4, 8))
+
+
+def test_a_cpu_index_of_the_wrong_type_is_named() -> None:
+    with Machine(ncpus=2, memory="256k") as m:
+        with pytest.raises(TypeError, match=r"^cpu must be an int index, not str$"):
+            m.cpu("0")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^cpu must be an int index, not bool$"):
+            m.cpu(True)
