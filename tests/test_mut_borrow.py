@@ -27,6 +27,7 @@ from uvmloan.borrow import (
     uvm_km_free_vaonly,
 )
 from uvmloan.errors import KernelAssertion, MachineClosed
+from uvmloan.inject import inject
 from uvmloan.param import ENOMEM, VM_PROT_READ
 from uvmloan.process import Process
 from uvmloan.trace import Event, KEnter, KRemove, Loan, PmapUpdate, Unloan
@@ -364,6 +365,20 @@ def test_kernel_store_through_a_loan_is_fatal(m: Machine, cpu: int | None) -> No
     kl.release()
 
 
+def test_kernel_store_faults_at_its_address_on_the_cpu_asked(m: Machine) -> None:
+    """The store goes to the loan's byte ``offset`` (here in its second page)
+    and runs on the CPU asked: that CPU's clock pays for the fault."""
+    p, buf = _user(m)
+    kl = m.kernel_loan(p, buf + 3, 2 * PS)
+    clocks = [m.platform.cpu(c).clock for c in (0, 1)]
+    with pytest.raises(KernelAssertion) as ei:
+        kl.write(PS, b"x", cpu=1)
+    assert f"read-only kernel mapping at {kl.kva + PS:#x} " in str(ei.value)
+    assert m.platform.cpu(0).clock == clocks[0]
+    assert m.platform.cpu(1).clock > clocks[1]
+    kl.release()
+
+
 # ------------------------------------------------------ what a NIC DMAs
 
 
@@ -482,3 +497,19 @@ def test_unloan_counts_go_down_by_one(m: Machine) -> None:
     assert [e.loan_count for e in events(m, Unloan)][-1] == 1
     b.release()
     assert pg.loan_count == 0
+
+
+def test_injected_release_order_bug_unloans_first(m: Machine) -> None:
+    """The "unloan-before-kremove" switch (uvmloan.inject) reverses
+    sodoloanfree: uvm_unloan of every page runs before pmap_kremove; the
+    pages are unloaned once, the VA is freed all the same."""
+    inject(m, "unloan-before-kremove")
+    p, buf = _user(m)
+    kl = m.kernel_loan(p, buf, 2 * PS)
+    mark = len(m.trace)
+    kl.release()
+    ents = _since(m, mark, KRemove, PmapUpdate, Unloan)
+    assert [type(e) for e in ents] == [Unloan] * 2 + [KRemove] * 2 + [PmapUpdate]
+    assert all(pg.loan_count == 0 for pg in kl.pages)
+    assert kl.kva not in m.kernel_map.entries
+    assert m.kernel_loans == {}
