@@ -61,7 +61,6 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from uvmloan.physmem import PhysMem
     from uvmloan.sim import Timer
 
     from .netif import Netif
@@ -255,7 +254,7 @@ class IPStack:
         if length <= mtu:
             if m.csum_flags & (M_CSUM_TCPv4 | M_CSUM_UDPv4) and not ifp.csum_offload:
                 in_delayed_cksum_charge(self, m, hlen)
-            _write_ip(self.machine.physmem, m, tos, length, ident, off, ttl, proto, src, dst)
+            _write_ip(m, tos, length, ident, off, ttl, proto, src, dst)
             return ifp.if_output(m)
         if df:
             # ip_output: "if (ntohs(ip->ip_off) & IP_DF) ... IP_STAT_CANTFRAG"
@@ -288,7 +287,7 @@ class IPStack:
             hm.m_next = m_copym(m, hlen + pos, n)
             hm.m_pkthdr_len = hlen + n
             fragoff = (pos >> 3) | (IP_MF if more else 0)
-            _write_ip(self.machine.physmem, hm, tos, hlen + n, ident, fragoff, ttl, proto, src,
+            _write_ip(hm, tos, hlen + n, ident, fragoff, ttl, proto, src,
                       dst)
             frags.append(hm)
             pos += n
@@ -502,8 +501,7 @@ def _id_seed(seed: int, name: str) -> int:
 
 
 def _write_ip(
-    pm: PhysMem, m: Mbuf, tos: int, length: int, ident: int, off: int, ttl: int, p: int,
-    src: int, dst: int,
+    m: Mbuf, tos: int, length: int, ident: int, off: int, ttl: int, p: int, src: int, dst: int
 ) -> None:
     """Fill the 20-byte header at the front of ``m`` and its checksum."""
     v = mtod_bytes(m)
