@@ -207,12 +207,7 @@ def test_run_until_idle_stops_at_a_zero_window_and_the_stream_resumes(net: Netwo
     # the probes are answered).  run_until_idle stops when only that timer
     # is pending; once the receiver reads, the rest of the stream arrives.
     a, b = hosts(net)
-    srv = b.socket("tcp")
-    srv.bind(("", 9))
-    srv.listen()
-    cli = a.socket("tcp")
-    cli.connect((b.addr, 9))
-    conn, _ = srv.accept()
+    cli, conn = connected(net, a, b, 9)
     cli.setblocking(False)
     conn.setblocking(False)
     data = bytes(range(256)) * 400  # 100 KiB: more than both buffers hold
@@ -253,11 +248,7 @@ def test_socket_calls_on_a_closed_machine_raise_machine_closed(net: Network) -> 
     from uvmloan import MachineClosed
 
     a, b = hosts(net)
-    srv = b.socket("tcp")
-    srv.bind(("", 7))
-    srv.listen()
-    cli = a.socket("tcp")
-    cli.connect((b.addr, 7))
+    cli, _conn = connected(net, a, b, 7)
     p = a.machine.spawn("p")
     va = p.mmap(8192)
     p.write(va, b"x" * 8192)
