@@ -289,18 +289,21 @@ def make_link(net: Network, index: int, a: Any, b: Any, params: dict[str, Any]) 
     csum_offload = params.pop("csum_offload", False)
     if not isinstance(csum_offload, bool):
         raise TypeError("csum_offload must be a bool")
+    tx_ring = params.pop("tx_ring", 1)
+    if not isinstance(tx_ring, int) or isinstance(tx_ring, bool) or not 1 <= tx_ring <= 4096:
+        raise ValueError(f"tx_ring must be an int from 1 to 4096 descriptors, got {tx_ring!r}")
     try:
         lp = LinkParams(**params)
     except TypeError as e:
         known = ", ".join(f.name for f in attrs.fields(LinkParams))
-        raise TypeError(f"link: {e}; the parameters are {known}, csum_offload") from None
+        raise TypeError(f"link: {e}; the parameters are {known}, csum_offload, tx_ring") from None
     name = f"{a.name}-{b.name}"
     lk = Link(net, index, lp, name)
     ends: list[Any] = []
     for end in (a, b):
         if isinstance(end, Host):
             ifp = Netif(end, f"if{len(end.stack.ifnet)}", lk, net._alloc_addr(), lp.mtu,
-                        ifq_maxlen=lp.queue_limit, csum_offload=csum_offload)
+                        ifq_maxlen=lp.queue_limit, csum_offload=csum_offload, tx_ring=tx_ring)
             ends.append(ifp)
         else:
             ends.append(SwitchPort(end, lk))

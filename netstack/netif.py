@@ -10,9 +10,14 @@ owed (checksum offload, uncharged; or the CPU's deferred
 ``in_delayed_cksum``, charged in ``ip_output``) and writing the field — and
 puts it on the wire.  When the last bit has left, the transmit completion interrupt (a
 kernel activity on ``intr_cpu``, charged ``intr_ns``) frees the chain with
-``m_freem``: that is what releases a UDP datagram's loaned pages.  One frame
-is on the wire at a time (a one-descriptor ring); the next starts from the
-completion.
+``m_freem``: that is what releases a UDP datagram's loaned pages.  The
+transmit ring has ``tx_ring`` descriptors (default 1: one frame in the NIC at
+a time, the next started from the completion).  With more, ``if_start``
+posts frames until the ring is full and the NIC sends them back to back
+without the CPU, so the wire stays busy while the CPU is (a long ``sosend``
+copy, say) as far as the ring reaches; each completion interrupt reclaims
+one descriptor and restarts the queue.  The NIC fetches a frame's bytes
+when its descriptor is posted (``dma_read`` at ``if_start``).
 
 Receive: the NIC DMAs the frame into cluster mbufs (``MCLBYTES`` each; not
 charged: no CPU touches the bytes), raises the receive interrupt (a kernel
@@ -182,6 +187,7 @@ class Netif:
         ifq_maxlen: int,
         csum_offload: bool = False,
         intr_cpu: int = 0,
+        tx_ring: int = 1,
     ) -> None:
         self.host = host
         self.if_xname = name
@@ -196,7 +202,8 @@ class Netif:
         self.ifq_drops = 0
         self.channel: Channel | None = None
         self.taps: list[IfTap] = []
-        self._tx_busy = False
+        self.tx_ring = tx_ring
+        self._tx_posted = 0  # descriptors holding a frame the NIC has not sent yet
         self._start_pending = False
 
     # ----------------------------------------------------------- transmit
@@ -208,29 +215,32 @@ class Netif:
             m_freem(m)
             return ENOBUFS
         self.if_snd.append(m)
-        if not self._tx_busy and not self._start_pending:
+        if self._tx_posted < self.tx_ring and not self._start_pending:
             self._start_pending = True
             self.host.emit(self.if_start)
         return 0
 
     def if_start(self) -> None:
-        """The driver's start routine: one frame onto the wire if it is free."""
+        """The driver's start routine: post frames while the ring has room."""
         self._start_pending = False
-        if self._tx_busy or not self.if_snd:
-            return
         ch = self.channel
         assert ch is not None
-        m = self.if_snd.popleft()
-        self._tx_busy = True
-        frame, loaned = self._dma_gather(m)
+        snd = self.if_snd
         d = self.if_data
-        d.opackets += 1
-        d.obytes += len(frame)
-        meta = FrameMeta(loaned=loaned)
-        now = self.host.net.sched.now
-        for tap in self.taps:
-            tap(now, frame, meta)
-        ch.send(frame, meta, lambda: self._tx_done(m))
+        while snd and self._tx_posted < self.tx_ring:
+            m = snd.popleft()
+            self._tx_posted += 1
+            frame, loaned = self._dma_gather(m)
+            d.opackets += 1
+            d.obytes += len(frame)
+            meta = FrameMeta(loaned=loaned)
+            now = self.host.net.sched.now
+            for tap in self.taps:
+                tap(now, frame, meta)
+            if not ch.send(frame, meta, lambda m=m: self._tx_done(m)):  # type: ignore[misc]
+                # the link's queue was full and dropped it: the descriptor
+                # completes all the same
+                self._tx_done(m)
 
     def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
         mach = self.host.machine
@@ -244,7 +254,7 @@ class Netif:
         mach = self.host.machine
         mach.platform.charge(mach.profile.costs.intr_ns)
         m_freem(m)
-        self._tx_busy = False
+        self._tx_posted -= 1
         if self.if_snd and not self._start_pending:
             self._start_pending = True
             self.host.emit(self.if_start)

@@ -39,11 +39,12 @@ NET_BASE = inet_aton("192.0.2.0")
 
 
 class _Activity:
-    __slots__ = ("cpu", "emits")
+    __slots__ = ("cpu", "emits", "start")
 
-    def __init__(self, cpu: int) -> None:
+    def __init__(self, cpu: int, start: int) -> None:
         self.cpu = cpu
         self.emits: list[Callable[[], None]] = []
+        self.start = start  # its CPU's clock when it began (or resumed)
 
 
 class Host:
@@ -56,6 +57,10 @@ class Host:
         # Every machine on the network shares the network's clock.
         machine.platform.sched = net.sched
         self._act: _Activity | None = None
+        # Per CPU, the simulated ns spent running activities: the CPU time a
+        # workload cost, apart from the idle gaps between activities (a
+        # sleeping activity is not running).
+        self.busy_ns: list[int] = [0] * len(machine.cpus)
         self.stack = IPStack(self)
 
     # ---------------------------------------------------------------- time
@@ -83,7 +88,7 @@ class Host:
         now = self.net.sched.now
         if c.clock < now:
             c.clock = now
-        act = _Activity(idx)
+        act = _Activity(idx, c.clock)
         self._act = act
         plat.cur = idx  # curcpu() for the activity (Platform.on_cpu, inlined)
         try:
@@ -91,6 +96,7 @@ class Host:
         finally:
             plat.cur = saved
             self._act = outer
+            self.busy_ns[idx] += c.clock - act.start
             if act.emits:
                 end = c.clock
                 call_at = self.net.sched.call_at
@@ -110,7 +116,9 @@ class Host:
         sched = net.sched
         act = self._act
         if act is not None:
-            end = max(self.machine.cpus[act.cpu].clock, sched.now)
+            clk = self.machine.cpus[act.cpu].clock
+            self.busy_ns[act.cpu] += clk - act.start
+            end = max(clk, sched.now)
             for e in act.emits:
                 sched.call_at(end, e)
             act.emits.clear()
@@ -127,6 +135,7 @@ class Host:
             if act is not None:
                 c = self.machine.cpus[act.cpu]
                 c.clock = max(c.clock, sched.now)
+                act.start = c.clock
         return True
 
     def emit(self, fn: Callable[[], None]) -> None:
@@ -251,7 +260,8 @@ class Network:
         Parameters are :class:`netstack.link.LinkParams` fields
         (``bandwidth_bps``, ``delay_ns``, ``mtu``, ``queue_limit``, ``loss``,
         ``duplicate``, ``reorder``, ``reorder_delay_ns``, ``corrupt``,
-        ``overhead_bytes``) plus ``csum_offload`` for the interfaces.
+        ``overhead_bytes``) plus, for the interfaces, ``csum_offload`` and
+        ``tx_ring`` (transmit descriptors, default 1).
         """
         for end in (a, b):
             if isinstance(end, Host):

@@ -162,6 +162,8 @@ class UDPProtocol(Protocol):
             UDPHeader(inp.lport, dport, length + UDP_HDR_LEN, 0)
         )
         t.udpstat["udps_opackets"] += 1
+        mach = t.stack.machine
+        mach.platform.charge(mach.profile.costs.per_packet_ns)  # udp_output's work per datagram
         src = inp.laddr or None
         err = t.stack.ip_output(m, src, dst, IPPROTO_UDP)
         if err:
@@ -178,6 +180,8 @@ def udp_input(t: UDPTable, m: Mbuf, ip: IPHeader) -> None:
     """Validate, checksum, find the socket, append with the sender's address."""
     st = t.udpstat
     st["udps_ipackets"] += 1
+    mach = t.stack.machine
+    mach.platform.charge(mach.profile.costs.per_packet_ns)  # udp_input's work per datagram
     n = m_length(m)
     hdr = m_copydata(m, 0, min(n, UDP_HDR_LEN))
     uh = parse_udp(hdr, n)

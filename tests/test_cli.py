@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_runs_at_every_size(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str
 ) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--size", size, "--ncpus", "2"]) == 0
+    assert main(["tour", "--out", str(tmp_path), "--size", size, "--ncpus", "2"]) == 0
     out = capsys.readouterr().out
     assert "borrower reads the original bytes: True" in out
     assert "sender reads its own write: True" in out
@@ -38,7 +38,7 @@ def test_demo_runs_at_every_size(
 def test_demo_on_one_cpu_and_with_memory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["demo", "--out", str(tmp_path), "--ncpus", "1", "--size", "1M", "--memory", "3M"]
+    argv = ["tour", "--out", str(tmp_path), "--ncpus", "1", "--size", "1M", "--memory", "3M"]
     assert main(argv) == 0
     assert "768 pages of 4096 B" in capsys.readouterr().out
 
@@ -46,7 +46,7 @@ def test_demo_on_one_cpu_and_with_memory(
 def test_demo_speaks_the_trace_vocabulary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["tour", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     texts = re.findall(r"^\s+t=\s*\d+ ns cpu\d+  (.*)$", out, flags=re.M)
     assert len(texts) > 5
@@ -69,7 +69,7 @@ def test_demo_speaks_the_trace_vocabulary(
 def test_demo_prints_a_bounded_number_of_events(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--size", "256K"]) == 0
+    assert main(["tour", "--out", str(tmp_path), "--size", "256K"]) == 0
     out = capsys.readouterr().out
     assert "more (all of them are in the trace)" in out
     assert len(out.splitlines()) < 80
@@ -78,16 +78,16 @@ def test_demo_prints_a_bounded_number_of_events(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["demo", "--size", "0"], "size must be positive"),
-        (["demo", "--size", "lots"], "cannot parse size 'lots'"),
-        (["demo", "--size", "-5"], "cannot parse size"),
-        (["demo", "--size", "100G"], "the demo lends at most 64M"),
-        (["demo", "--ncpus", "0"], "a CPU count is from 1 to 256"),
-        (["demo", "--ncpus", "two"], "expected a CPU count"),
-        (["demo", "--size", "1M", "--memory", "1M"], "too small for --size 1M"),
-        (["demo", "--memory", "16385"], "not a multiple of the page size"),
-        (["demo", "--memory", "1T"], "cannot parse size"),
-        (["demo", "--memory", "8G"], "at most 4G"),
+        (["tour", "--size", "0"], "size must be positive"),
+        (["tour", "--size", "lots"], "cannot parse size 'lots'"),
+        (["tour", "--size", "-5"], "cannot parse size"),
+        (["tour", "--size", "100G"], "the tour lends at most 64M"),
+        (["tour", "--ncpus", "0"], "a CPU count is from 1 to 256"),
+        (["tour", "--ncpus", "two"], "expected a CPU count"),
+        (["tour", "--size", "1M", "--memory", "1M"], "too small for --size 1M"),
+        (["tour", "--memory", "16385"], "not a multiple of the page size"),
+        (["tour", "--memory", "1T"], "cannot parse size"),
+        (["tour", "--memory", "8G"], "at most 4G"),
         (["compare", "--sizes", "4K,0"], "size must be positive"),
         (["compare", "--sizes", ","], "expected sizes"),
         (["compare", "--sizes", "1G"], "1G is more than 64M"),
@@ -116,7 +116,7 @@ def test_user_errors_are_argparse_errors(
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
-@pytest.mark.parametrize("cmd", ["demo", "compare"])
+@pytest.mark.parametrize("cmd", ["tour", "compare"])
 def test_an_unwritable_out_is_an_error_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cmd: str
 ) -> None:
@@ -134,8 +134,8 @@ def test_an_unwritable_out_is_an_error_before_any_work(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["demo", "--size", "100G"],
-        ["demo", "--out", "/proc/uvmloan-cannot-write-here"],
+        ["tour", "--size", "100G"],
+        ["tour", "--out", "/proc/uvmloan-cannot-write-here"],
         ["compare", "--cost", "copy_bw=fast"],
     ],
 )

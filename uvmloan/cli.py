@@ -2,9 +2,12 @@
 
 Subcommands:
 
+* ``demo``: NetBSD's 2002 zero-copy result rerun (reproduction 1, quick):
+  copy against page loan, the table, a plot, a trace and a pcap.
+* ``reproduce NAME|all``: the published results the model reproduces.
 * ``compare``: the simulated cost of sending a buffer by copy and by page
   loan, over sizes and CPU counts, as a table, JSON and a plot.
-* ``demo``: a process fills a buffer, the kernel borrows it by page loan,
+* ``tour``: a process fills a buffer, the kernel borrows it by page loan,
   the process overwrites part of it, the borrower still reads the original
   bytes; prints what happened (loans, breaks, orphans, protections,
   shootdowns) and writes the JSON Lines trace.
@@ -134,7 +137,7 @@ def demo(out: Path, ncpus: int, size: int, memory: int | None = None) -> int:
         trace="record",
         trace_file=trace_path,
     )
-    print(f"uvmloan {__version__} demo: {m!r} (physmem backend: {BACKEND})")
+    print(f"uvmloan {__version__} tour: {m!r} (physmem backend: {BACKEND})")
     sender = m.spawn("sender", cpu=0)
     other_cpu = 1 if ncpus > 1 else 0
     buf = sender.mmap(size)
@@ -323,6 +326,7 @@ class Command(Protocol):
 
 
 def _commands() -> dict[str, Command]:
+    from .reproduce_cli import DEMO, REPRODUCE
     from .research_cli import BUILTIN
 
     found: dict[str, Command] = {}
@@ -335,14 +339,16 @@ def _commands() -> dict[str, Command]:
         found[cmd.name] = cmd
     # The built-in research commands share the plugins' protocol; a plugin
     # cannot replace one of them.
-    for cmd in BUILTIN:
+    for cmd in (DEMO, REPRODUCE, *BUILTIN):
         found[cmd.name] = cmd
     return found
 
 
 MAIN_EPILOG = """\
 a session:
-  uvmloan demo                       one loan, break and orphan; writes out/demo-trace.jsonl
+  uvmloan demo                       NetBSD's 2002 result, copy vs loan; plot, trace, pcap in out/
+  uvmloan reproduce all --quick      every published result the model reproduces
+  uvmloan tour                       one loan, break and orphan; writes out/demo-trace.jsonl
   uvmloan trace perfetto out/demo-trace.jsonl     then open it at ui.perfetto.dev
   uvmloan compare --cpus 1,2,4       copy vs loan over sizes and CPU counts
   uvmloan sweep grid.toml            any grid of an experiment, resumable (docs/research.md)
@@ -362,7 +368,7 @@ def _parser(
     )
     ap.add_argument("--version", action="version", version=f"uvmloan {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="borrow a buffer by page loan and watch what happens")
+    d = sub.add_parser("tour", help="borrow a buffer by page loan and watch what happens")
     d.add_argument(
         "--out", type=Path, default=Path("out"), help="directory for the trace (default: out)"
     )
@@ -401,7 +407,7 @@ def _parser(
     )
     c.add_argument("--out", type=Path, default=Path("out"), help="directory for compare.json/.png")
     c.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    subs = {"demo": d, "compare": c}
+    subs = {"tour": d, "compare": c}
     for name, cmd in (commands or {}).items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p, _size)
@@ -412,7 +418,7 @@ def _parser(
 def _check_demo(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.size > DEMO_MAX_SIZE:
         ap.error(
-            f"--size {_human(args.size)}: the demo lends at most {_human(DEMO_MAX_SIZE)} "
+            f"--size {_human(args.size)}: the tour lends at most {_human(DEMO_MAX_SIZE)} "
             "(uvmloan compare measures large sends)"
         )
     if args.memory is not None:
@@ -459,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "compare":
             _check_compare(subs["compare"], args)
             return compare(args, args_list)
-        _check_demo(subs["demo"], args)
+        _check_demo(subs["tour"], args)
         return demo(args.out, args.ncpus, args.size, args.memory)
     except KeyboardInterrupt:
         print(f"uvmloan {args.cmd}: interrupted", file=sys.stderr)

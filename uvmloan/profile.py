@@ -62,7 +62,8 @@ class CostModel:
     page_alloc_ns: int = attrs.field(default=80, validator=_nonneg)
     # Context switch (without the TLB flush, charged separately).
     context_switch_ns: int = attrs.field(default=1_000, validator=_nonneg)
-    # Protocol processing per packet (netstack).
+    # Transport protocol processing per packet: each tcp_output segment,
+    # tcp_input segment, udp_output and udp_input datagram (netstack).
     per_packet_ns: int = attrs.field(default=1_500, validator=_nonneg)
     # ip_output or ip_input of one packet (header build or validation, route
     # and protocol switch): a round number of the right order, a few hundred

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .machine import Machine, parse_size
+from ..machine import Machine, parse_size
 
 Policy = Literal["copy", "loan"]
 POLICIES: tuple[Policy, ...] = ("copy", "loan")
@@ -225,9 +225,9 @@ def compare_record(
     resolved profile with every cost, and the model version and physmem
     backend that ran it.
     """
-    from ._version import __version__
-    from .physmem import BACKEND
-    from .profile import get_profile
+    from .._version import __version__
+    from ..physmem import BACKEND
+    from ..profile import get_profile
 
     resolved = get_profile(profile, **dict(profile_overrides or {}))
     return {
