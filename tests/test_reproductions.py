@@ -80,9 +80,9 @@ def test_the_registry_lists_every_reproduction_in_order() -> None:
 
 def test_a_registered_reproduction_is_an_attribute_of_experiments() -> None:
     fn = experiments.announcement_2002
-    assert fn.number == 1  # type: ignore[attr-defined]
+    assert fn.number == 1
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
-        _ = experiments.no_such_thing  # type: ignore[attr-defined]
+        _ = experiments.no_such_thing
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_a_registered_reproduction_is_an_attribute_of_experiments() -> None:
 )
 def test_bad_arguments_are_named(kwargs: dict[str, object], exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
-        experiments.shootdown_batching(**kwargs)  # type: ignore[arg-type]
+        experiments.shootdown_batching(**kwargs)
 
 
 def test_reproduce_by_an_unknown_name_lists_the_valid_ones() -> None:

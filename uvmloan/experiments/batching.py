@@ -72,9 +72,9 @@ def unmap_round(n: int, ncpus: int, profile: str | Profile = "amd64-mp") -> dict
         warm = m.cpus[0].clock - t0
         # The other CPUs are idle until now: bring their clocks to the
         # initiator's, so their deltas below are the round's work alone.
-        now = max(c.clock for c in m.cpus)
-        for c in m.cpus:
-            c.clock = now
+        now = max(cpu.clock for cpu in m.cpus)
+        for cpu in m.cpus:
+            cpu.clock = now
         before = dict(m.counters)
         with m.on_cpu(0):
             kl.release()

@@ -20,13 +20,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
 
-class Progress(Protocol):
-    def __call__(self, message: str) -> None: ...
+Progress = Callable[[str], None]  # told a line of progress now and then
 
 
 @attrs.frozen
