@@ -82,6 +82,38 @@ class BulkResult:
         d.update(kb_per_s=self.kb_per_s, kib_per_s=self.kib_per_s, sender_busy=self.sender_busy)
         return d
 
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """One flat row (a CSV line, a sweep point): figures and the counters
+        that explain them."""
+        return {
+            **extra,
+            "policy": self.policy,
+            "bytes": self.nbytes,
+            "write_size": self.write_size,
+            "active_cpus": self.active_cpus,
+            "sim_ns": self.sim_ns,
+            "kb_per_s_1024": round(self.kib_per_s, 1),
+            "kb_per_s_1000": round(self.kb_per_s, 1),
+            "sender_cpu_ns": self.sender_cpu_ns,
+            "sender_busy": round(self.sender_busy, 4),
+            "sender_ns_per_mib": round(self.sender_cpu_ns / (self.nbytes / (1 << 20))),
+            **{k.replace(" ", "_").replace(".", "_"): self.counters.get(k, 0) for k in RECORD_KEYS},
+            "wall_s": round(self.wall_s, 2),
+        }
+
+
+# The sender's counters a record carries (NetBSD's names).
+RECORD_KEYS = (
+    "loan",
+    "loan.break",
+    "fault",
+    "TLB shootdown",
+    "ipi sent",
+    "sosend loan big",
+    "sosend copy big",
+    "sosend copy small",
+)
+
 
 def _pattern(n: int, seed: int) -> bytes:
     block = bytes(((i >> 8) * 31 + i * 7 + seed) & 0xFF for i in range(1 << 12))
@@ -117,6 +149,7 @@ def bulk_transfer(
     active_cpus: int = 1,
     bandwidth_bps: int | None = None,
     delay_ns: int = 50_000,
+    loss: float = 0.0,
     overhead_bytes: int = 38,
     csum_offload: bool = False,
     tx_ring: int = 64,
@@ -177,6 +210,7 @@ def bulk_transfer(
             b,
             bandwidth_bps=link_bps,
             delay_ns=delay_ns,
+            loss=loss,
             overhead_bytes=overhead_bytes,
             csum_offload=csum_offload,
             tx_ring=tx_ring,
@@ -268,3 +302,41 @@ def bulk_transfer(
         counters=counters,
         files=files,
     )
+
+
+def bulk_point(
+    policy: str,
+    size: int | str = "4M",
+    write_size: int | str = "64K",
+    profile: str = "netbsd-10",
+    ncpus: int = 1,
+    active_cpus: int = 1,
+    bandwidth_bps: int | None = None,
+    loss: float = 0.0,
+    csum_offload: bool = False,
+    refill: bool = True,
+    seed: int = 0,
+    costs: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """``bulk_transfer`` as a sweep experiment (``experiment = "tcp_bulk"``):
+    sizes may be "64K"-style strings, ``costs`` overrides profile costs, and
+    the result is one flat record."""
+    from uvmloan import parse_size
+
+    n = parse_size(size, "size") if isinstance(size, str) else size
+    w = parse_size(write_size, "write_size") if isinstance(write_size, str) else write_size
+    r = bulk_transfer(
+        policy,
+        n,
+        write_size=w,
+        profile=profile,
+        profile_overrides={"costs": dict(costs)} if costs else None,
+        ncpus=ncpus,
+        active_cpus=active_cpus,
+        bandwidth_bps=bandwidth_bps,
+        loss=loss,
+        csum_offload=csum_offload,
+        refill=refill,
+        seed=seed,
+    )
+    return r.record(profile=profile, loss=loss, seed=seed)

@@ -157,30 +157,7 @@ def announcement_2002(
 
 
 def _bulk_point(r: BulkResult, profile: str) -> dict[str, Any]:
-    keys = (
-        "loan",
-        "loan.break",
-        "fault",
-        "TLB shootdown",
-        "ipi sent",
-        "sosend loan big",
-        "sosend copy big",
-    )
-    return {
-        "profile": profile,
-        "policy": r.policy,
-        "bytes": r.nbytes,
-        "write_size": r.write_size,
-        "active_cpus": r.active_cpus,
-        "sim_ns": r.sim_ns,
-        "kb_per_s_1024": round(r.kib_per_s, 1),
-        "kb_per_s_1000": round(r.kb_per_s, 1),
-        "sender_cpu_ns": r.sender_cpu_ns,
-        "sender_busy": round(r.sender_busy, 4),
-        "sender_ns_per_mib": round(r.sender_cpu_ns / (r.nbytes / (1 << 20))),
-        **{k.replace(" ", "_").replace(".", "_"): r.counters.get(k, 0) for k in keys},
-        "wall_s": round(r.wall_s, 2),
-    }
+    return r.record(profile=profile)
 
 
 # ------------------------------------------------------------------ 2. mp-loan

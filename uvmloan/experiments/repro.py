@@ -24,7 +24,6 @@ from typing import Any
 
 import attrs
 
-
 Progress = Callable[[str], None]  # told a line of progress now and then
 
 
