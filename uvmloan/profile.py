@@ -131,7 +131,9 @@ def _to_nic(value: object) -> NicModel:
     if isinstance(value, Mapping):
         return NicModel(**value)
     if not isinstance(value, NicModel):
-        raise TypeError(f"profile field nic must be a NicModel or a mapping, not {type(value).__name__}")
+        raise TypeError(
+            f"profile field nic must be a NicModel or a mapping, not {type(value).__name__}"
+        )
     return value
 
 
@@ -154,7 +156,9 @@ class Profile:
     # switches, never this label).
     era: str = "netbsd-10"
     # The CPUs a Machine built from this profile has unless told otherwise.
-    ncpus: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(256)])
+    ncpus: int = attrs.field(
+        default=1, validator=[attrs.validators.ge(1), attrs.validators.le(256)]
+    )
     page_size: int = attrs.field(default=4096, validator=_pow2_at_least_512)
     # x86_tlb.c 1.20: TP_MAXVA 16 individual VAs per shootdown packet, then a
     # full flush (1.13 of 2019 had 7; the 2008-2018 code had 6).  The

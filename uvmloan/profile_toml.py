@@ -139,7 +139,9 @@ def resolve(
     data = _read(where, text)
     for key in ("name", "description"):
         if key not in data:
-            raise ValueError(f"{where}: missing {key} (every profile file has name and description)")
+            raise ValueError(
+                f"{where}: missing {key} (every profile file has name and description)"
+            )
         if not isinstance(data[key], str):
             raise TypeError(f"{where}: {key} must be a string, not {type(data[key]).__name__}")
     tables = [k for k, v in data.items() if isinstance(v, Mapping)]
@@ -165,7 +167,9 @@ def resolve(
             raise TypeError(f"{where}: extends must be a profile name, not {type(parent).__name__}")
         if parent not in known:
             names = ", ".join(sorted(known)) or "(none)"
-            raise ValueError(f"{where}: extends {parent!r}: unknown profile; known profiles: {names}")
+            raise ValueError(
+                f"{where}: extends {parent!r}: unknown profile; known profiles: {names}"
+            )
         base = known[parent]
         sources = dict(known_sources.get(parent, {}))
     overrides = {k: v for k, v in data.items() if k != "extends"}
