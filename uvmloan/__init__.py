@@ -66,7 +66,8 @@ from .param import (
 )
 from .physmem import PhysMem
 from .process import Process
-from .profile import PROFILES, CostModel, Profile, get_profile
+from .profile import PROFILES, CostModel, NicModel, Profile, get_profile, list_profiles
+from .profile_toml import load_profile
 
 __all__ = [
     "MAP_ANON",
@@ -76,6 +77,7 @@ __all__ = [
     "PAGE_SIZE",
     "PG",
     "PROFILES",
+    "NicModel",
     "UVM_LOAN_TOANON",
     "UVM_LOAN_TOPAGE",
     "UVM_PGA_USERESERVE",
@@ -112,6 +114,8 @@ __all__ = [
     "check_invariants",
     "experiments",
     "get_profile",
+    "list_profiles",
+    "load_profile",
     "inject",
     "parse_size",
     "pmap_clear_modify",

@@ -11,7 +11,9 @@ was lent, the owner gets a private copy.  ``uvm_unloan`` gives pages back; an
 owner that let go of a page meanwhile leaves an orphan, freed by the last
 unloan.  What this era compiles out (object->anon and zero->anon loans, the
 body of ``uvm_unloananon``) behaves here as it does there; see
-``specs/loan.md``.
+``specs/loan.md``.  The profile switches ``toanon_objects``,
+``unloananon_unrefs``, ``wired_loans``, ``loan_dequeues`` and
+``zero_loan_style`` give the 2002 code (1.29.2.4) instead; ``specs/eras.md``.
 """
 
 from __future__ import annotations
