@@ -66,7 +66,8 @@ from .param import (
 )
 from .physmem import PhysMem
 from .process import Process
-from .profile import PROFILES, CostModel, Profile, get_profile
+from .profile import PROFILES, CostModel, NicModel, Profile, get_profile, list_profiles
+from .profile_toml import load_profile
 
 __all__ = [
     "MAP_ANON",
@@ -96,6 +97,7 @@ __all__ = [
     "Machine",
     "MachineClosed",
     "MapEntry",
+    "NicModel",
     "Page",
     "PhysMem",
     "PhysMemError",
@@ -113,6 +115,8 @@ __all__ = [
     "experiments",
     "get_profile",
     "inject",
+    "list_profiles",
+    "load_profile",
     "parse_size",
     "pmap_clear_modify",
     "pmap_enter",

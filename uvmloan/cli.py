@@ -17,6 +17,8 @@ Subcommands:
   numbers, or the trace as Chrome/Perfetto trace-event JSON.
 * ``check``: the shipped hypothesis state machines, with a pasteable
   program on failure.
+* ``profiles``: the shipped profiles, or one profile (or TOML file) field by
+  field with the source of every value.
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ def _describe(ev: Event) -> str:
         )
     if isinstance(ev, Orphan):
         return (
-            f"{ev.name}: frame {ev.frame} has no owner, "
-            f"{ev.loan_count} loan(s) keep it ({ev.why})"
+            f"{ev.name}: frame {ev.frame} has no owner, {ev.loan_count} loan(s) keep it ({ev.why})"
         )
     if isinstance(ev, PageProtect):
         return (
@@ -326,6 +327,7 @@ class Command(Protocol):
 
 
 def _commands() -> dict[str, Command]:
+    from .profile_cli import PROFILES_CMD
     from .reproduce_cli import DEMO, REPRODUCE
     from .research_cli import BUILTIN
 
@@ -339,7 +341,7 @@ def _commands() -> dict[str, Command]:
         found[cmd.name] = cmd
     # The built-in research commands share the plugins' protocol; a plugin
     # cannot replace one of them.
-    for cmd in (DEMO, REPRODUCE, *BUILTIN):
+    for cmd in (DEMO, REPRODUCE, PROFILES_CMD, *BUILTIN):
         found[cmd.name] = cmd
     return found
 
@@ -353,6 +355,7 @@ a session:
   uvmloan compare --cpus 1,2,4       copy vs loan over sizes and CPU counts
   uvmloan sweep grid.toml            any grid of an experiment, resumable (docs/research.md)
   uvmloan check --machine all        the hypothesis state machines against the model
+  uvmloan profiles show netbsd-1.6   a profile's every field, value and source
 
 uvmloan COMMAND --help says more, with examples."""
 
@@ -377,8 +380,7 @@ def _parser(
         "--size",
         type=_size,
         default=3 * 4096 + 100,
-        help=f"bytes to lend, e.g. 12388, 64K, 1M (default: 12388; at most "
-        f"{DEMO_MAX_SIZE >> 20}M)",
+        help=f"bytes to lend, e.g. 12388, 64K, 1M (default: 12388; at most {DEMO_MAX_SIZE >> 20}M)",
     )
     d.add_argument(
         "--memory",

@@ -11,7 +11,9 @@ was lent, the owner gets a private copy.  ``uvm_unloan`` gives pages back; an
 owner that let go of a page meanwhile leaves an orphan, freed by the last
 unloan.  What this era compiles out (object->anon and zero->anon loans, the
 body of ``uvm_unloananon``) behaves here as it does there; see
-``specs/loan.md``.
+``specs/loan.md``.  The profile switches ``toanon_objects``,
+``unloananon_unrefs``, ``wired_loans``, ``loan_dequeues`` and
+``zero_loan_style`` give the 2002 code (1.29.2.4) instead; ``specs/eras.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-from .anon import Anon
+from .anon import Anon, anon_unref, uvm_analloc
 from .errors import KernelAssertion, UVMError
 from .map import VMMap
 from .object import PGO_FREE, UVMObject
@@ -140,7 +142,8 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
     page, an era-disabled loan kind, no page) raises ``UVMError(EINVAL)``
     with the original cause in ``reason``.  TOPAGE loans made before the
     failure are undone; TOANON ones are not, because ``uvm_unloananon`` is
-    empty in 1.104 (the ``an_ref`` increments leak, as they do there).
+    empty in 1.104 (the ``an_ref`` increments leak, as they do there),
+    unless the profile has ``unloananon_unrefs`` (1.29.2.4).
     """
     if not isinstance(map, VMMap):
         raise TypeError(f"uvm_loan: map must be a VMMap, not {type(map).__name__}")
@@ -186,6 +189,11 @@ def uvm_loan(map: VMMap, start: int, len: int, flags: int) -> list[Page] | list[
             pages = [x for x in out if not isinstance(x, Anon)]
             uvm_unloanpage(map.uvm, pages)
             undone = len_(pages)
+        elif map.uvm.platform.profile.unloananon_unrefs:
+            # uvm_unloananon 1.29.2.4: the references taken so far are dropped.
+            anons = [x for x in out if isinstance(x, Anon)]
+            uvm_unloananon(map.uvm, anons)
+            undone = len_(anons)
         plat = map.uvm.platform
         tr = plat.tracer
         if tr.on:
@@ -214,7 +222,9 @@ def _reserve_loan(map: VMMap, start: int, end: int, flags: int) -> None:
     """
     uvm = map.uvm
     ps = map.page_size
-    fresh = uvm.platform.profile.zero_loan_style == "fresh"
+    prof = uvm.platform.profile
+    fresh = prof.zero_loan_style == "fresh"
+    toanon = prof.toanon_objects
     topage = bool(flags & UVM_LOAN_TOPAGE)
 
     def need() -> int:
@@ -236,9 +246,9 @@ def _reserve_loan(map: VMMap, start: int, end: int, flags: int) -> None:
                         continue  # refused by genfs_getpages, nothing allocated
                     n += e.object.uvm_pagelookup(off) is None
                 elif e.copy_on_write and not e.vaonly:
-                    if fresh:
-                        n += topage
-                    else:
+                    if (fresh and topage) or (toanon and not topage):
+                        n += 1  # a fresh zeroed page per loan (1.29.2.4)
+                    elif not fresh:
                         zero = True
             va = min(end, e.end)
         zobj = uvm.zero_object
@@ -274,7 +284,8 @@ def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Ano
         pg = anon.an_page
         protected = False
         if pg is not None and pg.flags & PG.ANON and anon.an_ref == 1:
-            if pg.wire_count:
+            # 1.29.2.4 protects without looking at wire_count.
+            if pg.wire_count and uvm.platform.profile.wired_loans == "refuse":
                 raise _LoanFailure(f"anon page {pg!r} is wired", EBUSY)
             pmap.pmap_page_protect(pg, VM_PROT_READ)
             protected = True
@@ -295,7 +306,10 @@ def uvm_loananon(map: VMMap, anon: Anon, flags: int, va: int = -1) -> Page | Ano
     pg = anon.an_page
     assert pg is not None
     if pg.wire_count:
-        raise _LoanFailure(f"anon page {pg!r} at {va:#x} is wired", EBUSY)
+        if uvm.platform.profile.wired_loans == "refuse":
+            raise _LoanFailure(f"anon page {pg!r} at {va:#x} is wired", EBUSY)
+        # uvm_loan.c 1.29.2.4 uvm_loananon: KASSERT(pg->wire_count == 0).
+        raise KernelAssertion(f"uvm_loananon: anon page {pg!r} at {va:#x} is wired")
     protected = _loan_page_locked(uvm, pg)
     _emit_loan(uvm, "A->K", pg, va, protected, map.name)
     return pg
@@ -317,8 +331,9 @@ def _loan_page_locked(uvm: PageAllocator, pg: Page) -> bool:
     return protected
 
 
-def uvm_loanuobj(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page:
-    """Lend an object page (O->K); O->A is compiled out in this era."""
+def uvm_loanuobj(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page | Anon:
+    """Lend an object page (O->K), or to an anon (O->A) where the profile's
+    ``toanon_objects`` has it (1.29.2.4); 1.104 compiles O->A out."""
     uvm = map.uvm
     uobj = entry.object
     assert uobj is not None
@@ -330,9 +345,42 @@ def uvm_loanuobj(map: VMMap, entry: MapEntry, va: int, flags: int) -> Page:
     except UVMError as e:
         raise _LoanFailure(f"pgo_get failed: {e}", e.errno) from None
     if flags & UVM_LOAN_TOANON:
-        raise _LoanFailure("object->anon loans are compiled out (uvm_loan.c 1.104 #ifdef notdef)")
+        if not uvm.platform.profile.toanon_objects:
+            raise _LoanFailure(
+                "object->anon loans are compiled out (uvm_loan.c 1.104 #ifdef notdef)"
+            )
+        return _loan_o2a(uvm, pg, va, map.name)
     uvm_loanpage(uvm, [pg], va, map.name)
     return pg
+
+
+def _loan_o2a(uvm: PageAllocator, pg: Page, va: int, space: str) -> Anon:
+    """O->A (``uvm_loanuobj``'s TOANON code, uvm_loan.c 1.29.2.4).
+
+    A page already lent to an anon gives that anon one more reference (no
+    protect, no count: the anon's one loan covers every reference).  Else a
+    new anon (``an_ref`` 1) points at the page, which stays the object's:
+    ``pg->uanon = anon`` without ``PQ_ANON``; write-protect on the page's
+    first loan; ``loan_count++`` (the anon's loan); ``uvm_pageactivate``.
+    """
+    if pg.uanon is not None:
+        anon: Anon = pg.uanon
+        anon.an_ref += 1
+        _emit_loan(uvm, "O->A", pg, va, False, space)
+        return anon
+    anon = uvm_analloc()
+    anon.an_page = pg
+    pg.uanon = anon
+    protected = False
+    if pg.loan_count == 0 and "skip-loan-protect" not in uvm.inject:
+        assert uvm.pmap is not None
+        uvm.pmap.pmap_page_protect(pg, VM_PROT_READ)
+        protected = True
+    pg.loan_count += 1
+    pg.ever_loaned = True
+    uvm.uvm_pageactivate(pg)
+    _emit_loan(uvm, "O->A", pg, va, protected, space)
+    return anon
 
 
 def _pgo_get_loan(uobj: UVMObject, off: int) -> Page:
@@ -358,7 +406,8 @@ def uvm_loanpage(uvm: PageAllocator, pages: Sequence[Page], va: int = -1, space:
             raise KernelAssertion(f"uvm_loanpage: {pg!r} is not a page of {pages[0].uobject!r}")
         if pg.flags & (PG.RELEASED | PG.PAGEOUT):
             raise KernelAssertion(f"uvm_loanpage: {pg!r} is PG_RELEASED or PG_PAGEOUT")
-        if pg.wire_count:
+        if pg.wire_count and uvm.platform.profile.wired_loans == "refuse":
+            # 1.29.2.4's uvm_loanuobj lends a wired object page unchecked.
             uvm_unloanpage(uvm, done)
             raise _LoanFailure(f"object page {pg!r} is wired", EBUSY)
         protected = _loan_page_locked(uvm, pg)
@@ -383,12 +432,27 @@ def loanzero_page(uvm: PageAllocator) -> Page | None:
     return page
 
 
-def uvm_loanzero(map: VMMap, flags: int, va: int = -1) -> Page:
+def _loan_zero2a(uvm: PageAllocator, va: int, space: str) -> Anon:
+    """zero->A (``uvm_loanzero``'s TOANON code, uvm_loan.c 1.29.2.4): a new
+    anon owning a new zeroed page (``PQ_ANON``), activated; no loan count."""
+    anon = uvm_analloc()
+    pg = uvm.uvm_pagealloc(None, 0, anon, UVM_PGA_ZERO)
+    if pg is None:
+        raise _LoanFailure("no page for a zero->anon loan", ENOMEM)
+    pg.flags &= ~(PG.BUSY | PG.FAKE)
+    uvm.uvm_pageactivate(pg)
+    _emit_loan(uvm, "zero->A", pg, va, False, space)
+    return anon
+
+
+def uvm_loanzero(map: VMMap, flags: int, va: int = -1) -> Page | Anon:
     """Lend a copy-on-write hole: the one shared zero page, no protect, no
     wire check (``uvm_loanzero`` 1.104).  The 2002 era lent a fresh zeroed
     ownerless page instead (profile ``zero_loan_style = "fresh"``)."""
     uvm = map.uvm
     if flags & UVM_LOAN_TOANON:
+        if uvm.platform.profile.toanon_objects:
+            return _loan_zero2a(uvm, va, map.name)
         # 1.104 takes (allocating on first use) the zero page before it finds
         # the zero->anon code under #ifdef notdef.
         if uvm.platform.profile.zero_loan_style != "fresh":
@@ -427,9 +491,14 @@ def uvm_unloan(items: Iterable[Page] | Iterable[Anon], flags: int) -> None:
     _check_flags(flags, "uvm_unloan")
     seq: list[object] = list(items)
     if flags & UVM_LOAN_TOANON:
+        anons: list[Anon] = []
         for a in seq:
             if not isinstance(a, Anon):
                 raise TypeError(f"uvm_unloan(TOANON): expected anons, got {type(a).__name__}")
+            anons.append(a)
+        owner = next((a.an_page.allocator for a in anons if a.an_page is not None), None)
+        if owner is not None and owner.platform.profile.unloananon_unrefs:
+            uvm_unloananon(owner, anons)
         return
     uvm: PageAllocator | None = None
     for pg in seq:
@@ -442,6 +511,23 @@ def uvm_unloan(items: Iterable[Page] | Iterable[Anon], flags: int) -> None:
     if uvm is None:
         return
     uvm_unloanpage(uvm, seq)  # type: ignore[arg-type]
+
+
+def uvm_unloananon(uvm: PageAllocator, anons: Sequence[Anon]) -> None:
+    """``uvm_unloananon`` as 1.29.2.4 has it: one ``an_ref--`` per item,
+    ``uvm_anfree`` at zero.  All items are checked first: an anon given back
+    more often than it is referenced raises ``KernelAssertion`` and nothing
+    changes."""
+    need: dict[Anon, int] = {}
+    for a in anons:
+        need[a] = need.get(a, 0) + 1
+    for a, n in need.items():
+        if a.an_ref < n:
+            raise KernelAssertion(
+                f"uvm_unloananon: {a!r} has {a.an_ref} reference(s), given back {n} times"
+            )
+    for a in anons:
+        anon_unref(uvm, a)
 
 
 def uvm_unloanpage(uvm: PageAllocator, pages: Sequence[Page]) -> None:

@@ -97,12 +97,12 @@ class Machine:
 
     def __init__(
         self,
-        ncpus: int = 1,
+        ncpus: int | None = None,
         memory: int | str | None = None,
         *,
         npages: int | None = None,
         page_size: int | None = None,
-        profile: str | Profile = "netbsd-10",
+        profile: str | Path | Profile = "netbsd-10",
         profile_overrides: dict[str, Any] | None = None,
         trace: str | Path | Tracer = "counters",
         trace_file: str | Path | None = None,
@@ -114,12 +114,16 @@ class Machine:
         # uvm_wait() until the pagedaemon freed some and restarts the fault;
         # "reclaim" runs the pagedaemon and restarts, "raise" reports ENOMEM.
         self.on_shortage = on_shortage
-        if not isinstance(ncpus, int) or isinstance(ncpus, bool) or not 1 <= ncpus <= 256:
+        if ncpus is not None and (
+            not isinstance(ncpus, int) or isinstance(ncpus, bool) or not 1 <= ncpus <= 256
+        ):
             raise ValueError(f"ncpus must be an int from 1 to 256, got {ncpus!r}")
         overrides = dict(profile_overrides or {})
         if page_size is not None:
             overrides["page_size"] = page_size
         prof = get_profile(profile, **overrides)
+        if ncpus is None:
+            ncpus = prof.ncpus  # the profile's machine (1 for netbsd-10)
         ps = prof.page_size
         if memory is not None and npages is not None:
             raise ValueError("give memory or npages, not both")
