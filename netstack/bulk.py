@@ -151,8 +151,8 @@ def bulk_transfer(
     delay_ns: int = 50_000,
     loss: float = 0.0,
     overhead_bytes: int = 38,
-    csum_offload: bool = False,
-    tx_ring: int = 64,
+    csum_offload: bool | None = None,
+    tx_ring: int | None = None,
     sndbuf: int = 3 * 65536,
     rcvbuf: int = 3 * 65536,
     ring_bytes: int = 1 << 20,
@@ -165,8 +165,9 @@ def bulk_transfer(
 ) -> BulkResult:
     """Send ``size`` bytes from host a to host b by ``policy`` (see the module doc).
 
-    ``bandwidth_bps`` defaults to the sender profile's link speed when it
-    has one, else 100 Mbit/s.  With ``out``, ``trace`` writes the sender's
+    ``bandwidth_bps`` defaults to the sender profile's link speed
+    (``Profile.nic.link_bps``), ``csum_offload`` and ``tx_ring`` to each
+    host's profile NIC.  With ``out``, ``trace`` writes the sender's
     JSON Lines trace and ``pcap`` a pcapng of the link there.
     """
     base = get_profile(profile, **dict(profile_overrides or {}))
@@ -186,7 +187,7 @@ def bulk_transfer(
         raise ValueError(f"active_cpus {active_cpus} is more than the {ncpus} CPUs of the sender")
     if (trace or pcap) and out is None:
         raise ValueError("trace and pcap need an out directory")
-    link_bps = bandwidth_bps or int(getattr(getattr(base, "nic", None), "link_bps", 0) or 1e8)
+    link_bps = bandwidth_bps or base.nic.link_bps
     ps = base.page_size
     ring = max(ring_bytes - ring_bytes % write_size, write_size)
     ring_pages = -(-ring // ps)

@@ -286,11 +286,15 @@ def make_link(net: Network, index: int, a: Any, b: Any, params: dict[str, Any]) 
     from .network import Host
 
     params = dict(params)
-    csum_offload = params.pop("csum_offload", False)
-    if not isinstance(csum_offload, bool):
+    # The interfaces' checksum offload and transmit ring: given, or each
+    # host's profile NIC (Profile.nic) when not.
+    csum_offload = params.pop("csum_offload", None)
+    if csum_offload is not None and not isinstance(csum_offload, bool):
         raise TypeError("csum_offload must be a bool")
-    tx_ring = params.pop("tx_ring", 1)
-    if not isinstance(tx_ring, int) or isinstance(tx_ring, bool) or not 1 <= tx_ring <= 4096:
+    tx_ring = params.pop("tx_ring", None)
+    if tx_ring is not None and (
+        not isinstance(tx_ring, int) or isinstance(tx_ring, bool) or not 1 <= tx_ring <= 4096
+    ):
         raise ValueError(f"tx_ring must be an int from 1 to 4096 descriptors, got {tx_ring!r}")
     try:
         lp = LinkParams(**params)
@@ -302,8 +306,11 @@ def make_link(net: Network, index: int, a: Any, b: Any, params: dict[str, Any]) 
     ends: list[Any] = []
     for end in (a, b):
         if isinstance(end, Host):
+            nic = end.machine.profile.nic
             ifp = Netif(end, f"if{len(end.stack.ifnet)}", lk, net._alloc_addr(), lp.mtu,
-                        ifq_maxlen=lp.queue_limit, csum_offload=csum_offload, tx_ring=tx_ring)
+                        ifq_maxlen=lp.queue_limit,
+                        csum_offload=nic.cksum_offload if csum_offload is None else csum_offload,
+                        tx_ring=nic.tx_ring if tx_ring is None else tx_ring)
             ends.append(ifp)
         else:
             ends.append(SwitchPort(end, lk))

@@ -261,7 +261,9 @@ class Network:
         (``bandwidth_bps``, ``delay_ns``, ``mtu``, ``queue_limit``, ``loss``,
         ``duplicate``, ``reorder``, ``reorder_delay_ns``, ``corrupt``,
         ``overhead_bytes``) plus, for the interfaces, ``csum_offload`` and
-        ``tx_ring`` (transmit descriptors, default 1).
+        ``tx_ring`` (transmit descriptors); these two default to each host's
+        profile NIC (``Profile.nic``: no offload and one descriptor for
+        ``netbsd-10``).
         """
         for end in (a, b):
             if isinstance(end, Host):

@@ -105,8 +105,11 @@ class CostModel:
 class NicModel:
     """The network interface the machine sends through: data only.
 
-    Nothing in the model reads these yet; the network stack's driver model
-    will (segmentation, checksum placement, DMA descriptors).
+    The network stack reads ``cksum_offload`` and ``tx_ring`` (the defaults
+    of an interface on a link) and ``link_bps`` (its bulk transfer's link);
+    ``sg``, ``sg_max_segs``, ``tso`` and ``dma_desc_ns`` are data it does
+    not model yet (the NIC always gathers the chain, segments are built by
+    tcp_output, descriptors cost nothing).
     """
 
     # Line rate in bits per second (100baseTX: 100 Mbit/s, the netstack
@@ -124,6 +127,9 @@ class NicModel:
     # Setting up one DMA descriptor (write the ring entry, bus_dmamap_load
     # bookkeeping), charged per segment when the driver is modelled.
     dma_desc_ns: int = attrs.field(default=100, validator=_nonneg)
+    # Transmit descriptors: frames the driver may post before the NIC has
+    # sent them (netstack's Netif.tx_ring; 1 = one frame at a time).
+    tx_ring: int = attrs.field(default=1, validator=_posint)
 
 
 def _to_nic(value: object) -> NicModel:

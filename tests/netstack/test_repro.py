@@ -64,21 +64,46 @@ def test_2002_writes_a_plot_a_trace_and_a_pcap(
     announcement: experiments.ReproductionResult,
 ) -> None:
     for kind in ("csv", "plot", "trace", "pcap"):
-        assert Path(announcement.files[kind]).stat().st_size > 1000, kind
+        assert Path(announcement.files[kind]).stat().st_size > 300, kind
 
 
 def test_mp_loaning_is_slower_than_copying_from_two_cpus(tmp_path: Path) -> None:
     res = experiments.reproduce("mp-loan", tmp_path, quick=True)
     rows = _rows(tmp_path / "mp-loan.csv")
-    loans = {int(r["active_cpus"]): r for r in rows if r["policy"] == "loan"}
-    copies = {int(r["active_cpus"]): r for r in rows if r["policy"] == "copy"}
+    fresh = [r for r in rows if r["workload"] == "fresh"]
+    loans = {int(r["active_cpus"]): r for r in fresh if r["policy"] == "loan"}
+    copies = {int(r["active_cpus"]): r for r in fresh if r["policy"] == "copy"}
     assert sorted(loans) == [1, 2, 4]
-    assert loans[1]["TLB_shootdown"] == "0" and loans[1]["ipi_sent"] == "0"
-    for k in (2, 4):
-        assert int(loans[k]["TLB_shootdown"]) == int(loans[k]["loan"])  # one round per loan
+    pages = 2 * 1024 * 1024 // 4096  # each page of the 2 MiB sent is lent once
+    for k, r in loans.items():
+        assert int(r["loan"]) == pages and r["loan_break"] == "0"
+        # the first loan of a writable page write-protects it: one shootdown
+        # round when the pmap is active on another CPU, none on one CPU
+        assert int(r["TLB_shootdown"]) == (pages if k > 1 else 0)
+        assert (int(r["ipi_sent"]) > 0) == (k > 1)
     ratio = {k: int(loans[k]["sender_cpu_ns"]) / int(copies[k]["sender_cpu_ns"]) for k in loans}
-    assert ratio[2] > ratio[1] and ratio[4] > ratio[1]
-    assert ratio[2] >= 1.05 and ratio[1] < 1.05
+    assert ratio[1] < 1.05 <= min(ratio[2], ratio[4])
     assert res.holds, res.verdict
     crossover = {r.what: r.model for r in res.rows}["smallest CPU count where loaning is slower"]
     assert crossover == 2
+
+
+def test_mp_refilled_buffers_fault_once_per_page_per_refill(tmp_path: Path) -> None:
+    experiments.reproduce("mp-loan", tmp_path, quick=True)
+    rows = _rows(tmp_path / "mp-loan.csv")
+    loan = next(
+        r
+        for r in rows
+        if r["workload"] == "refilled" and r["policy"] == "loan" and r["active_cpus"] == "1"
+    )
+    copy = next(
+        r
+        for r in rows
+        if r["workload"] == "refilled" and r["policy"] == "copy" and r["active_cpus"] == "1"
+    )
+    ring, sent = 256, 512  # pages: a 1 MiB ring, 2 MiB sent
+    # the set-up's first touch faults every ring page once; after that each
+    # refill of a page its last loan left read-only faults again (the copy
+    # path's pages stay writable)
+    assert int(copy["fault"]) == ring
+    assert int(loan["fault"]) == ring + (sent - ring)
