@@ -45,6 +45,7 @@ from uvmloan.errors import KernelAssertion
 from .ip import ENOBUFS, M_CSUM_TCP_UDP_BAD, M_CSUM_TCPv4, M_CSUM_UDPv4
 from .link import Channel, FrameMeta, Link
 from .mbuf import M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
+from .zerocopy_hazard import note_frame
 from .wire import (
     IP_MF,
     IP_OFFMASK,
@@ -189,6 +190,9 @@ class Netif:
         self.addr = addr
         self.if_mtu = mtu
         self.csum_offload = csum_offload
+        # Scatter/gather DMA (Linux NETIF_F_SG): every NetBSD driver in the
+        # model gathers mbuf chains; False makes MSG_ZEROCOPY copy instead.
+        self.sg = True
         self.intr_cpu = intr_cpu
         self.if_data = IfData()
         self.if_snd: deque[Mbuf] = deque()
@@ -234,7 +238,12 @@ class Netif:
 
     def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
         mach = self.host.machine
-        return dma_read(mach.physmem, mach.page_size, m)
+        frame, loaned = dma_read(mach.physmem, mach.page_size, m)
+        if loaned:
+            # pinned (MSG_ZEROCOPY) storage: compare what left with what the
+            # send took (instrumentation, zerocopy_hazard)
+            note_frame(m, frame)
+        return frame, loaned
 
     def _tx_done(self, m: Mbuf) -> None:
         self.host.kernel(lambda: self._txintr(m), self.intr_cpu)
