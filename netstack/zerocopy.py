@@ -185,7 +185,7 @@ class _Queued:
 class UbufInfo:
     """``struct ubuf_info_msgzc``: one or more consecutive send calls' pages."""
 
-    so: Socket
+    so: Socket = attrs.field(repr=False)
     id: int
     len: int
     bytelen: int
@@ -226,12 +226,12 @@ class ZcChunk:
     read can be compared (netstack.zerocopy_hazard).
     """
 
-    layer: SocketLayer
-    uarg: UbufInfo
-    pages: list[Page]
+    layer: SocketLayer = attrs.field(repr=False)
+    uarg: UbufInfo = attrs.field(repr=False)
+    pages: list[Page] = attrs.field(repr=False)
     va: int
     size: int
-    snap: bytes
+    snap: bytes = attrs.field(repr=False)
     copied: bool = False
     released: bool = False
 
@@ -323,7 +323,10 @@ class LinuxZerocopyPolicy(SendPolicy):
         stream = not so.proto.pr_flags & PR_ATOMIC
         size = uio.uio_resid
         uarg = self._realloc(so, st, uio, size, stream)
-        return _Call(uarg, uio.vmmap is not None and _route_can_zc(so, addr, size, stream))
+        zc = uio.vmmap is not None and _route_can_zc(so, addr, size, stream)
+        if not zc:
+            uarg.zerocopy = False  # the data is copied; the notification says so
+        return _Call(uarg, zc)
 
     def _account(self, so: Socket, uio: Uio, size: int) -> int | None:
         """``mm_account_pinned_pages``: (size >> PAGE_SHIFT) + 2 pages, or None."""
