@@ -215,8 +215,7 @@ def _reap(
     done: list[tuple[int, int]] = []
     while client.errqueue_len():
         note = client.recv_errqueue(proc)
-        for k in [k for k in inflight if note.covers(k)]:
-            done.append(inflight.pop(k))
+        done.extend(inflight.pop(k) for k in [k for k in inflight if note.covers(k)])
     return done
 
 

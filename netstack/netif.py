@@ -45,7 +45,6 @@ from uvmloan.errors import KernelAssertion
 from .ip import ENOBUFS, M_CSUM_TCP_UDP_BAD, M_CSUM_TCPv4, M_CSUM_UDPv4
 from .link import Channel, FrameMeta, Link
 from .mbuf import M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
-from .zerocopy_hazard import note_frame
 from .wire import (
     IP_MF,
     IP_OFFMASK,
@@ -54,6 +53,7 @@ from .wire import (
     fold,
     pseudo_sum,
 )
+from .zerocopy_hazard import note_frame
 
 if TYPE_CHECKING:
     from uvmloan.physmem import PhysMem

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvmloan.process import Process
 
+from .policy import SendPolicy, make_policy
 from .sockbuf import sbreserve
 from .sockerr import (
     EBADF,
@@ -46,7 +47,6 @@ from .socket import (
     soreceive,
     sosend,
 )
-from .policy import SendPolicy, make_policy
 from .tcp_usrreq import TCPProtocol, tcp_table
 from .udp import UDPProtocol, parse_addr, udp_table, unpack_sockaddr
 from .zerocopy import SO_ZEROCOPY, ZerocopyNotification, recv_errqueue, zc_sock
@@ -394,8 +394,10 @@ class UserSocket:
             return self.so.so_snd.sb_hiwat
         if level == SOL_SOCKET and optname == SO_RCVBUF:
             return self.so.so_rcv.sb_hiwat
-        if level == SOL_SOCKET and optname == SO_ZEROCOPY and self.send_policy.name == (
-            "linux-zerocopy"
+        if (
+            level == SOL_SOCKET
+            and optname == SO_ZEROCOPY
+            and self.send_policy.name == ("linux-zerocopy")
         ):
             return int(zc_sock(self.so).enabled)
         raise SocketError(ENOPROTOOPT, f"option {level:#x}/{optname:#x} is not supported")

@@ -350,8 +350,11 @@ class LinuxZerocopyPolicy(SendPolicy):
         prev = _tail_uarg(so) if stream else None
         if prev is not None:
             bytelen = prev.bytelen + size
-            if prev.len < USHRT_MAX - 1 and bytelen <= ZC_BYTE_LIMIT:
-                if (prev.id + prev.len) & U32 == st.zckey:
+            if (
+                prev.len < USHRT_MAX - 1
+                and bytelen <= ZC_BYTE_LIMIT
+                and (prev.id + prev.len) & U32 == st.zckey
+            ):
                     n = self._account(so, uio, size)
                     if n is None:
                         raise self._nobufs(so, "RLIMIT_MEMLOCK exceeded")

@@ -218,7 +218,8 @@ class SocketStateMachine(RuleBasedStateMachine):
                 # new value (at this or any later transmission)
                 if where >= 0:
                     for i in range(lo, hi):
-                        self.risk.setdefault(where + i - boff, {self.expected[where + i - boff]}).add(byte)
+                        pos = where + i - boff
+                        self.risk.setdefault(pos, {self.expected[pos]}).add(byte)
                 else:
                     dg = self.drisk.setdefault(-1 - where, {})
                     for i in range(lo, hi):
@@ -289,8 +290,13 @@ class SocketStateMachine(RuleBasedStateMachine):
             return
         for i, sent in enumerate(self.datagrams):
             allowed = self.drisk.get(i)
-            if allowed and len(sent) == len(d) and all(
-                a == b or b in allowed.get(j, ()) for j, (a, b) in enumerate(zip(sent, d))
+            if (
+                allowed
+                and len(sent) == len(d)
+                and all(
+                    a == b or b in allowed.get(j, ())
+                    for j, (a, b) in enumerate(zip(sent, d, strict=True))
+                )
             ):
                 assert zc_host(get_layer(self.a)).tx_modified, "a hazard went uncounted"
                 return
@@ -338,7 +344,7 @@ class SocketStateMachine(RuleBasedStateMachine):
             )
         if got == exp:
             return
-        for i, (a, b) in enumerate(zip(exp, got)):
+        for i, (a, b) in enumerate(zip(exp, got, strict=True)):
             if a != b and b not in self.risk.get(i, ()):
                 raise CheckFailure("bytes", f"received byte {i} differs from sent")
         # every difference was a predicted hazard; the kernel must have seen it

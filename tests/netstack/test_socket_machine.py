@@ -93,7 +93,8 @@ class ZerocopyHazardMachine(SocketStateMachine):
 
 
 @pytest.mark.parametrize(
-    "machine", [CopyMachine, ZerocopyWaitingMachine, ZerocopyHazardMachine],
+    "machine",
+    [CopyMachine, ZerocopyWaitingMachine, ZerocopyHazardMachine],
     ids=["copy", "zerocopy-waiting", "zerocopy-hazard"],
 )
 def test_policies_clean_run(machine: type[SocketStateMachine]) -> None:

@@ -85,8 +85,13 @@ class Pair:
 
     def close(self) -> None:
         # the receiver reads everything still coming, then both close
-        self.s.on_readable(lambda us: self.received())
-        self.received()
+        got = bytearray()
+
+        def drain(_us: UserSocket) -> None:
+            got.extend(self.received())
+
+        self.s.on_readable(drain)
+        drain(self.s)
         self.c.close()
         self.run()
         self.s.close()
