@@ -27,14 +27,26 @@ from uvmloan import check_invariants
 
 from .network import Network
 from .pcap import capture
-from .sockapi import SO_SNDBUF, SOL_SOCKET, UserSocket, get_layer, host_sleep
+from .sockapi import (
+    SO_SNDBUF,
+    SO_ZEROCOPY,
+    SOL_SOCKET,
+    UserSocket,
+    configure_sockets,
+    get_layer,
+    host_sleep,
+)
 from .sockbuf import sbspace
 from .sockcheck import check_quiescent
 from .sockerr import SocketError
+from .zerocopy import MSG_ZEROCOPY
 
 CHUNK = 65536
 PS = 4096
 MODES = ("copy", "loan")
+POLICIES = ("copy", "netbsd-loan", "linux-zerocopy")
+# the old --mode names
+MODE_POLICY = {"copy": "copy", "loan": "netbsd-loan"}
 MAX_SIZE = 64 << 20
 
 
@@ -72,9 +84,19 @@ def run_transfer(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> TransferResult:
-    """One transfer of ``size`` bytes by ``mode`` ("copy" or "loan")."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    """One transfer of ``size`` bytes by ``mode``: a send policy ("copy",
+    "netbsd-loan", "linux-zerocopy") or the old names "copy" and "loan".
+
+    copy runs on a MULTIPROCESSOR kernel (netbsd-10's default), netbsd-loan
+    on a uniprocessor one (where ``sock_loan_thresh`` is 4096), and
+    linux-zerocopy with the sender opting in (``SO_ZEROCOPY``), sending
+    with ``MSG_ZEROCOPY`` and, before it reuses a region of its buffer,
+    reading the error queue until that region's sends have completed (the
+    pattern of Linux's ``tools/testing/selftests/net/msg_zerocopy.c``).
+    """
+    policy = MODE_POLICY.get(mode, mode)
+    if policy not in POLICIES:
+        raise ValueError(f"mode must be one of {(*MODES, *POLICIES[2:])}, not {mode!r}")
     t0 = time.perf_counter()
     memory = f"{max(32, 3 * size // (1 << 20) + 24)}M"
     with Network(seed=seed) as net:
@@ -82,8 +104,9 @@ def run_transfer(
             "a",
             ncpus=ncpus,
             memory=memory,
-            profile_overrides={"multiprocessor": mode == "copy"},
+            profile_overrides={"multiprocessor": policy == "copy"},
         )
+        configure_sockets(a, send_policy=policy)
         b = net.host("b", memory="32M")
         link = net.link(a, b, bandwidth_bps=100_000_000, delay_ns=100_000, loss=loss)
         pcap_path = out / f"transfer-{mode}.pcapng"
@@ -93,6 +116,9 @@ def run_transfer(
         listener.listen()
         client = a.socket("tcp")
         client.setsockopt(SOL_SOCKET, SO_SNDBUF, 3 * CHUNK)
+        zc = policy == "linux-zerocopy"
+        if zc:
+            client.setsockopt(SOL_SOCKET, SO_ZEROCOPY, 1)
         client.connect((b.addr, 80))
         server, _peer = listener.accept()
         listener.close()
@@ -120,17 +146,42 @@ def run_transfer(
         start = net.now
         so = client.so
         off = 0
+        # linux-zerocopy: send id -> buffer offset, until its completion is read
+        inflight: dict[int, tuple[int, int]] = {}
+        key = 0
         while off < size:
             take = min(CHUNK, size - off)
             # wait for room for the whole send, as a sender using poll(2) does
             if not host_sleep(a, lambda t=take: sbspace(so.so_snd) >= t):  # type: ignore[misc]
                 raise RuntimeError("the send buffer never drained (the connection stalled)")
-            client.send(proc, va + off, take)
-            if overwrite:
+            client.send(proc, va + off, take, MSG_ZEROCOPY if zc else 0)
+            if zc:
+                # msg_zerocopy.c: read the error queue (non-blocking) after
+                # a send; a region is reused (overwritten) only once the
+                # notification covering its send has been read
+                inflight[key] = (off, take)
+                key += 1
+                for o, n in _reap(client, proc, inflight):
+                    if overwrite:
+                        proc.write(va + o, bytes(n))
+            elif overwrite:
                 proc.write(va + off, bytes(take))
             off += take
             if progress is not None and off % (1 << 20) == 0:
                 progress(f"{mode}: {off >> 20} of {size >> 20} MiB sent")
+        if zc:
+            # shutdown(SHUT_WR) first (the FIN pushes the last small segment
+            # out past Nagle, as close does), then poll(POLLERR) until every
+            # send completed, then close
+            client.shutdown(1)
+            def all_done() -> bool:
+                for o, n in _reap(client, proc, inflight):
+                    if overwrite:
+                        proc.write(va + o, bytes(n))
+                return not inflight
+
+            if not host_sleep(a, all_done):
+                raise RuntimeError(f"{len(inflight)} zerocopy sends never completed")
         client.close()
         net.run_until_idle()
         server.close()
@@ -146,7 +197,7 @@ def run_transfer(
         cap.close()
         counters = {k: v for k, v in a.machine.counters.items() if v}
         return TransferResult(
-            mode=mode,
+            mode=policy if mode not in MODES else mode,
             nbytes=size,
             sim_ns=elapsed,
             wall_s=time.perf_counter() - t0,
@@ -157,6 +208,17 @@ def run_transfer(
         )
 
 
+def _reap(
+    client: UserSocket, proc: Any, inflight: dict[int, tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Read the error queue dry; the buffer regions of the sends it completed."""
+    done: list[tuple[int, int]] = []
+    while client.errqueue_len():
+        note = client.recv_errqueue(proc)
+        done.extend(inflight.pop(k) for k in [k for k in inflight if note.covers(k)])
+    return done
+
+
 ROWS: tuple[tuple[str, str], ...] = (
     ("sosend loan big", "sends loaned (64 KiB chunks)"),
     ("sosend copy big", "mbuf clusters copied"),
@@ -165,6 +227,10 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("loan", "pages loaned"),
     ("loan.break", "loans broken by a user write"),
     ("orphan", "orphaned pages"),
+    ("zerocopy pin", "zerocopy mbufs pinned"),
+    ("zerocopy completion", "zerocopy completions"),
+    ("zerocopy copied", "completions marked COPIED"),
+    ("zerocopy.tx_modified", "segments sent modified in flight"),
     ("TLB shootdown", "TLB shootdown rounds"),
     ("ipi sent", "IPIs sent"),
 )
@@ -193,8 +259,11 @@ def add_arguments(p: argparse.ArgumentParser, size_type: Callable[[str], int]) -
         "--size", type=size_type, default=4 << 20,
         help=f"bytes to send, e.g. 1M (default: 4M; at most {MAX_SIZE >> 20}M)",
     )
-    p.add_argument("--mode", choices=(*MODES, "both"), default="both",
+    p.add_argument("--mode", choices=(*MODES, "both"), default=None,
                    help="copy, loan or both side by side (default: both)")
+    p.add_argument("--policy", action="append", choices=POLICIES, default=None,
+                   help="send policy (repeat for a side-by-side table): copy, netbsd-loan, "
+                   "linux-zerocopy; overrides --mode")
     p.add_argument("--overwrite", action="store_true",
                    help="the sender rewrites its buffer right after each send")
     p.add_argument("--loss", type=float, default=0.0,
@@ -213,7 +282,12 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def run(args: argparse.Namespace) -> int:
     """Run the transfers the arguments ask for and print the table."""
-    modes = MODES if args.mode == "both" else (args.mode,)
+    if args.policy:
+        modes: tuple[str, ...] = tuple(dict.fromkeys(args.policy))
+    elif args.mode in (None, "both"):
+        modes = MODES
+    else:
+        modes = (args.mode,)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for mode in modes:
@@ -247,7 +321,9 @@ class _TransferCommand:
     """``uvmloan transfer``, entered in the ``uvmloan.commands`` entry points."""
 
     name: str = "transfer"
-    help: str = "a TCP bulk transfer between two simulated hosts, by copy and by page loan"
+    help: str = (
+        "a TCP bulk transfer between two simulated hosts, by copy, page loan or MSG_ZEROCOPY"
+    )
 
     def add_arguments(self, p: argparse.ArgumentParser, size: Callable[[str], int]) -> None:
         add_arguments(p, size)

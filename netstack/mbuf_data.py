@@ -14,6 +14,7 @@ from uvmloan.errors import KernelAssertion
 from .mbuf import (
     M_COPYFLAGS,
     M_EXT_PAGES,
+    M_EXT_ROMAP,
     M_LEADINGSPACE,
     M_PKTHDR,
     M_READONLY,
@@ -30,6 +31,7 @@ from .mbuf import (
     m_length,
     m_pieces,
 )
+from .zerocopy_hazard import note_copydata
 
 
 def m_copydata(m: Mbuf, off: int, length: int) -> bytes:
@@ -51,11 +53,20 @@ def m_copydata(m: Mbuf, off: int, length: int) -> bytes:
             continue
         take = min(cur.m_len - off, left)
         mach = cur.pool.machine
-        if cur.m_flags & M_EXT_PAGES and mach is not None:
+        if cur.m_flags & M_EXT_ROMAP and mach is not None:
             ext = cur.m_ext
             assert ext is not None
             va = ext.ext_buf + cur.m_data + off
             out += mach.mmu.load(mach.platform.curcpu(), va, take, user=False)
+        elif cur.m_flags & M_EXT_PAGES:
+            # pinned user pages (linux-zerocopy) have no kernel mapping of
+            # their own: the CPU reads the frames (Linux's kmap of the page
+            # in skb_copy_bits) and pays the copy; what it reads is checked
+            # against what the send took (zerocopy_hazard)
+            data = gather(cur, m_pieces(cur, off, take))
+            cur.pool.charge_copy(take)
+            note_copydata(cur, off, data)
+            out += data
         else:
             base = cur.m_data + off
             out += cur._kmem()[base : base + take]

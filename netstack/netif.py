@@ -58,6 +58,7 @@ from .wire import (
     fold,
     pseudo_sum,
 )
+from .zerocopy_hazard import note_frame
 
 if TYPE_CHECKING:
     from uvmloan.physmem import PhysMem
@@ -195,6 +196,9 @@ class Netif:
         self.addr = addr
         self.if_mtu = mtu
         self.csum_offload = csum_offload
+        # Scatter/gather DMA (Linux NETIF_F_SG): every NetBSD driver in the
+        # model gathers mbuf chains; False makes MSG_ZEROCOPY copy instead.
+        self.sg = True
         self.intr_cpu = intr_cpu
         self.if_data = IfData()
         self.if_snd: deque[Mbuf] = deque()
@@ -244,7 +248,12 @@ class Netif:
 
     def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
         mach = self.host.machine
-        return dma_read(mach.physmem, mach.page_size, m)
+        frame, loaned = dma_read(mach.physmem, mach.page_size, m)
+        if loaned:
+            # pinned (MSG_ZEROCOPY) storage: compare what left with what the
+            # send took (instrumentation, zerocopy_hazard)
+            note_frame(m, frame)
+        return frame, loaned
 
     def _tx_done(self, m: Mbuf) -> None:
         self.host.kernel(lambda: self._txintr(m), self.intr_cpu)

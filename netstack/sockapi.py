@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvmloan.process import Process
 
+from .policy import SendPolicy, make_policy
 from .sockbuf import sbreserve
 from .sockerr import (
     EBADF,
@@ -48,6 +49,7 @@ from .socket import (
 )
 from .tcp_usrreq import TCPProtocol, tcp_table
 from .udp import UDPProtocol, parse_addr, udp_table, unpack_sockaddr
+from .zerocopy import SO_ZEROCOPY, ZerocopyNotification, recv_errqueue, zc_sock
 
 if TYPE_CHECKING:
     from .network import Host
@@ -87,8 +89,13 @@ def configure_sockets(
     *,
     sock_loan_thresh: int | None = None,
     pendfree_style: PendfreeStyle | None = None,
+    send_policy: str | SendPolicy | None = None,
 ) -> SocketLayer:
-    """Per-host overrides for experiments (before the host's first socket)."""
+    """Per-host overrides for experiments (before the host's first socket).
+
+    ``send_policy``: ``"copy"``, ``"netbsd-loan"`` (the default),
+    ``"linux-zerocopy"`` or a :class:`~netstack.policy.SendPolicy` instance.
+    """
     if "socket" in host.stack.pcbs:
         layer = host.stack.pcbs["socket"]
         assert isinstance(layer, SocketLayer)
@@ -99,6 +106,7 @@ def configure_sockets(
         host.stack.mbpool,
         sock_loan_thresh=sock_loan_thresh,
         pendfree_style=pendfree_style,
+        send_policy=send_policy,
     )
     _wire(host, layer)
     host.stack.pcbs["socket"] = layer
@@ -305,6 +313,37 @@ class UserSocket:
         got, addr = self._recv(uio, flags, 0)
         return bytes(buf[:got]), addr
 
+    def recv_errqueue(self, proc: Process | None = None) -> ZerocopyNotification:
+        """``recvmsg(fd, &msg, MSG_ERRQUEUE)``: one zerocopy completion record.
+
+        Always non-blocking (msg_zerocopy.rst): EWOULDBLOCK (EAGAIN) when the
+        queue is empty.  A system call on ``proc``'s CPU (default CPU 0).
+        """
+        self._open("recv_errqueue")
+        cpu = self._proc(proc, "recv_errqueue").cpu if proc is not None else 0
+        so = self.so
+        return self.host.kernel(lambda: recv_errqueue(so), cpu)
+
+    def errqueue_len(self) -> int:
+        """Notifications waiting on the error queue (what poll's POLLERR says)."""
+        st = self.so.so_zc
+        return 0 if st is None else len(st.errq)
+
+    def set_send_policy(self, policy: str | SendPolicy, **data: object) -> None:
+        """This socket's send policy (an experiment's override of the host's)."""
+        self._open("set_send_policy")
+        pol = make_policy(policy, **data)
+        so = self.so
+        if so.so_snd.sb_cc or (so.so_zc is not None and so.so_zc.zckey):
+            raise ValueError("set_send_policy: the socket has already sent")
+        so.so_policy = pol
+
+    @property
+    def send_policy(self) -> SendPolicy:
+        pol = self.so.so_policy or self.layer.send_policy
+        assert pol is not None
+        return pol
+
     def on_readable(self, fn: Callable[[UserSocket], None] | None) -> None:
         """Call ``fn(self)`` (as a kernel activity) whenever data or EOF arrives."""
         if fn is None:
@@ -339,6 +378,11 @@ class UserSocket:
             if hook is not None:
                 self.host.kernel(lambda: hook(so))
             return
+        if level == SOL_SOCKET and optname == SO_ZEROCOPY:
+            if not isinstance(value, int):
+                raise TypeError("setsockopt: the value must be an int")
+            self.send_policy.setsockopt_zerocopy(so, value)
+            return
         if level == IPPROTO_TCP and optname == TCP_NODELAY and self.kind == "tcp":
             self.host.kernel(lambda: so.proto.set_nodelay(so, bool(value)))  # type: ignore[attr-defined]
             return
@@ -350,6 +394,12 @@ class UserSocket:
             return self.so.so_snd.sb_hiwat
         if level == SOL_SOCKET and optname == SO_RCVBUF:
             return self.so.so_rcv.sb_hiwat
+        if (
+            level == SOL_SOCKET
+            and optname == SO_ZEROCOPY
+            and self.send_policy.name == ("linux-zerocopy")
+        ):
+            return int(zc_sock(self.so).enabled)
         raise SocketError(ENOPROTOOPT, f"option {level:#x}/{optname:#x} is not supported")
 
     # -------------------------------------------------------------- teardown
@@ -400,6 +450,7 @@ __all__ = [
     "SOL_SOCKET",
     "SO_RCVBUF",
     "SO_SNDBUF",
+    "SO_ZEROCOPY",
     "TCP_NODELAY",
     "UserSocket",
     "configure_sockets",

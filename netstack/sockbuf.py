@@ -182,6 +182,12 @@ def _trailing(sb: SockBuf, n: Mbuf) -> int:
 
 def _copy_into_tail(n: Mbuf, m: Mbuf) -> None:
     data = gather(m, m_pieces(m, 0, m.m_len))
+    if m.m_flags & M_EXT_PAGES:
+        # pinned storage copied into the kernel's cluster: Linux's deferred
+        # copy (skb_zcopy_clear(skb, false)); its notification says COPIED
+        mark = getattr(m.m_ext.ext_arg if m.m_ext is not None else None, "deferred_copy", None)
+        if mark is not None:
+            mark()
     if n.m_flags & M_EXT_PAGES:
         # Only reachable through the injected bug: the kernel writes into
         # the lent frames (what a real kernel would do through a writable

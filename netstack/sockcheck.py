@@ -5,6 +5,7 @@ S2  every mbuf a socket buffer holds is allocated; a loaned one's storage
     has a reference and its loan is held (KVA mapped, pages lent).
 S3  ``socurkva`` is the KVA of the loans held (reserved only while
     ``sosend_loan`` runs).
+    Pinned (MSG_ZEROCOPY) storage instead holds its pin: every page wired.
 S4  every mbuf on a pendfree list has no reference left (storage queued
     for release is not in use) and its loan is still held.
 """
@@ -13,8 +14,21 @@ from __future__ import annotations
 
 from uvmloan.errors import InvariantViolation, KernelAssertion
 
-from .mbuf import M_EXT_PAGES, Mbuf, is_free
+from .mbuf import M_EXT_PAGES, M_EXT_ROMAP, Mbuf, is_free
 from .socket import SocketLayer
+from .zerocopy import ZcChunk, ZcHost
+
+
+def _check_pinned(m: Mbuf, sb: object) -> None:
+    """S2 for pinned (MSG_ZEROCOPY) storage: its pin is held, every page wired."""
+    ext = m.m_ext
+    assert ext is not None
+    chunk = ext.ext_arg
+    if not isinstance(chunk, ZcChunk) or chunk.released:
+        raise InvariantViolation("S2", f"{m!r} in {sb!r} refers to a pin already released")
+    for pg in chunk.pages:
+        if pg.wire_count < 1:
+            raise InvariantViolation("S2", f"{m!r} in {sb!r}: pinned {pg!r} is not wired")
 
 
 def _loan_of(layer: SocketLayer, m: Mbuf) -> object:
@@ -36,6 +50,9 @@ def check_socket_invariants(layer: SocketLayer) -> None:
                     assert ext is not None
                     if ext.ext_refcnt < 1:
                         raise InvariantViolation("S2", f"{m!r} in {sb!r}: storage refcnt 0")
+                    if not m.m_flags & M_EXT_ROMAP:
+                        _check_pinned(m, sb)
+                        continue
                     kl = _loan_of(layer, m)
                     if kl is None or getattr(kl, "released", True):
                         raise InvariantViolation(
@@ -69,6 +86,11 @@ def check_quiescent(layer: SocketLayer) -> None:
         )
     if layer.so_pendfree:
         raise InvariantViolation("leak", f"{len(layer.so_pendfree)} mbufs still pending free")
+    zc = layer.zerocopy
+    if isinstance(zc, ZcHost) and (zc.chunks or zc.locked_vm):
+        raise InvariantViolation(
+            "leak", f"{len(zc.chunks)} pinned storages, locked_vm {dict(zc.locked_vm)} left"
+        )
     layer.pool.check_leaks()
 
 

@@ -69,6 +69,9 @@ from .soloan import (
 )
 
 if TYPE_CHECKING:
+    from .policy import SendPolicy
+
+if TYPE_CHECKING:
     from uvmloan.machine import Machine
     from uvmloan.map import VMMap
     from uvmloan.process import Process
@@ -150,6 +153,10 @@ class SocketLayer:
     loans: dict[int, KernelLoan] = attrs.field(factory=dict)
     sockets: dict[Socket, None] = attrs.field(factory=dict)
     inject: set[str] = attrs.field(factory=set)
+    # How user bytes enter send buffers (netstack.policy); sockets may override.
+    send_policy: SendPolicy | None = None
+    # linux-zerocopy's per-host state (netstack.zerocopy.ZcHost), made on use.
+    zerocopy: Any = None
     # Hooks the network installs: run a kernel activity later; sleep until.
     defer: Callable[[Callable[[], None]], None] | None = None
     sleep: Callable[[Callable[[], bool]], bool] | None = None
@@ -163,10 +170,15 @@ class SocketLayer:
         *,
         sock_loan_thresh: int | None = None,
         pendfree_style: PendfreeStyle | None = None,
+        send_policy: str | SendPolicy | None = None,
     ) -> SocketLayer:
         """The layer with the profile's constants (``sock_loan_thresh``,
         ``sock_loan_chunk``, ``somaxkva``, ``sosend_pendfree``); the keywords
-        override them for one host."""
+        override them for one host.  ``send_policy``: a name of
+        :mod:`netstack.policy` or an instance (default ``netbsd-loan``)."""
+        from .policy import DEFAULT_POLICY, make_policy
+
+        policy = DEFAULT_POLICY if send_policy is None else make_policy(send_policy)
         prof = machine.profile
         if pendfree_style is None:
             pendfree_style = prof.sosend_pendfree
@@ -177,7 +189,7 @@ class SocketLayer:
             raise ValueError(
                 f"pendfree_style must be 'thread' or 'per-socket', not {pendfree_style!r}"
             )
-        return cls(
+        layer = cls(
             machine,
             pool if pool is not None else MbufPool(machine),
             thresh,
@@ -185,6 +197,8 @@ class SocketLayer:
             prof.somaxkva,
             pendfree_style,
         )
+        layer.send_policy = policy
+        return layer
 
     # ------------------------------------------------------------- plumbing
 
@@ -270,6 +284,10 @@ class Socket:
     so_head: Socket | None = None
     so_q: list[Socket] = attrs.field(factory=list)
     so_qlimit: int = 0
+    # A per-socket send policy (experiments); None: the layer's.
+    so_policy: SendPolicy | None = None
+    # linux-zerocopy's per-socket state (netstack.zerocopy.ZcSock), made on use.
+    so_zc: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -324,6 +342,10 @@ def sofree(so: Socket) -> None:
     sbflush(so.so_rcv)
     if so.layer.pendfree_style == "per-socket":
         sodopendfree(so)
+    if so.so_zc is not None:
+        from .zerocopy import zc_sofree
+
+        zc_sofree(so)
     so.freed = True
     so.layer.sockets.pop(so, None)
 
@@ -386,11 +408,27 @@ def _nbio(so: Socket, flags: int) -> bool:
 
 
 def sosend(so: Socket, uio: Uio, addr: Any = None, flags: int = 0) -> None:
-    """Send the uio's bytes: build mbufs (loaned or copied), hand them to pr_send.
+    """Send the uio's bytes: build mbufs (by reference or copied), hand them to pr_send.
 
+    The socket's send policy (netstack.policy) decides, mbuf by mbuf, whether
+    user bytes go in by reference; it sees the start and end of the call.
     Raises SocketError; bytes already handed to the protocol stay sent and
     ``uio.uio_resid`` says how many were not taken.
     """
+    policy = so.so_policy or so.layer.send_policy
+    assert policy is not None
+    if uio.uio_resid < 0:
+        raise SocketError(EINVAL, "negative length")
+    resid0 = uio.uio_resid
+    call = policy.begin(so, uio, addr, flags)
+    try:
+        _sosend(so, uio, addr, flags, policy, call)
+    finally:
+        if call is not None:
+            policy.end(so, call, resid0 - uio.uio_resid)
+
+
+def _sosend(so: Socket, uio: Uio, addr: Any, flags: int, policy: SendPolicy, call: Any) -> None:
     layer = so.layer
     if layer.pendfree_style == "per-socket":
         sodopendfree(so)
@@ -437,13 +475,12 @@ def sosend(so: Socket, uio: Uio, addr: Any = None, flags: int = 0) -> None:
                 else:
                     m = pool.m_get()
                     mlen = MLEN
-                thresh = layer.sock_loan_thresh
-                n = 0
-                if thresh >= 0 and uio.iov_len >= thresh and space >= thresh:
-                    n = sosend_loan(so, uio, m, space)
+                # The one place user bytes enter the send buffer: by
+                # reference if the policy takes them (netbsd-loan:
+                # sosend_loan, linux-zerocopy: pinned pages), else copied.
+                n = policy.take(so, uio, m, space, call)
                 err: SocketError | None = None
                 if n:
-                    layer.count("loan big", n)
                     space -= n
                 elif resid >= MINCLSIZE and space >= MCLBYTES:
                     pool.m_clget(m)

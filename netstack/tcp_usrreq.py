@@ -29,6 +29,7 @@ from uvmloan.errors import KernelAssertion
 
 from .mbuf import (
     M_EXT_PAGES,
+    M_EXT_ROMAP,
     M_PKTHDR,
     MHLEN,
     Mbuf,
@@ -300,6 +301,14 @@ class TCPProtocol(Protocol):
         if n:
             self.drive(so, SendQueued(n))
 
+    def unsent(self, so: Socket) -> int:
+        """Bytes at the end of so_snd not yet transmitted once (beyond snd_max)."""
+        inp = so.so_pcb
+        if not isinstance(inp, TCPPcb) or inp.conn is None:
+            return so.so_snd.sb_cc
+        conn = inp.conn
+        return max(0, so.so_snd.sb_cc - ((conn.snd_max - conn.snd_una) & 0xFFFFFFFF))
+
     def rcvd(self, so: Socket) -> None:
         """PRU_RCVD: report what the user read; the window may open."""
         inp = so.so_pcb
@@ -543,7 +552,7 @@ _ACTORS: dict[type, Any] = {
 def _has_loan(m: Mbuf) -> bool:
     cur: Mbuf | None = m
     while cur is not None:
-        if cur.m_flags & M_EXT_PAGES:
+        if cur.m_flags & M_EXT_ROMAP:
             return True
         cur = cur.m_next
     return False

@@ -70,3 +70,52 @@ def test_state_machine_finds(bug: str) -> None:
         assert failure_id(err) in MEANT[bug], err
     else:
         assert any(k in str(err) for k in MEANT[bug]), err
+
+
+# ------------------------------------------------------------ send policies
+
+
+class CopyMachine(SocketStateMachine):
+    POLICY: ClassVar[str] = "copy"
+
+
+class ZerocopyWaitingMachine(SocketStateMachine):
+    """linux-zerocopy, the sender reuses buffers only after completion: exact."""
+
+    POLICY: ClassVar[str] = "linux-zerocopy"
+    HAZARD: ClassVar[bool] = False
+
+
+class ZerocopyHazardMachine(SocketStateMachine):
+    """linux-zerocopy, overwrites anywhere: modified bytes predicted and counted."""
+
+    POLICY: ClassVar[str] = "linux-zerocopy"
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [CopyMachine, ZerocopyWaitingMachine, ZerocopyHazardMachine],
+    ids=["copy", "zerocopy-waiting", "zerocopy-hazard"],
+)
+def test_policies_clean_run(machine: type[SocketStateMachine]) -> None:
+    run_machine(machine, settings=socket_settings())
+
+
+class _BlindZerocopyMachine(ZerocopyHazardMachine):
+    """The reference without the hazard prediction: it must fail, so the
+    hazard machine's pass is not vacuous (its programs do overwrite bytes in
+    flight, and those bytes do reach the receiver changed)."""
+
+    def _store(self, off: int, n: int, byte: int) -> None:
+        self.zc = False
+        try:
+            super()._store(off, n, byte)
+        finally:
+            self.zc = True
+
+
+def test_zerocopy_hazard_is_predicted_not_ignored() -> None:
+    run_machine(ZerocopyHazardMachine, settings=no_shrink_settings(HUNT_EXAMPLES))
+    with pytest.raises(CheckFailure) as ei:
+        run_machine(_BlindZerocopyMachine, settings=no_shrink_settings(HUNT_EXAMPLES))
+    assert failure_id(ei.value) == "bytes"
