@@ -18,6 +18,17 @@ the time its pages are written, and what the user store costs is a write
 fault re-enabling the page (the loan left it read-only), never a loan break.
 ``refill=False`` sends the same bytes again without touching them (ttcp).
 
+``policy`` is a send policy of :mod:`netstack.policy` (``copy``,
+``netbsd-loan``: as the sender's profile decides, ``linux-zerocopy``: the
+sender opts in with ``SO_ZEROCOPY``, sends with ``MSG_ZEROCOPY`` and reads
+its error queue after each send, as Linux's msg_zerocopy.c selftest does,
+and rewrites a ring slot only once the notification covering its last send
+has been read), or ``loan``: netbsd-loan on a kernel built to loan
+(``sock_loan_thresh`` 4096 whatever its options).  ``overwrite`` rewrites
+each region with zeros as soon as the sender may (NetBSD's t_mmap pattern:
+right after send returns, breaking a loan still held; under zerocopy, once
+its notification is read); the receiver must still get the bytes sent.
+
 Throughput is the application's: bytes from the first send to the last
 byte read by the receiver, in simulated time, in KB/s of 1000 and of 1024
 bytes (ttcp's "KB/sec" is 1024).
@@ -36,16 +47,26 @@ from uvmloan import Profile, check_invariants, get_profile
 
 from .network import Network
 from .pcap import capture
-from .sockapi import SO_RCVBUF, SO_SNDBUF, SOL_SOCKET, UserSocket, get_layer, host_sleep
+from .policy import make_policy
+from .sockapi import (
+    SO_RCVBUF,
+    SO_SNDBUF,
+    SO_ZEROCOPY,
+    SOL_SOCKET,
+    UserSocket,
+    configure_sockets,
+    get_layer,
+    host_sleep,
+)
 from .sockbuf import sbspace
 from .sockcheck import check_quiescent
 from .sockerr import SocketError
+from .zerocopy import MSG_ZEROCOPY
 
-# The sosend policies this runner knows, and how each sets up the sender's
-# kernel: "copy" is a kernel without options SOSEND_LOAN (sock_loan_thresh
-# -1); "loan" is sosend_loan for every write of sock_loan_thresh bytes or
-# more (4096, the value of every kernel that loans).
-POLICIES = ("copy", "loan")
+# How the sender sends: a netstack send policy (netstack.policy) by name,
+# or "loan": netbsd-loan on a kernel built to loan (sock_loan_thresh 4096
+# whatever its options), the loaning side of a copy-vs-loan comparison.
+POLICIES = ("copy", "loan", "netbsd-loan", "linux-zerocopy")
 
 
 @attrs.frozen
@@ -61,6 +82,8 @@ class BulkResult:
     sender_cpu_ns: int  # CPU 0 of the sender: the process, sosend, TCP, the NIC's interrupts
     counters: Mapping[str, int]
     files: Mapping[str, str] = attrs.field(factory=dict)
+    frames: int = 0  # captured on the link (with pcap)
+    loaned_frames: int = 0  # of them, frames whose payload came from lent pages
 
     @property
     def kb_per_s(self) -> float:
@@ -115,26 +138,29 @@ RECORD_KEYS = (
 )
 
 
-def _pattern(n: int, seed: int) -> bytes:
-    block = bytes(((i >> 8) * 31 + i * 7 + seed) & 0xFF for i in range(1 << 12))
-    return (block * -(-n // len(block)))[:n]
+def pattern(n: int, seed: int) -> bytes:
+    """``n`` bytes to send: no two 4 KiB pages alike (each starts with its
+    number and the seed), so a page delivered in the wrong place shows."""
+    block = bytes(((i >> 8) * 31 + i * 7 + seed) & 0xFF for i in range(1 << 16))
+    out = bytearray((block * -(-n // len(block)))[:n])
+    for page, off in enumerate(range(0, n - 7, 4096)):
+        out[off : off + 8] = ((page << 16) | (seed & 0xFFFF)).to_bytes(8, "little")
+    return bytes(out)
 
 
 def _stream(size: int, ring: int, refill: bool, seed: int) -> bytes:
     """What the receiver must get: with refill, each lap of the ring new bytes."""
     if not refill:
-        return (_pattern(ring, seed) * -(-size // ring))[:size]
-    laps = [_pattern(ring, seed + lap * 17) for lap in range(-(-size // ring))]
+        return (pattern(ring, seed) * -(-size // ring))[:size]
+    laps = [pattern(ring, seed + lap * 17) for lap in range(-(-size // ring))]
     return b"".join(laps)[:size]
 
 
-def policy_overrides(policy: str, profile: Profile) -> dict[str, Any]:
-    """The sender's profile fields that make ``policy`` the kernel's sosend."""
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
-    thresh = -1 if policy == "copy" else 4096
+def _sender_overrides(policy: str, profile: Profile) -> dict[str, Any]:
+    if policy != "loan":
+        return {}
     field = "sock_loan_thresh_mp" if profile.multiprocessor else "sock_loan_thresh_up"
-    return {field: thresh}
+    return {field: 4096}
 
 
 def bulk_transfer(
@@ -154,9 +180,13 @@ def bulk_transfer(
     csum_offload: bool | None = None,
     tx_ring: int | None = None,
     sndbuf: int = 3 * 65536,
-    rcvbuf: int = 3 * 65536,
+    rcvbuf: int | None = 3 * 65536,
     ring_bytes: int = 1 << 20,
     refill: bool = True,
+    overwrite: bool = False,
+    port: int = 5001,
+    pcap_name: str | None = None,
+    policy_data: Mapping[str, Any] | None = None,
     seed: int = 0,
     out: Path | None = None,
     trace: bool = False,
@@ -167,18 +197,23 @@ def bulk_transfer(
 
     ``bandwidth_bps`` defaults to the sender profile's link speed
     (``Profile.nic.link_bps``), ``csum_offload`` and ``tx_ring`` to each
-    host's profile NIC.  With ``out``, ``trace`` writes the sender's
+    host's profile NIC.  ``policy_data`` are the policy's fields
+    (``make_policy(name, **policy_data)``, e.g. linux-zerocopy's
+    ``optmem_max``).  With ``out``, ``trace`` writes the sender's
     JSON Lines trace and ``pcap`` a pcapng of the link there.
     """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     base = get_profile(profile, **dict(profile_overrides or {}))
-    over = policy_overrides(policy, base)
+    over = _sender_overrides(policy, base)
     for name, v, lo in (
         ("size", size, 1),
         ("write_size", write_size, 1),
         ("ncpus", ncpus, 1),
         ("active_cpus", active_cpus, 1),
         ("sndbuf", sndbuf, 1),
-        ("rcvbuf", rcvbuf, 1),
+        ("rcvbuf", 1 if rcvbuf is None else rcvbuf, 1),
+        ("port", port, 1),
         ("ring_bytes", ring_bytes, 1),
     ):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -218,21 +253,31 @@ def bulk_transfer(
         )
         cap = None
         if pcap and out is not None:
-            files["pcap"] = str(out / f"bulk-{tag}.pcapng")
+            files["pcap"] = str(out / (f"bulk-{tag}.pcapng" if pcap_name is None else pcap_name))
             cap = capture(link, files["pcap"], fmt="pcapng")
+        zc = policy == "linux-zerocopy"
+        configure_sockets(
+            a,
+            send_policy=make_policy(
+                "netbsd-loan" if policy == "loan" else policy, **dict(policy_data or {})
+            ),
+        )
         listener = b.socket("tcp")
-        listener.setsockopt(SOL_SOCKET, SO_RCVBUF, rcvbuf)  # accept() inherits it
-        listener.bind(("", 5001))  # ttcp's port
+        if rcvbuf is not None:
+            listener.setsockopt(SOL_SOCKET, SO_RCVBUF, rcvbuf)  # accept() inherits it
+        listener.bind(("", port))
         listener.listen()
         client = a.socket("tcp")
         client.setsockopt(SOL_SOCKET, SO_SNDBUF, sndbuf)
-        client.connect((b.addr, 5001))
+        if zc:
+            client.setsockopt(SOL_SOCKET, SO_ZEROCOPY, 1)
+        client.connect((b.addr, port))
         server, _peer = listener.accept()
         listener.close()
         got = 0
         digest_ok = [True]
         expect = _stream(size, ring, refill, seed)
-        done_at: list[int] = []
+        done_at: list[tuple[int, int]] = []  # (time, the sender CPU's busy ns then)
 
         def reader(us: UserSocket) -> None:
             nonlocal got
@@ -247,7 +292,7 @@ def bulk_transfer(
                     digest_ok[0] = False
                 got += len(d)
                 if got >= size and not done_at:
-                    done_at.append(net.now)
+                    done_at.append((net.now, a.busy_ns[0]))
 
         server.setblocking(False)
         server.on_readable(reader)
@@ -264,6 +309,27 @@ def bulk_transfer(
         so = client.so
         busy0 = a.busy_ns[0]
         start = net.now
+        # linux-zerocopy: send id -> (ring offset, length) until its
+        # completion notification has been read
+        inflight: dict[int, tuple[int, int]] = {}
+        key = 0
+
+        def user_write(at: int, data: bytes) -> None:
+            # the application's store: a user activity on its CPU
+            a.kernel(lambda: proc.write(va + at, data), 0)
+
+        def reap() -> list[tuple[int, int]]:
+            # msg_zerocopy.c: read the error queue dry (poll says POLLERR)
+            done: list[tuple[int, int]] = []
+            while client.errqueue_len():
+                note = client.recv_errqueue(proc)
+                done.extend(inflight.pop(k) for k in [k for k in inflight if note.covers(k)])
+            return done
+
+        def slot_free(lo: int, hi: int) -> bool:
+            reap()
+            return not any(o < hi and lo < o + n for o, n in inflight.values())
+
         off = 0
         while off < size:
             take = min(write_size, size - off)
@@ -271,26 +337,58 @@ def bulk_transfer(
             if not host_sleep(a, lambda t=take: sbspace(so.so_snd) >= t):  # type: ignore[misc]
                 raise RuntimeError("the send buffer never drained (the connection stalled)")
             if refill and off >= ring:
-                # the application fills the slot: a user activity on its CPU
-                chunk = expect[off : off + take]
-                a.kernel(lambda c=chunk, s=slot: proc.write(va + s, c), 0)  # type: ignore[misc]
-            client.send(proc, va + slot, take)
+                # MSG_ZEROCOPY's contract: a region is rewritten only once the
+                # notification covering its last send has been read
+                if zc and not host_sleep(a, lambda s=slot, t=take: slot_free(s, s + t)):  # type: ignore[misc]
+                    raise RuntimeError("a zerocopy send never completed")
+                user_write(slot, expect[off : off + take])
+            client.send(proc, va + slot, take, MSG_ZEROCOPY if zc else 0)
+            if zc:
+                inflight[key] = (slot, take)
+                key += 1
+                for o, n in reap():
+                    if overwrite:
+                        user_write(o, bytes(n))
+            elif overwrite:
+                # NetBSD's t_mmap pattern: rewrite the buffer as soon as send
+                # returns (a loan still held breaks; the receiver gets the
+                # bytes from before)
+                user_write(slot, bytes(take))
             off += take
             if progress is not None and off % (4 << 20) == 0:
                 progress(f"{policy}: {off >> 20} of {size >> 20} MiB sent")
+        if zc:
+            # shutdown(SHUT_WR) first (the FIN pushes the last small segment
+            # out past Nagle, as close does), then poll(POLLERR) until every
+            # send completed, then close
+            client.shutdown(1)
+
+            def all_done() -> bool:
+                for o, n in reap():
+                    if overwrite:
+                        user_write(o, bytes(n))
+                return not inflight
+
+            if not host_sleep(a, all_done):
+                raise RuntimeError(f"{len(inflight)} zerocopy sends never completed")
         client.close()
         net.run_until_idle()
         server.close()
         net.run_until_idle()
-        elapsed = (done_at[0] if done_at else net.now) - start
-        sender_ns = a.busy_ns[0] - busy0
+        # from the first send to the last byte read (TIME_WAIT's 2*MSL after
+        # the close is not part of the transfer)
+        end, busy_end = done_at[0] if done_at else (net.now, a.busy_ns[0])
+        elapsed = end - start
+        sender_ns = busy_end - busy0
         if got != size or not digest_ok[0]:
             raise AssertionError(f"{policy}: the receiver got {got} bytes, or bytes that differ")
         for h in (a, b):
             check_quiescent(get_layer(h))
             check_invariants(h.machine)
+        frames = loaned_frames = 0
         if cap is not None:
             cap.close()
+            frames, loaned_frames = cap.frames, cap.loaned_frames
         counters = {k: v for k, v in a.machine.counters.items() if v}
     return BulkResult(
         policy=policy,
@@ -299,9 +397,11 @@ def bulk_transfer(
         active_cpus=active_cpus,
         sim_ns=elapsed,
         wall_s=time.perf_counter() - t0,
-        sender_cpu_ns=min(sender_ns, elapsed),
+        sender_cpu_ns=sender_ns,
         counters=counters,
         files=files,
+        frames=frames,
+        loaned_frames=loaned_frames,
     )
 
 

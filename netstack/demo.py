@@ -16,30 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from uvmloan import check_invariants
-
-from .network import Network
-from .pcap import capture
-from .sockapi import (
-    SO_SNDBUF,
-    SO_ZEROCOPY,
-    SOL_SOCKET,
-    UserSocket,
-    configure_sockets,
-    get_layer,
-    host_sleep,
-)
-from .sockbuf import sbspace
-from .sockcheck import check_quiescent
-from .sockerr import SocketError
-from .zerocopy import MSG_ZEROCOPY
+from .bulk import bulk_transfer
+from .bulk import pattern as _pattern  # noqa: F401  (the tests compare captures with it)
 
 CHUNK = 65536
 PS = 4096
@@ -69,10 +53,6 @@ class TransferResult:
         return self.nbytes / 1000 / (self.sim_ns / 1e9) if self.sim_ns else 0.0
 
 
-def _pattern(n: int, seed: int) -> bytes:
-    return bytes(((i >> 8) * 31 + i * 7 + seed) & 0xFF for i in range(n))
-
-
 def run_transfer(
     mode: str,
     size: int,
@@ -93,130 +73,44 @@ def run_transfer(
     with ``MSG_ZEROCOPY`` and, before it reuses a region of its buffer,
     reading the error queue until that region's sends have completed (the
     pattern of Linux's ``tools/testing/selftests/net/msg_zerocopy.c``).
+    The transfer itself is :func:`netstack.bulk.bulk_transfer`'s, over the
+    whole buffer once (no ring), with a pcapng of the link.
     """
     policy = MODE_POLICY.get(mode, mode)
     if policy not in POLICIES:
         raise ValueError(f"mode must be one of {(*MODES, *POLICIES[2:])}, not {mode!r}")
-    t0 = time.perf_counter()
-    memory = f"{max(32, 3 * size // (1 << 20) + 24)}M"
-    with Network(seed=seed) as net:
-        a = net.host(
-            "a",
-            ncpus=ncpus,
-            memory=memory,
-            profile_overrides={"multiprocessor": policy == "copy"},
-        )
-        configure_sockets(a, send_policy=policy)
-        b = net.host("b", memory="32M")
-        link = net.link(a, b, bandwidth_bps=100_000_000, delay_ns=100_000, loss=loss)
-        pcap_path = out / f"transfer-{mode}.pcapng"
-        cap = capture(link, pcap_path, fmt="pcapng")
-        listener = b.socket("tcp")
-        listener.bind(("", 80))
-        listener.listen()
-        client = a.socket("tcp")
-        client.setsockopt(SOL_SOCKET, SO_SNDBUF, 3 * CHUNK)
-        zc = policy == "linux-zerocopy"
-        if zc:
-            client.setsockopt(SOL_SOCKET, SO_ZEROCOPY, 1)
-        client.connect((b.addr, 80))
-        server, _peer = listener.accept()
-        listener.close()
-        got = bytearray()
-        done_at: list[int] = []
-
-        def reader(us: UserSocket) -> None:
-            us.setblocking(False)
-            while True:
-                try:
-                    d = us.recv_bytes(CHUNK)
-                except SocketError:
-                    return
-                if not d:
-                    return
-                got.extend(d)
-                if len(got) >= size and not done_at:
-                    done_at.append(net.now)  # the last byte reached the receiver
-
-        server.on_readable(reader)
-        proc = a.machine.spawn("sender")
-        va = proc.mmap(size + PS)
-        data = _pattern(size, seed)
-        proc.write(va, data)
-        start = net.now
-        so = client.so
-        off = 0
-        # linux-zerocopy: send id -> buffer offset, until its completion is read
-        inflight: dict[int, tuple[int, int]] = {}
-        key = 0
-        while off < size:
-            take = min(CHUNK, size - off)
-            # wait for room for the whole send, as a sender using poll(2) does
-            if not host_sleep(a, lambda t=take: sbspace(so.so_snd) >= t):  # type: ignore[misc]
-                raise RuntimeError("the send buffer never drained (the connection stalled)")
-            client.send(proc, va + off, take, MSG_ZEROCOPY if zc else 0)
-            if zc:
-                # msg_zerocopy.c: read the error queue (non-blocking) after
-                # a send; a region is reused (overwritten) only once the
-                # notification covering its send has been read
-                inflight[key] = (off, take)
-                key += 1
-                for o, n in _reap(client, proc, inflight):
-                    if overwrite:
-                        proc.write(va + o, bytes(n))
-            elif overwrite:
-                proc.write(va + off, bytes(take))
-            off += take
-            if progress is not None and off % (1 << 20) == 0:
-                progress(f"{mode}: {off >> 20} of {size >> 20} MiB sent")
-        if zc:
-            # shutdown(SHUT_WR) first (the FIN pushes the last small segment
-            # out past Nagle, as close does), then poll(POLLERR) until every
-            # send completed, then close
-            client.shutdown(1)
-            def all_done() -> bool:
-                for o, n in _reap(client, proc, inflight):
-                    if overwrite:
-                        proc.write(va + o, bytes(n))
-                return not inflight
-
-            if not host_sleep(a, all_done):
-                raise RuntimeError(f"{len(inflight)} zerocopy sends never completed")
-        client.close()
-        net.run_until_idle()
-        server.close()
-        net.run_until_idle()
-        # from the first send to the last byte read (TIME_WAIT's 2*MSL after
-        # the close is not part of the transfer)
-        elapsed = (done_at[0] if done_at else net.now) - start
-        if bytes(got) != data:
-            raise AssertionError(f"{mode}: the receiver got {len(got)} bytes that differ")
-        for h in (a, b):
-            check_quiescent(get_layer(h))
-            check_invariants(h.machine)
-        cap.close()
-        counters = {k: v for k, v in a.machine.counters.items() if v}
-        return TransferResult(
-            mode=policy if mode not in MODES else mode,
-            nbytes=size,
-            sim_ns=elapsed,
-            wall_s=time.perf_counter() - t0,
-            counters=counters,
-            pcap=str(pcap_path),
-            frames=cap.frames,
-            loaned_frames=cap.loaned_frames,
-        )
-
-
-def _reap(
-    client: UserSocket, proc: Any, inflight: dict[int, tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """Read the error queue dry; the buffer regions of the sends it completed."""
-    done: list[tuple[int, int]] = []
-    while client.errqueue_len():
-        note = client.recv_errqueue(proc)
-        done.extend(inflight.pop(k) for k in [k for k in inflight if note.covers(k)])
-    return done
+    r = bulk_transfer(
+        policy,
+        size,
+        write_size=CHUNK,
+        profile_overrides={"multiprocessor": policy == "copy"},
+        receiver_profile="netbsd-10",
+        ncpus=ncpus,
+        bandwidth_bps=100_000_000,
+        delay_ns=100_000,
+        loss=loss,
+        overhead_bytes=0,
+        rcvbuf=None,
+        ring_bytes=size + (-size % CHUNK),
+        refill=False,
+        overwrite=overwrite,
+        port=80,
+        seed=seed,
+        out=out,
+        pcap=True,
+        pcap_name=f"transfer-{mode}.pcapng",
+        progress=progress,
+    )
+    return TransferResult(
+        mode=policy if mode not in MODES else mode,
+        nbytes=size,
+        sim_ns=r.sim_ns,
+        wall_s=r.wall_s,
+        counters=dict(r.counters),
+        pcap=r.files["pcap"],
+        frames=r.frames,
+        loaned_frames=r.loaned_frames,
+    )
 
 
 ROWS: tuple[tuple[str, str], ...] = (
@@ -248,29 +142,56 @@ def report(results: Sequence[TransferResult]) -> str:
     rows.append(("frames captured", *(str(r.frames) for r in results)))
     rows.append(("frames with loaned payload", *(str(r.loaned_frames) for r in results)))
     widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in (head, *rows)]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in (head, *rows)
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser, size_type: Callable[[str], int]) -> None:
     p.add_argument(
-        "--size", type=size_type, default=4 << 20,
+        "--size",
+        type=size_type,
+        default=4 << 20,
         help=f"bytes to send, e.g. 1M (default: 4M; at most {MAX_SIZE >> 20}M)",
     )
-    p.add_argument("--mode", choices=(*MODES, "both"), default=None,
-                   help="copy, loan or both side by side (default: both)")
-    p.add_argument("--policy", action="append", choices=POLICIES, default=None,
-                   help="send policy (repeat for a side-by-side table): copy, netbsd-loan, "
-                   "linux-zerocopy; overrides --mode")
-    p.add_argument("--overwrite", action="store_true",
-                   help="the sender rewrites its buffer right after each send")
-    p.add_argument("--loss", type=float, default=0.0,
-                   help="probability that the link drops a frame (default: 0)")
+    p.add_argument(
+        "--mode",
+        choices=(*MODES, "both"),
+        default=None,
+        help="copy, loan or both side by side (default: both)",
+    )
+    p.add_argument(
+        "--policy",
+        action="append",
+        choices=POLICIES,
+        default=None,
+        help="send policy (repeat for a side-by-side table): copy, netbsd-loan, "
+        "linux-zerocopy; overrides --mode",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the sender rewrites its buffer right after each send",
+    )
+    p.add_argument(
+        "--loss",
+        type=float,
+        default=0.0,
+        help="probability that the link drops a frame (default: 0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the link's impairments")
-    p.add_argument("--out", type=Path, default=Path("out"),
-                   help="directory for transfer.json and the pcaps (default: out)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out"),
+        help="directory for transfer.json and the pcaps (default: out)",
+    )
 
 
 def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -294,15 +215,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"{mode}: sending {args.size:,} bytes from a→b over 100 Mbit/s ...", flush=True)
         results.append(
             run_transfer(
-                mode, args.size, out=args.out, overwrite=args.overwrite, loss=args.loss,
-                seed=args.seed, progress=lambda s: print("  " + s, flush=True),
+                mode,
+                args.size,
+                out=args.out,
+                overwrite=args.overwrite,
+                loss=args.loss,
+                seed=args.seed,
+                progress=lambda s: print("  " + s, flush=True),
             )
         )
     print()
     print(report(results))
     record: dict[str, Any] = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                 if k != "func"},
+        "args": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"
+        },
         "results": [attrs.asdict(r) | {"kb_per_s": r.kb_per_s} for r in results],
     }
     data = args.out / "transfer.json"

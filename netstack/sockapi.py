@@ -125,6 +125,12 @@ def _wire(host: Host, layer: SocketLayer) -> None:
     layer.sleep = sleep
 
 
+def _syscall(host: Host) -> None:
+    """Kernel entry and exit of one socket system call (``syscall_ns``)."""
+    mach = host.machine
+    mach.platform.charge(mach.profile.costs.syscall_ns)
+
+
 def host_sleep(host: Host, cond: Callable[[], bool]) -> bool:
     """The running activity sleeps until ``cond()`` (see :meth:`Host.sleep`)."""
     return host.sleep(cond, SLEEP_LIMIT_NS)
@@ -233,6 +239,7 @@ class UserSocket:
         so = self.so
 
         def call() -> None:
+            _syscall(self.host)
             sosend(so, uio, addr, self._flags(flags))
 
         try:
@@ -276,7 +283,12 @@ class UserSocket:
 
     def _recv(self, uio: Uio, flags: int, cpu: int) -> tuple[int, tuple[str, int] | None]:
         so = self.so
-        n, addr, _fl = self.host.kernel(lambda: soreceive(so, uio, self._flags(flags)), cpu)
+
+        def call() -> tuple[int, Any, int]:
+            _syscall(self.host)
+            return soreceive(so, uio, self._flags(flags))
+
+        n, addr, _fl = self.host.kernel(call, cpu)
         return n, (unpack_sockaddr(addr) if addr is not None else None)
 
     def recv(self, proc: Process, va: int, n: int, flags: int = 0) -> int:

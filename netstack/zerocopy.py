@@ -75,19 +75,19 @@ class ZerocopyCosts:
 def zerocopy_costs(costs: CostModel) -> ZerocopyCosts:
     """The one place the cost model's fields are mapped to zerocopy's costs.
 
-    The cost model has no syscall, atomic or slab-allocation figure yet, so
-    these are stand-ins: a pin is a page walk (``page_walk_ns``) plus an
-    atomic refcount with its bookkeeping (``pte_update_ns``, an atomic swap
-    and pv bookkeeping); an unpin is that atomic; the notification skb is a
-    small allocation (``page_alloc_ns``); the error-queue read is a trap
-    in and out (``fault_entry_ns``).  When the profile gains dedicated
-    fields (``syscall_ns`` ...) only this function changes.
+    The cost model has no atomic or slab-allocation figure, so some are
+    stand-ins: a pin is a page walk (``page_walk_ns``) plus an atomic
+    refcount with its bookkeeping (``pte_update_ns``, an atomic swap and pv
+    bookkeeping); an unpin is that atomic; the notification skb is a small
+    allocation (``page_alloc_ns``).  The error-queue read is a system call
+    (``syscall_ns``) that dequeues and frees that skb (``page_alloc_ns``
+    again) and copies the ``sock_extended_err`` out.
     """
     return ZerocopyCosts(
         pin_page_ns=costs.page_walk_ns + costs.pte_update_ns,
         unpin_page_ns=costs.pte_update_ns,
         notification_ns=costs.page_alloc_ns,
-        errqueue_ns=costs.fault_entry_ns,
+        errqueue_ns=costs.syscall_ns + costs.page_alloc_ns,
     )
 
 

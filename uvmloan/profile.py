@@ -79,8 +79,8 @@ class CostModel:
     # handler dispatch and exit; a round number, about 1 us.
     intr_ns: int = attrs.field(default=1_000, validator=_nonneg)
     # Entering and leaving the kernel for one system call (trap, argument
-    # copy-in, return), without the work it does.  Not charged anywhere yet
-    # (netstack reads it when it models write(2)).
+    # copy-in, return), without the work it does: netstack charges it per
+    # socket system call (send, recv, the error queue's recvmsg).
     syscall_ns: int = attrs.field(default=150, validator=_nonneg)
     # The clock of the CPU the figures are for, in MHz.  Informational: no
     # charge reads it; figures quoted in cycles are converted with it

@@ -107,3 +107,24 @@ def test_mp_refilled_buffers_fault_once_per_page_per_refill(tmp_path: Path) -> N
     # path's pages stay writable)
     assert int(copy["fault"]) == ring
     assert int(loan["fault"]) == ring + (sent - ring)
+
+
+def test_zerocopy_breaks_even_between_4_and_16_kib(tmp_path: Path) -> None:
+    res = experiments.reproduce("zerocopy-breakeven", tmp_path, quick=True)
+    rows = _rows(tmp_path / "zerocopy-breakeven.csv")
+    zc = {int(r["write_size"]): r for r in rows if r["policy"] == "linux-zerocopy"}
+    cp = {int(r["write_size"]): r for r in rows if r["policy"] == "copy"}
+    sent = 1 << 20
+    for w, r in zc.items():
+        # nothing copied into clusters, nothing lent; every byte went by pinned
+        # pages, and the buffer was never rewritten, so nothing changed in flight
+        assert r["sosend_copy_big"] == "0" and r["loan"] == "0", w
+        assert int(cp[w]["sosend_copy_big"]) > 0
+    ratio = {w: int(zc[w]["sender_cpu_ns"]) / int(cp[w]["sender_cpu_ns"]) for w in zc}
+    assert ratio[2048] > 1.0  # a 2 KiB write: a pin and a notification cost more than its copy
+    assert ratio[65536] < 1.0
+    crossing = min(w for w in ratio if all(ratio[v] < 1.0 for v in ratio if v >= w))
+    assert 4096 <= crossing <= 16384  # published: about 10 KB
+    assert res.holds, res.verdict
+    assert {r.what: r.model for r in res.rows}["break-even write size"] == crossing / 1000
+    assert sent == int(zc[65536]["bytes"])
