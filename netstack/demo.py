@@ -23,7 +23,6 @@ from typing import Any
 import attrs
 
 from .bulk import bulk_transfer
-from .bulk import pattern as _pattern  # noqa: F401  (the tests compare captures with it)
 
 CHUNK = 65536
 PS = 4096

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tshark import assert_checksums_good, follow_tcp
 
-from netstack.demo import _pattern
+from netstack.bulk import pattern as _pattern
 from uvmloan.cli import main
 
 KIB = 1024
