@@ -195,6 +195,16 @@ class SocketStateMachine(RuleBasedStateMachine):
             return
         self._store(off, n, byte)
 
+    @precondition(lambda self: self.zc and self.HAZARD and not self.closed and self.inflight)
+    @rule(data=st.data(), byte=st.integers(0, 255))
+    def overwrite_in_flight(self, data: st.DataObject, byte: int) -> None:
+        """The hazard reached on purpose: rewrite part of a send still in
+        flight (a uniform offset in the 1 MiB buffer seldom lands in one)."""
+        boff, blen, _ = data.draw(st.sampled_from(sorted(self.inflight.values())))
+        lo = data.draw(st.integers(boff, boff + blen - 1))
+        n = data.draw(st.integers(1, boff + blen - lo))
+        self._store(lo, n, byte)
+
     @precondition(lambda self: self.zc and not self.closed)
     @rule(off=st.integers(0, 1 << 20), n=st.integers(1, 3 * PS), byte=st.integers(0, 255))
     def overwrite_completed(self, off: int, n: int, byte: int) -> None:
