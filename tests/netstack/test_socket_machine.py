@@ -52,7 +52,10 @@ def test_every_switch_has_a_check() -> None:
     assert set(MEANT) == set(BUGS)
 
 
-HUNT_EXAMPLES = 20
+# 40: at 20 the skip-kremove-barrier hunt was found in some whole-suite runs
+# and not others (the programs it needs are rarer than the others'); the
+# bug-free baseline below runs the same budget.
+HUNT_EXAMPLES = 40
 
 
 def test_bug_free_machine_survives_the_hunts_budget() -> None:
