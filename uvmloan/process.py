@@ -31,6 +31,10 @@ from .param import (
 )
 from .pmap.cpu import TLBState
 
+# A module constant: ``TLBState.VALID`` is a metaclass attribute lookup, and
+# every user load and store tests it.
+_VALID = TLBState.VALID
+
 if TYPE_CHECKING:
     from .machine import Machine
     from .pmap.pmap import Pmap
@@ -206,7 +210,7 @@ class Process:
         c = self.cpu if cpu is None else self._cpu_arg(cpu)
         plat = m.platform
         cpuinfo = plat.cpus[c]
-        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not _VALID:
             m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
         saved = plat.cur
         plat.cur = c
@@ -227,7 +231,7 @@ class Process:
         c = self.cpu if cpu is None else self._cpu_arg(cpu)
         plat = m.platform
         cpuinfo = plat.cpus[c]
-        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not _VALID:
             m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
         saved = plat.cur
         plat.cur = c

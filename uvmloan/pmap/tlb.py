@@ -29,6 +29,8 @@ class TLB:
     seed: int = 0
     entries: dict[Key, tuple[object, int]] = attrs.field(factory=dict)
     _rng: random.Random = attrs.field(init=False)
+    # policy == "lru", resolved once: the MMU's inlined hit path reads it.
+    lru: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.capacity < 1:
@@ -36,11 +38,12 @@ class TLB:
         if self.policy not in ("lru", "fifo", "random"):
             raise ValueError(f"unknown TLB replacement policy {self.policy!r}")
         self._rng = random.Random(self.seed)
+        self.lru = self.policy == "lru"
 
     def lookup(self, key: Key) -> tuple[object, int] | None:
         """The cached (pmap, pte) for key, refreshing its LRU position."""
         ent = self.entries.get(key)
-        if ent is not None and self.policy == "lru":
+        if ent is not None and self.lru:
             # dict order is the LRU order: move to the most recent end.
             del self.entries[key]
             self.entries[key] = ent
