@@ -8,7 +8,8 @@
  * PhysMem stores the bound methods, so a call goes from the interpreter
  * straight here.
  *
- * The same is done for the one-frame copyin of a user store (copyin1), the
+ * The same is done for zero_page (every zero-fill fault), the one-frame
+ * copyin of a user store (copyin1), the
  * checksum of a piece list (cksum_sum), of a plain buffer (cksum_bytes) and
  * a NIC's gather+checksum (gather_cksum): for these the argument marshalling
  * in Python and cffi cost more than the C work on a 64 KiB packet.
@@ -46,6 +47,7 @@ typedef struct {
     PyObject *keep;      /* owner of the arena (cffi gc'd pointer), or NULL */
     PyObject *slow_one;  /* copy_page(src, dst) through cffi */
     PyObject *slow_many; /* copy_pages(srcs, dsts) through cffi */
+    PyObject *slow_zero_page;    /* zero_page(frame) */
     PyObject *slow_copyin1;      /* copyin1(frame, offset, data) */
     PyObject *slow_cksum_sum;    /* cksum_sum(pieces, initial=0) */
     PyObject *slow_cksum_bytes;  /* cksum_bytes(data, initial=0) */
@@ -165,6 +167,17 @@ fast_copy_pages(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (ok)
         Py_RETURN_NONE;
     return call_slow(self->slow_many, args, nargs, kwnames);
+}
+
+static PyObject *
+fast_zero_page(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    int64_t frame;
+    if (kwnames == NULL && nargs == 1 && self->arena != NULL && exact_i64(args[0], &frame) &&
+        pm_zero_page(self->arena, frame) == PM_OK)
+        Py_RETURN_NONE;
+    return call_slow(self->slow_zero_page, args, nargs, kwnames);
 }
 
 static PyObject *
@@ -355,13 +368,13 @@ static PyObject *
 fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     unsigned long long addr;
-    PyObject *keep, *slow_one, *slow_many, *slow_copyin1, *slow_cksum_sum, *slow_cksum_bytes,
+    PyObject *keep, *slow_one, *slow_many, *slow_zero_page, *slow_copyin1, *slow_cksum_sum, *slow_cksum_bytes,
         *slow_gather_cksum;
-    static char *kwlist[] = {"address",   "keep",        "copy_page",    "copy_pages",
-                             "copyin1",   "cksum_sum",   "cksum_bytes",  "gather_cksum",
-                             NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOOOOOO", kwlist, &addr, &keep, &slow_one,
-                                     &slow_many, &slow_copyin1, &slow_cksum_sum,
+    static char *kwlist[] = {"address",   "keep",      "copy_page",   "copy_pages",
+                             "zero_page", "copyin1",   "cksum_sum",   "cksum_bytes",
+                             "gather_cksum", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOOOOOOO", kwlist, &addr, &keep, &slow_one,
+                                     &slow_many, &slow_zero_page, &slow_copyin1, &slow_cksum_sum,
                                      &slow_cksum_bytes, &slow_gather_cksum))
         return NULL;
     if (addr == 0) {
@@ -379,6 +392,8 @@ fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->slow_one = slow_one;
     Py_INCREF(slow_many);
     self->slow_many = slow_many;
+    Py_INCREF(slow_zero_page);
+    self->slow_zero_page = slow_zero_page;
     Py_INCREF(slow_copyin1);
     self->slow_copyin1 = slow_copyin1;
     Py_INCREF(slow_cksum_sum);
@@ -397,6 +412,7 @@ fast_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->keep);
     Py_VISIT(self->slow_one);
     Py_VISIT(self->slow_many);
+    Py_VISIT(self->slow_zero_page);
     Py_VISIT(self->slow_copyin1);
     Py_VISIT(self->slow_cksum_sum);
     Py_VISIT(self->slow_cksum_bytes);
@@ -413,6 +429,7 @@ fast_clear(PyObject *op)
     Py_CLEAR(self->keep);
     Py_CLEAR(self->slow_one);
     Py_CLEAR(self->slow_many);
+    Py_CLEAR(self->slow_zero_page);
     Py_CLEAR(self->slow_copyin1);
     Py_CLEAR(self->slow_cksum_sum);
     Py_CLEAR(self->slow_cksum_bytes);
@@ -436,6 +453,8 @@ static PyMethodDef fast_methods[] = {
      "copy_page(src, dst): copy frame src onto frame dst."},
     {"copy_pages", (PyCFunction)(void (*)(void))fast_copy_pages, METH_FASTCALL | METH_KEYWORDS,
      "copy_pages(srcs, dsts): copy srcs[i] onto dsts[i] for every i."},
+    {"zero_page", (PyCFunction)(void (*)(void))fast_zero_page, METH_FASTCALL | METH_KEYWORDS,
+     "zero_page(frame): fill frame with zeros."},
     {"copyin1", (PyCFunction)(void (*)(void))fast_copyin1, METH_FASTCALL | METH_KEYWORDS,
      "copyin1(frame, offset, data): write data at offset of frame."},
     {"cksum_sum", (PyCFunction)(void (*)(void))fast_cksum_sum, METH_FASTCALL | METH_KEYWORDS,
@@ -457,7 +476,7 @@ static PyType_Slot fast_slots[] = {
     {Py_tp_traverse, fast_traverse},
     {Py_tp_clear, fast_clear},
     {Py_tp_methods, fast_methods},
-    {Py_tp_doc, "Fast(address, keep, copy_page, copy_pages, copyin1, cksum_sum, cksum_bytes, "
+    {Py_tp_doc, "Fast(address, keep, copy_page, copy_pages, zero_page, copyin1, cksum_sum, cksum_bytes, "
                 "gather_cksum): one arena's fast calls."},
     {0, NULL},
 };

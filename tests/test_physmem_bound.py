@@ -83,6 +83,11 @@ CALLS: list[tuple[str, Callable[[PhysMem], object]]] = [
     ("batch not a sequence", lambda m: m.copy_pages(5, [2])),  # type: ignore[arg-type]
     ("batch bytes", lambda m: m.copy_pages(b"\x01", [2])),
     ("batch keywords", lambda m: m.copy_pages(srcs=[1], dsts=[2])),
+    ("zero_page", lambda m: m.zero_page(3)),
+    ("zero_page bool", lambda m: m.zero_page(True)),
+    ("zero_page bad frame", lambda m: m.zero_page(N)),
+    ("zero_page float", lambda m: m.zero_page(1.0)),  # type: ignore[arg-type]
+    ("zero_page keyword", lambda m: m.zero_page(frame=2)),
     # copyin1: one frame of a user store
     ("copyin1 bytes", lambda m: m.copyin1(3, 100, b"abc")),
     ("copyin1 to the page end", lambda m: m.copyin1(3, PS - 2, b"yz")),
@@ -184,6 +189,7 @@ def test_a_bound_copy_after_close_reports_the_closed_arena(backend: str) -> None
 def test_the_bound_io_and_sums_after_close_report_the_closed_arena(backend: str) -> None:
     m = fresh(backend)
     calls: list[Callable[[], object]] = [
+        lambda: m.zero_page(1),
         lambda: m.copyin1(1, 0, b"x"),
         lambda: m.cksum_sum([(1, 0, 4)]),
         lambda: m.gather_cksum([(1, 0, 4)], bytearray(4)),

@@ -136,6 +136,12 @@ class CopyPages(Protocol):
     def __call__(self, srcs: Iterable[int], dsts: Iterable[int]) -> None: ...
 
 
+class ZeroPage(Protocol):
+    """The type of :attr:`PhysMem.zero_page`."""
+
+    def __call__(self, frame: int) -> None: ...
+
+
 class CopyIn1(Protocol):
     """The type of :attr:`PhysMem.copyin1`."""
 
@@ -171,6 +177,10 @@ def _live(ref: weakref.ReferenceType[PhysMem], op: str) -> PhysMem:
     if pm is None:  # a bound method outlived its PhysMem
         raise PhysMemValueError(f"{op}: the PhysMem is closed")
     return pm
+
+
+def _slow_zero_page(ref: weakref.ReferenceType[PhysMem], frame: int) -> None:
+    _live(ref, "zero_page")._zero_page(frame)
 
 
 def _slow_copyin1(
@@ -252,8 +262,8 @@ class PhysMem:
     the methods of a ``uvmloan._physmem_fast.Fast`` bound to this arena (no
     Python frame, no cffi conversion per call) which hand anything but the
     common case to the Python methods, so arguments and errors are those of
-    every other operation.  ``copyin1(frame, offset, data)`` (``copyin`` of
-    one frame: a user store), :meth:`cksum_sum`, :meth:`cksum_bytes` and
+    every other operation.  ``zero_page(frame)``, ``copyin1(frame, offset, data)``
+    (``copyin`` of one frame: a user store), :meth:`cksum_sum`, :meth:`cksum_bytes` and
     :meth:`gather_cksum` are bound the same way.
     """
 
@@ -261,6 +271,7 @@ class PhysMem:
 
     copy_page: CopyPage
     copy_pages: CopyPages
+    zero_page: ZeroPage
     copyin1: CopyIn1
     cksum_sum: CksumSum
     cksum_bytes: CksumBytes
@@ -371,6 +382,7 @@ class PhysMem:
         ref = weakref.ref(self)
         slow_one = functools.partial(_slow_copy_page, ref)
         slow_many = functools.partial(_slow_copy_pages, ref)
+        slow_zero = functools.partial(_slow_zero_page, ref)
         slow_in1 = functools.partial(_slow_copyin1, ref)
         slow_sum = functools.partial(_slow_cksum_sum, ref)
         slow_bytes = functools.partial(_slow_cksum_bytes, ref)
@@ -378,11 +390,20 @@ class PhysMem:
         if self._c and _fastmod is not None:
             addr = int(self._ffi.cast("uintptr_t", h))
             fast = _fastmod.Fast(
-                addr, keep, slow_one, slow_many, slow_in1, slow_sum, slow_bytes, slow_gather
+                addr,
+                keep,
+                slow_one,
+                slow_many,
+                slow_zero,
+                slow_in1,
+                slow_sum,
+                slow_bytes,
+                slow_gather,
             )
             self._fast = fast
             self.copy_page = fast.copy_page
             self.copy_pages = fast.copy_pages
+            self.zero_page = fast.zero_page
             self.copyin1 = fast.copyin1
             self.cksum_sum = fast.cksum_sum
             self.cksum_bytes = fast.cksum_bytes
@@ -390,6 +411,7 @@ class PhysMem:
         else:
             self.copy_page = slow_one
             self.copy_pages = slow_many
+            self.zero_page = slow_zero
             self.copyin1 = slow_in1
             self.cksum_sum = slow_sum
             self.cksum_bytes = slow_bytes
@@ -457,8 +479,8 @@ class PhysMem:
         if rc != 0:
             raise self._diag_scalar("copy_page", rc, (("src", src), ("dst", dst)))
 
-    def zero_page(self, frame: int) -> None:
-        """Fill ``frame`` with zeros."""
+    def _zero_page(self, frame: int) -> None:
+        """``zero_page``: fill ``frame`` with zeros."""
         try:
             rc = self._lib.pm_zero_page(self._h, frame)
         except (TypeError, OverflowError):

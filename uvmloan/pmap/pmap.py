@@ -484,8 +484,16 @@ class PmapModule:
             pmap.wired_count += 1
         ptes[va] = npte
         if pg is not None and not (opte & PTE_PVLIST and same):
-            self._pv_enter(pg.mdpage, pmap, va)
-        plat.charge(plat.costs.pte_update_ns)
+            # _pv_enter, inlined (one per fault)
+            md = pg.mdpage
+            if md.pv_pmap is None:
+                md.pv_pmap = pmap
+                md.pv_va = va
+            elif md.pv_more is None:
+                md.pv_more = {(pmap, va): None}
+            else:
+                md.pv_more[(pmap, va)] = None
+        plat.cpus[plat.cur].clock += plat.costs.pte_update_ns  # plat.charge, inlined
         tr = plat.tracer
         if tr.on:
             if tr.full:
