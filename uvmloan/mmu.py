@@ -32,6 +32,8 @@ MAX_FAULT_RETRIES = 16
 # D re-walks), and U for a user access.
 _STORE_HIT = PTE_W | PTE_D
 _STORE_HIT_USER = PTE_W | PTE_D | PTE_U
+# Counting-only trace mode: a resolved fault's counter keys.
+_K_FAULT_RESOLVED = Fault.keys("resolved")
 
 
 @attrs.define(slots=True, eq=False)
@@ -175,7 +177,10 @@ class MMU:
         finally:
             plat.cur = saved
         if tr.on:
-            _trace_fault(tr, cpu, pmap, va, access, why, "resolved")
+            if tr.full:
+                _trace_fault(tr, cpu, pmap, va, access, why, "resolved")
+            else:
+                tr.tally(_K_FAULT_RESOLVED)
 
     def _frames(self, cpu: CPU, va: int, n: int, write: bool, user: bool) -> list[int]:
         ps = self._page_size
@@ -282,4 +287,4 @@ def _trace_fault(
     if tr.full:
         tr.emit(Fault(cpu.clock, cpu.index, pmap.name, va, access, why, result))
     else:
-        tr.count(*Fault.keys(result))
+        tr.tally(Fault.keys(result))

@@ -313,7 +313,7 @@ class PageAllocator:
         cpu.clock += costs.page_alloc_ns
         tr = plat.tracer
         if tr.on and not tr.full:
-            tr.count(*_K_ALLOC)
+            tr.tally(_K_ALLOC)
         elif tr.on:
             owner = (
                 f"anon {getattr(anon, 'name', '?')}"
@@ -422,7 +422,7 @@ class PageAllocator:
             if tr.full:
                 tr.emit(PageFree(plat.now(), plat.cur, "-", pg.frame))
             else:
-                tr.count(*_K_FREE)
+                tr.tally(_K_FREE)
 
     def _check_live(self, pg: Page, who: str) -> None:
         if not isinstance(pg, Page):

@@ -503,7 +503,7 @@ class PmapModule:
                     )
                 )
             else:
-                tr.count(*_K_ENTER)
+                tr.tally(_K_ENTER)
         if opte & (PTE_P | PTE_A) == (PTE_P | PTE_A) and (opte ^ npte) & (PTE_FRAME_MASK | PTE_W):
             self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_ENTER)
         return 0
@@ -549,7 +549,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(PmapRemove(plat.now(), plat.cur, pmap.name, va, pte_frame(opte)))
             else:
-                tr.count(*_K_REMOVE)
+                tr.tally(_K_REMOVE)
 
     def pmap_protect(self, pmap: Pmap, sva: int, eva: int, prot: int) -> None:
         """Lower the protection of [sva, eva); never adds permissions.
@@ -582,7 +582,7 @@ class PmapModule:
                     if tr.full:
                         tr.emit(PmapProtect(plat.now(), plat.cur, pmap.name, va, int(prot)))
                     else:
-                        tr.count(*_K_PROTECT)
+                        tr.tally(_K_PROTECT)
             # pmap_write_protect (pmap.c 1.381) tests the old D bit only, even
             # when the PTE was already read-only.
             if opte & PTE_D:
@@ -609,7 +609,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(PageProtect(plat.now(), plat.cur, "-", pg.frame, int(prot), n))
             else:
-                tr.count(*_K_PAGE_PROTECT)
+                tr.tally(_K_PAGE_PROTECT)
         if prot & (VMProt.READ | VMProt.EXECUTE):
             for pmap, va in list(md.pv):
                 self._sync_pv(pmap, va, PTE_W)
@@ -726,7 +726,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(PmapUpdate(plat.now(), plat.cur, pmap.name if pmap else "-"))
             else:
-                tr.count(*_K_UPDATE)
+                tr.tally(_K_UPDATE)
         if self.inject_skip_update:
             return
         # Both shootnow flavours return at once on an empty packet; test it
@@ -904,7 +904,11 @@ class PmapModule:
                     )
                 )
             else:
-                tr.count(*_shootdown_queued_keys(va == ALLVA, why, scopes, pte, pkt.allva))
+                # _shootdown_queued_keys' cache, looked up inline first
+                keys = _SQ_KEYS.get((va == ALLVA, why, scopes, bool(pte & PTE_G), pkt.allva))
+                if keys is None:
+                    keys = _shootdown_queued_keys(va == ALLVA, why, scopes, pte, pkt.allva)
+                tr.tally(keys)
 
     def _local_flush(self, cpu: CPU, include_global: bool, why: str) -> None:
         plat = self.platform
@@ -915,7 +919,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(TLBFlush(cpu.clock, cpu.index, "-", include_global, why))
             else:
-                tr.count(*(_K_FLUSHG if include_global else _K_FLUSH))
+                tr.tally(_K_FLUSHG if include_global else _K_FLUSH)
 
     def _invalidate_packet(self, cpu: CPU, vas: list[int], allva: bool, glob: bool) -> None:
         """x86_tlb.c ``pmap_tlb_invalidate`` on one CPU."""
@@ -933,7 +937,7 @@ class PmapModule:
                 if tr.full:
                     tr.emit(TLBInvalidate(cpu.clock, cpu.index, "-", va))
                 else:
-                    tr.count(*_K_INVLPG)
+                    tr.tally(_K_INVLPG)
 
     def _trace_round(
         self,
@@ -947,8 +951,14 @@ class PmapModule:
         broadcast: bool = False,
     ) -> None:
         """The ShootdownRound event of a round ``cpu`` began at time ``start``
-        and has just finished."""
-        self.platform.tracer.emit(
+        and has just finished (only its counters when nobody wants events)."""
+        tr = self.platform.tracer
+        if not tr.full:
+            # ShootdownRound.remote: some target is not this CPU
+            remote = targets.count(cpu.index) != len(targets)
+            tr.tally(ShootdownRound.keys(remote, allva, nva))
+            return
+        tr.emit(
             ShootdownRound(
                 cpu.clock,
                 cpu.index,

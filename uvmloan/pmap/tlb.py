@@ -27,6 +27,10 @@ class TLB:
     capacity: int
     policy: str = "lru"
     seed: int = 0
+    # False when every key carries ASID 0 (the x86 policy: one address space
+    # cached, plus the kernel's): invlpg then drops one key instead of
+    # scanning the TLB.  True (the default) assumes nothing.
+    tagged: bool = True
     entries: dict[Key, tuple[object, int]] = attrs.field(factory=dict)
     _rng: random.Random = attrs.field(init=False)
     # policy == "lru", resolved once: the MMU's inlined hit path reads it.
@@ -63,6 +67,9 @@ class TLB:
 
     def invlpg(self, vpn: int) -> None:
         """INVLPG: drop the entry for this page in every ASID (global ones too)."""
+        if not self.tagged:
+            self.entries.pop((0, vpn), None)
+            return
         for key in [k for k in self.entries if k[1] == vpn]:
             del self.entries[key]
 
