@@ -3,6 +3,8 @@ items and values go in frame order over the allocated frames only."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from uvmloan.pagetab import FrameTable
 
 
@@ -18,7 +20,7 @@ class P:
 
 def test_iteration_items_and_values_in_frame_order_across_sparse_chunks() -> None:
     t = FrameTable(2048)  # four chunks of 512
-    pages = {f: P(f) for f in (1537, 3, 511, 512, 0)}
+    pages: dict[int, Any] = {f: P(f) for f in (1537, 3, 511, 512, 0)}
     for f in (1537, 3, 511, 512, 0):  # inserted out of order
         t[f] = pages[f]
     del t[3]
@@ -32,7 +34,7 @@ def test_iteration_items_and_values_in_frame_order_across_sparse_chunks() -> Non
 def test_items_is_a_snapshot() -> None:
     t = FrameTable(600)
     for f in (5, 520):
-        t[f] = P(f)
+        t[f] = P(f)  # type: ignore[assignment]
     for f, pg in t.items():
         assert pg.frame == f
         del t[f]  # changing the table while walking its items
