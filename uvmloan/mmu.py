@@ -23,7 +23,7 @@ from .param import VMProt
 from .physmem import CopyIn1
 from .pmap.cpu import CPU, Platform
 from .pmap.pmap import Pmap, PmapModule
-from .pmap.pte import PTE_A, PTE_D, PTE_FRAME_MASK, PTE_FRAME_SHIFT, PTE_P, PTE_U, PTE_W, pte_frame
+from .pmap.pte import PTE_A, PTE_D, PTE_FRAME_MASK, PTE_FRAME_SHIFT, PTE_P, PTE_U, PTE_W
 from .trace import Fault, Tracer
 
 MAX_FAULT_RETRIES = 16
@@ -143,8 +143,15 @@ class MMU:
             npte = pte | PTE_A | (PTE_D if write else 0)
             if npte != pte:
                 pmap.ptes[page_va] = npte
-            tlb.insert(key, pmap, npte)
-            return pte_frame(npte)
+            if tlb.evict_oldest:  # TLB.insert, inlined for LRU and FIFO
+                if key in ents:
+                    del ents[key]
+                elif len(ents) >= tlb.capacity:
+                    del ents[next(iter(ents))]
+                ents[key] = (pmap, npte)
+            else:
+                tlb.insert(key, pmap, npte)
+            return (npte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT
         raise KernelAssertion(f"fault loop at {va:#x} on CPU {cpu.index}: no progress")
 
     def _fault(self, cpu: CPU, pmap: Pmap, va: int, write: bool, user: bool, why: str) -> None:

@@ -33,8 +33,10 @@ class TLB:
     tagged: bool = True
     entries: dict[Key, tuple[object, int]] = attrs.field(factory=dict)
     _rng: random.Random = attrs.field(init=False)
-    # policy == "lru", resolved once: the MMU's inlined hit path reads it.
+    # policy == "lru" and policy != "random", resolved once: the MMU's
+    # inlined lookup and insert read them.
     lru: bool = attrs.field(init=False)
+    evict_oldest: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.capacity < 1:
@@ -43,6 +45,7 @@ class TLB:
             raise ValueError(f"unknown TLB replacement policy {self.policy!r}")
         self._rng = random.Random(self.seed)
         self.lru = self.policy == "lru"
+        self.evict_oldest = self.policy != "random"
 
     def lookup(self, key: Key) -> tuple[object, int] | None:
         """The cached (pmap, pte) for key, refreshing its LRU position."""
