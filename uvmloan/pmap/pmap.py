@@ -1028,6 +1028,9 @@ class PmapModule:
         if acks:
             cpu.clock = max(cpu.clock, *acks)
         if tr.on:
+            if not tr.full:  # _trace_round's counting, inline: one round per update
+                tr.tally(ShootdownRound.keys(bool(remote), allva, 0 if allva else len(vas)))
+                return
             self._trace_round(
                 cpu,
                 start,
