@@ -191,6 +191,10 @@ _K_PAGE_PROTECT = _keys_of(PageProtect, 0, 0, 0)
 _K_INVLPG = _keys_of(TLBInvalidate, 0)
 _K_FLUSH = _keys_of(TLBFlush, False, "-")
 _K_FLUSHG = _keys_of(TLBFlush, True, "-")
+_K_KENTER = _keys_of(KEnter, 0, 0, 0)
+_K_KREMOVE = _keys_of(KRemove, 0, 0)
+_K_IPI_DELIVERED = _keys_of(IPIDelivered, 0, VECTOR_TLB)
+_K_CSW = _keys_of(ContextSwitch, "-", "-")
 
 # pmap_tlb_shootdown's TLBSTATS scope of a user pmap, by (local, remote).
 _SCOPES: dict[tuple[bool, bool], tuple[str, ...]] = {
@@ -677,7 +681,10 @@ class PmapModule:
         plat.charge(plat.costs.pte_update_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(KEnter(plat.now(), plat.cur, "kernel", va, frame, int(prot)))
+            if tr.full:
+                tr.emit(KEnter(plat.now(), plat.cur, "kernel", va, frame, int(prot)))
+            else:
+                tr.tally(_K_KENTER)
 
     def pmap_kremove(self, sva: int, size: int) -> None:
         """Remove kernel mappings made by kenter; shootdown for accessed ones.
@@ -706,7 +713,10 @@ class PmapModule:
             kpm.wired_count -= 1
             plat.charge(plat.costs.pte_update_ns)
             if tr.on:
-                tr.emit(KRemove(plat.now(), plat.cur, "kernel", va, pte_frame(opte)))
+                if tr.full:
+                    tr.emit(KRemove(plat.now(), plat.cur, "kernel", va, pte_frame(opte)))
+                else:
+                    tr.tally(_K_KREMOVE)
             if opte & (PTE_P | PTE_A) == (PTE_P | PTE_A):
                 self.pmap_tlb_shootdown(kpm, va, opte, TLBSHOOT_KREMOVE)
 
@@ -812,9 +822,14 @@ class PmapModule:
         cpu.charge(plat.costs.context_switch_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(
-                ContextSwitch(cpu.clock, cpu.index, pmap.name, old.name if old else "-", pmap.name)
-            )
+            if tr.full:
+                tr.emit(
+                    ContextSwitch(
+                        cpu.clock, cpu.index, pmap.name, old.name if old else "-", pmap.name
+                    )
+                )
+            else:
+                tr.tally(_K_CSW)
         if plat.profile.tlb_policy == "x86":
             self._local_flush(cpu, False, "cr3 load")
         else:
@@ -1006,13 +1021,19 @@ class PmapModule:
             for dst in sends:
                 cpu.charge(costs.ipi_send_ns)
                 if tr.on:
-                    tr.emit(IPISent(cpu.clock, me, "-", dst, VECTOR_TLB))
+                    if tr.full:
+                        tr.emit(IPISent(cpu.clock, me, "-", dst, VECTOR_TLB))
+                    else:
+                        tr.tally(IPISent.keys(dst))
             sent_at = cpu.clock
             for dst in remote:
                 tcpu = plat.cpus[dst]
                 tcpu.clock = max(tcpu.clock, sent_at + costs.ipi_deliver_ns)
                 if tr.on:
-                    tr.emit(IPIDelivered(tcpu.clock, dst, "-", me, VECTOR_TLB))
+                    if tr.full:
+                        tr.emit(IPIDelivered(tcpu.clock, dst, "-", me, VECTOR_TLB))
+                    else:
+                        tr.tally(_K_IPI_DELIVERED)
                 acks.append(tcpu.clock + costs.ipi_ack_ns)
                 self._invalidate_packet(tcpu, vas, allva, glob)
                 # pmap_tlb_intr: a lazy CPU asked to shoot a user pmap leaves it.
