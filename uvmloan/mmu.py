@@ -133,7 +133,7 @@ class MMU:
             cpu.clock += self._page_walk_ns
             pte = pmap.ptes.get(page_va, 0)
             if not pte & PTE_P:
-                tlb.invalidate_key(key)
+                ents.pop(key, None)  # tlb.invalidate_key, inlined (every miss fault)
                 self._fault(cpu, pmap, page_va, write, user, "miss")
                 continue
             if (user and not pte & PTE_U) or (write and not pte & PTE_W):
