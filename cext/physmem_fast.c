@@ -1,5 +1,5 @@
 /*
- * uvmloan._physmem_fast: the two hottest physmem calls without cffi.
+ * uvmloan._physmem_fast: the hottest physmem calls without cffi.
  *
  * A cffi call converts every argument through its type machinery and the
  * PhysMem method around it adds a Python frame: together about 2.5 times the
@@ -8,8 +8,17 @@
  * PhysMem stores the bound methods, so a call goes from the interpreter
  * straight here.
  *
+ * The same is done for zero_page (every zero-fill fault), the one-frame
+ * copyin of a user store (copyin1), the
+ * checksum of a piece list (cksum_sum), of a plain buffer (cksum_bytes) and
+ * a NIC's gather+checksum (gather_cksum): for these the argument marshalling
+ * in Python and cffi cost more than the C work on a 64 KiB packet.
+ *
  * Only the common case is handled here: exact ints (and, for copy_pages, a
- * list or tuple of exact ints) that pm_copy_page / pm_copy_pages accept.
+ * list or tuple of exact ints; for pieces, a list or tuple of exact 3-tuples
+ * of exact ints or an array('q') of flat triples; for data, exact bytes or,
+ * for the checksums, any contiguous buffer; for gather_cksum's output, an
+ * exact bytearray) that the pm_* entry points accept.
  * Anything else - another type, an int that does not fit in 64 bits, a
  * frame out of range, a closed arena, keywords - goes to the "slow"
  * callable the object was made with (the PhysMem's own Python method),
@@ -28,6 +37,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "physmem.h"
 
@@ -37,7 +47,15 @@ typedef struct {
     PyObject *keep;      /* owner of the arena (cffi gc'd pointer), or NULL */
     PyObject *slow_one;  /* copy_page(src, dst) through cffi */
     PyObject *slow_many; /* copy_pages(srcs, dsts) through cffi */
+    PyObject *slow_zero_page;    /* zero_page(frame) */
+    PyObject *slow_copyin1;      /* copyin1(frame, offset, data) */
+    PyObject *slow_cksum_sum;    /* cksum_sum(pieces, initial=0) */
+    PyObject *slow_cksum_bytes;  /* cksum_bytes(data, initial=0) */
+    PyObject *slow_gather_cksum; /* gather_cksum(pieces, out, offset=0, initial=0) */
 } Fast;
+
+/* array.array, to recognise piece arrays (set when the module is loaded) */
+static PyObject *array_type = NULL;
 
 static PyObject *
 call_slow(PyObject *fn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -152,6 +170,192 @@ fast_copy_pages(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
 }
 
 static PyObject *
+fast_zero_page(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    int64_t frame;
+    if (kwnames == NULL && nargs == 1 && self->arena != NULL && exact_i64(args[0], &frame) &&
+        pm_zero_page(self->arena, frame) == PM_OK)
+        Py_RETURN_NONE;
+    return call_slow(self->slow_zero_page, args, nargs, kwnames);
+}
+
+static PyObject *
+fast_copyin1(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    int64_t frame, off;
+    if (kwnames == NULL && nargs == 3 && self->arena != NULL && exact_i64(args[0], &frame) &&
+        exact_i64(args[1], &off) && PyBytes_CheckExact(args[2])) {
+        char *p;
+        Py_ssize_t n;
+        if (PyBytes_AsStringAndSize(args[2], &p, &n) == 0 &&
+            pm_copyin1(self->arena, frame, off, p, (int64_t)n) == PM_OK)
+            Py_RETURN_NONE;
+        PyErr_Clear();
+    }
+    return call_slow(self->slow_copyin1, args, nargs, kwnames);
+}
+
+/* An exact int in [0, 2^64) into *out; 0 if it is not one. */
+static int
+exact_u64(PyObject *o, uint64_t *out)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = (uint64_t)v;
+    return 1;
+}
+
+/*
+ * Pieces as the C entry points take them.  A list or tuple of exact
+ * 3-tuples of exact ints is converted into the caller's stack buffer (or a
+ * malloc'd one past its size, returned in *heap for the caller to free); an
+ * array('q') of flat triples is used in place (the buffer stays held in
+ * *view, released by the caller when view->obj is not NULL).  Returns the
+ * pieces and their count in *n, or NULL (no error set) for anything else.
+ */
+#define STACK_PIECES 32
+
+static const pm_piece *
+pieces_of(PyObject *obj, pm_piece *stack, pm_piece **heap, Py_buffer *view, int64_t *n)
+{
+    *heap = NULL;
+    view->obj = NULL;
+    if (array_type != NULL && Py_TYPE(obj) == (PyTypeObject *)array_type) {
+        if (PyObject_GetBuffer(obj, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear();
+            view->obj = NULL;
+            return NULL;
+        }
+        const char *fmt = view->format;
+        if (view->itemsize != 8 || fmt == NULL || (strcmp(fmt, "q") && strcmp(fmt, "l")) ||
+            view->len % (Py_ssize_t)sizeof(pm_piece)) {
+            PyBuffer_Release(view);
+            view->obj = NULL;
+            return NULL;
+        }
+        *n = (int64_t)(view->len / (Py_ssize_t)sizeof(pm_piece));
+        return (const pm_piece *)view->buf;
+    }
+    Py_ssize_t len = seq_len(obj);
+    if (len < 0)
+        return NULL;
+    pm_piece *buf = stack;
+    if (len > STACK_PIECES) {
+        buf = malloc((size_t)len * sizeof *buf);
+        if (buf == NULL)
+            return NULL;
+        *heap = buf;
+    }
+    int is_list = PyList_CheckExact(obj);
+    for (Py_ssize_t i = 0; i < len; i++) {
+        PyObject *t = is_list ? PyList_GetItem(obj, i) : PyTuple_GetItem(obj, i);
+        if (t == NULL || !PyTuple_CheckExact(t) || PyTuple_Size(t) != 3 ||
+            !exact_i64(PyTuple_GetItem(t, 0), &buf[i].frame) ||
+            !exact_i64(PyTuple_GetItem(t, 1), &buf[i].offset) ||
+            !exact_i64(PyTuple_GetItem(t, 2), &buf[i].length)) {
+            PyErr_Clear();
+            free(*heap);
+            *heap = NULL;
+            return NULL;
+        }
+    }
+    *n = (int64_t)len;
+    return buf;
+}
+
+static void
+pieces_done(pm_piece *heap, Py_buffer *view)
+{
+    free(heap);
+    if (view->obj != NULL)
+        PyBuffer_Release(view);
+}
+
+static PyObject *
+fast_cksum_sum(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    uint64_t initial = 0;
+    if (kwnames == NULL && (nargs == 1 || nargs == 2) && self->arena != NULL &&
+        (nargs == 1 || exact_u64(args[1], &initial))) {
+        pm_piece stack[STACK_PIECES];
+        pm_piece *heap;
+        Py_buffer view;
+        int64_t n = 0;
+        const pm_piece *p = pieces_of(args[0], stack, &heap, &view, &n);
+        if (p != NULL) {
+            uint32_t sum = 0;
+            int rc = pm_cksum(self->arena, p, n, initial, &sum);
+            pieces_done(heap, &view);
+            if (rc == PM_OK)
+                return PyLong_FromUnsignedLong(sum);
+        }
+    }
+    return call_slow(self->slow_cksum_sum, args, nargs, kwnames);
+}
+
+static PyObject *
+fast_cksum_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    uint64_t initial = 0;
+    if (kwnames == NULL && (nargs == 1 || nargs == 2) && self->arena != NULL &&
+        (nargs == 1 || exact_u64(args[1], &initial))) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) == 0) {
+            uint32_t sum = 0;
+            int rc = pm_cksum_buf((const char *)view.buf, (int64_t)view.len, initial, &sum);
+            PyBuffer_Release(&view);
+            if (rc == PM_OK)
+                return PyLong_FromUnsignedLong(sum);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    return call_slow(self->slow_cksum_bytes, args, nargs, kwnames);
+}
+
+static PyObject *
+fast_gather_cksum(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    int64_t offset = 0;
+    uint64_t initial = 0;
+    if (kwnames == NULL && nargs >= 2 && nargs <= 4 && self->arena != NULL &&
+        PyByteArray_CheckExact(args[1]) && (nargs < 3 || exact_i64(args[2], &offset)) &&
+        (nargs < 4 || exact_u64(args[3], &initial))) {
+        Py_ssize_t size = PyByteArray_Size(args[1]);
+        if (offset >= 0 && offset <= (int64_t)size) {
+            pm_piece stack[STACK_PIECES];
+            pm_piece *heap;
+            Py_buffer view;
+            int64_t n = 0;
+            const pm_piece *p = pieces_of(args[0], stack, &heap, &view, &n);
+            if (p != NULL) {
+                /* (an empty bytearray's storage may be NULL: pm_gather_cksum
+                 * accepts that when the pieces hold no bytes) */
+                char *dst = PyByteArray_AsString(args[1]);
+                int64_t written = 0;
+                uint32_t sum = 0;
+                int rc = pm_gather_cksum(self->arena, p, n, dst == NULL ? NULL : dst + offset,
+                                         (int64_t)size - offset, initial, &written, &sum);
+                pieces_done(heap, &view);
+                if (rc == PM_OK)
+                    return Py_BuildValue("(Lk)", (long long)written, (unsigned long)sum);
+            }
+        }
+    }
+    return call_slow(self->slow_gather_cksum, args, nargs, kwnames);
+}
+
+static PyObject *
 fast_invalidate(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     Fast *self = (Fast *)op;
@@ -164,10 +368,14 @@ static PyObject *
 fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     unsigned long long addr;
-    PyObject *keep, *slow_one, *slow_many;
-    static char *kwlist[] = {"address", "keep", "copy_page", "copy_pages", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOO", kwlist, &addr, &keep, &slow_one,
-                                     &slow_many))
+    PyObject *keep, *slow_one, *slow_many, *slow_zero_page, *slow_copyin1, *slow_cksum_sum, *slow_cksum_bytes,
+        *slow_gather_cksum;
+    static char *kwlist[] = {"address",   "keep",      "copy_page",   "copy_pages",
+                             "zero_page", "copyin1",   "cksum_sum",   "cksum_bytes",
+                             "gather_cksum", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOOOOOOO", kwlist, &addr, &keep, &slow_one,
+                                     &slow_many, &slow_zero_page, &slow_copyin1, &slow_cksum_sum,
+                                     &slow_cksum_bytes, &slow_gather_cksum))
         return NULL;
     if (addr == 0) {
         PyErr_SetString(PyExc_ValueError, "_physmem_fast.Fast: NULL arena");
@@ -184,6 +392,16 @@ fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->slow_one = slow_one;
     Py_INCREF(slow_many);
     self->slow_many = slow_many;
+    Py_INCREF(slow_zero_page);
+    self->slow_zero_page = slow_zero_page;
+    Py_INCREF(slow_copyin1);
+    self->slow_copyin1 = slow_copyin1;
+    Py_INCREF(slow_cksum_sum);
+    self->slow_cksum_sum = slow_cksum_sum;
+    Py_INCREF(slow_cksum_bytes);
+    self->slow_cksum_bytes = slow_cksum_bytes;
+    Py_INCREF(slow_gather_cksum);
+    self->slow_gather_cksum = slow_gather_cksum;
     return (PyObject *)self;
 }
 
@@ -194,6 +412,11 @@ fast_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->keep);
     Py_VISIT(self->slow_one);
     Py_VISIT(self->slow_many);
+    Py_VISIT(self->slow_zero_page);
+    Py_VISIT(self->slow_copyin1);
+    Py_VISIT(self->slow_cksum_sum);
+    Py_VISIT(self->slow_cksum_bytes);
+    Py_VISIT(self->slow_gather_cksum);
     Py_VISIT(Py_TYPE(op));
     return 0;
 }
@@ -206,6 +429,11 @@ fast_clear(PyObject *op)
     Py_CLEAR(self->keep);
     Py_CLEAR(self->slow_one);
     Py_CLEAR(self->slow_many);
+    Py_CLEAR(self->slow_zero_page);
+    Py_CLEAR(self->slow_copyin1);
+    Py_CLEAR(self->slow_cksum_sum);
+    Py_CLEAR(self->slow_cksum_bytes);
+    Py_CLEAR(self->slow_gather_cksum);
     return 0;
 }
 
@@ -225,6 +453,18 @@ static PyMethodDef fast_methods[] = {
      "copy_page(src, dst): copy frame src onto frame dst."},
     {"copy_pages", (PyCFunction)(void (*)(void))fast_copy_pages, METH_FASTCALL | METH_KEYWORDS,
      "copy_pages(srcs, dsts): copy srcs[i] onto dsts[i] for every i."},
+    {"zero_page", (PyCFunction)(void (*)(void))fast_zero_page, METH_FASTCALL | METH_KEYWORDS,
+     "zero_page(frame): fill frame with zeros."},
+    {"copyin1", (PyCFunction)(void (*)(void))fast_copyin1, METH_FASTCALL | METH_KEYWORDS,
+     "copyin1(frame, offset, data): write data at offset of frame."},
+    {"cksum_sum", (PyCFunction)(void (*)(void))fast_cksum_sum, METH_FASTCALL | METH_KEYWORDS,
+     "cksum_sum(pieces, initial=0): the folded ones'-complement sum of the pieces."},
+    {"cksum_bytes", (PyCFunction)(void (*)(void))fast_cksum_bytes,
+     METH_FASTCALL | METH_KEYWORDS,
+     "cksum_bytes(data, initial=0): the folded ones'-complement sum of a buffer."},
+    {"gather_cksum", (PyCFunction)(void (*)(void))fast_gather_cksum,
+     METH_FASTCALL | METH_KEYWORDS,
+     "gather_cksum(pieces, out, offset=0, initial=0): gather into out and sum, one pass."},
     {"invalidate", fast_invalidate, METH_NOARGS,
      "Forget the arena: every later call takes the slow path."},
     {NULL, NULL, 0, NULL},
@@ -236,7 +476,8 @@ static PyType_Slot fast_slots[] = {
     {Py_tp_traverse, fast_traverse},
     {Py_tp_clear, fast_clear},
     {Py_tp_methods, fast_methods},
-    {Py_tp_doc, "Fast(address, keep, copy_page, copy_pages): one arena's fast calls."},
+    {Py_tp_doc, "Fast(address, keep, copy_page, copy_pages, zero_page, copyin1, cksum_sum, cksum_bytes, "
+                "gather_cksum): one arena's fast calls."},
     {0, NULL},
 };
 
@@ -251,6 +492,15 @@ static PyType_Spec fast_spec = {
 static int
 fast_exec(PyObject *m)
 {
+    if (array_type == NULL) {
+        PyObject *mod = PyImport_ImportModule("array");
+        if (mod == NULL)
+            return -1;
+        array_type = PyObject_GetAttrString(mod, "array"); /* kept for the process's life */
+        Py_DECREF(mod);
+        if (array_type == NULL)
+            return -1;
+    }
     PyObject *type = PyType_FromSpec(&fast_spec);
     if (type == NULL)
         return -1;
@@ -269,7 +519,7 @@ static PyModuleDef_Slot module_slots[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "uvmloan._physmem_fast",
-    "The hottest physmem calls (copy_page, copy_pages) without cffi's argument conversion.",
+    "The hottest physmem calls (page copies, one-frame copyin, checksums) without cffi.",
     0,
     NULL,
     module_slots,

@@ -1,7 +1,7 @@
-"""copy_page and copy_pages are bound per arena (with the C backend, to
-uvmloan._physmem_fast): every argument form and error behaves as the Python
-methods behind them, on both backends, and a bound copy never outlives the
-arena."""
+"""copy_page, copy_pages, copyin1, cksum_sum, cksum_bytes and gather_cksum
+are bound per arena (with the C backend, to uvmloan._physmem_fast): every
+argument form and error behaves as the Python methods behind them, on both
+backends, and a bound call never outlives the arena."""
 
 from __future__ import annotations
 
@@ -83,7 +83,75 @@ CALLS: list[tuple[str, Callable[[PhysMem], object]]] = [
     ("batch not a sequence", lambda m: m.copy_pages(5, [2])),  # type: ignore[arg-type]
     ("batch bytes", lambda m: m.copy_pages(b"\x01", [2])),
     ("batch keywords", lambda m: m.copy_pages(srcs=[1], dsts=[2])),
+    ("zero_page", lambda m: m.zero_page(3)),
+    ("zero_page bool", lambda m: m.zero_page(True)),
+    ("zero_page bad frame", lambda m: m.zero_page(N)),
+    ("zero_page float", lambda m: m.zero_page(1.0)),  # type: ignore[arg-type]
+    ("zero_page keyword", lambda m: m.zero_page(frame=2)),
+    # copyin1: one frame of a user store
+    ("copyin1 bytes", lambda m: m.copyin1(3, 100, b"abc")),
+    ("copyin1 to the page end", lambda m: m.copyin1(3, PS - 2, b"yz")),
+    ("copyin1 empty", lambda m: m.copyin1(3, 5, b"")),
+    ("copyin1 bytearray", lambda m: m.copyin1(2, 0, bytearray(b"xy"))),
+    ("copyin1 memoryview", lambda m: m.copyin1(2, 1, memoryview(b"xyz")[1:])),
+    ("copyin1 past the page", lambda m: m.copyin1(3, PS - 2, b"xyz")),
+    ("copyin1 bad frame", lambda m: m.copyin1(N, 0, b"x")),
+    ("copyin1 negative offset", lambda m: m.copyin1(1, -1, b"x")),
+    ("copyin1 bool frame", lambda m: m.copyin1(True, 0, b"x")),
+    ("copyin1 str", lambda m: m.copyin1(1, 0, "x")),  # type: ignore[arg-type]
+    ("copyin1 keywords", lambda m: m.copyin1(frame=1, offset=0, data=b"x")),
+    # cksum_sum over piece lists
+    ("cksum list", lambda m: m.cksum_sum([(1, 0, PS), (2, 1, 7), (3, 0, 3)])),
+    ("cksum tuple", lambda m: m.cksum_sum(((1, 3, 9), (2, 0, PS)))),
+    ("cksum empty", lambda m: m.cksum_sum([])),
+    ("cksum initial", lambda m: m.cksum_sum([(1, 0, 5)], 0xFFFF_FFFF_FFFF_FFFF)),
+    ("cksum initial keyword", lambda m: m.cksum_sum([(1, 0, 5)], initial=7)),
+    ("cksum initial negative", lambda m: m.cksum_sum([(1, 0, 5)], -1)),
+    ("cksum initial huge", lambda m: m.cksum_sum([(1, 0, 5)], 2**64)),
+    ("cksum long list", lambda m: m.cksum_sum([(f % N, f % 5, 11) for f in range(70)])),
+    ("cksum array", lambda m: m.cksum_sum(array.array("q", [1, 1, 100, 2, 0, PS]))),
+    ("cksum array l", lambda m: m.cksum_sum(array.array("l", [1, 1, 100]))),
+    ("cksum array ragged", lambda m: m.cksum_sum(array.array("q", [1, 1]))),
+    ("cksum array i", lambda m: m.cksum_sum(array.array("i", [1, 1, 100]))),
+    ("cksum list pieces", lambda m: m.cksum_sum([[1, 0, 5]])),  # type: ignore[list-item]
+    ("cksum short piece", lambda m: m.cksum_sum([(1, 0)])),  # type: ignore[list-item]
+    ("cksum bool piece", lambda m: m.cksum_sum([(True, 0, 5)])),
+    ("cksum bad frame", lambda m: m.cksum_sum([(1, 0, 5), (N, 0, 5)])),
+    ("cksum past the page", lambda m: m.cksum_sum([(1, PS - 1, 2)])),
+    ("cksum negative length", lambda m: m.cksum_sum([(1, 0, -1)])),
+    ("cksum not pieces", lambda m: m.cksum_sum(5)),  # type: ignore[arg-type]
+    ("cksum bytes", lambda m: m.cksum_sum(b"abc")),  # type: ignore[arg-type]
+    ("cksum memoryview", lambda m: m.cksum_sum(memoryview(array.array("q", [1, 0, 5])))),
+    ("cksum generator", lambda m: m.cksum_sum((f, 0, 9) for f in range(3))),
+    # cksum_bytes over a plain buffer
+    ("cksum_bytes bytes", lambda m: m.cksum_bytes(b"\x01\x02\x03")),
+    ("cksum_bytes bytearray", lambda m: m.cksum_bytes(bytearray(b"\xff\xff\x01"), 9)),
+    ("cksum_bytes memoryview", lambda m: m.cksum_bytes(memoryview(b"abcdef")[1:])),
+    ("cksum_bytes strided", lambda m: m.cksum_bytes(memoryview(b"abcdef")[::2])),
+    ("cksum_bytes str", lambda m: m.cksum_bytes("ab")),  # type: ignore[arg-type]
+    ("cksum_bytes initial negative", lambda m: m.cksum_bytes(b"ab", -5)),
+    ("cksum_bytes initial keyword", lambda m: m.cksum_bytes(b"ab", initial=5)),
+    # gather_cksum into a frame
+    ("gather array", lambda m: gathered(m, array.array("q", [1, 0, PS, 2, 3, 5]), 8200)),
+    ("gather list", lambda m: gathered(m, [(1, 1, 9), (2, 0, 4)], 20, 3)),
+    ("gather tuple initial", lambda m: gathered(m, ((3, 2, 9),), 9, 0, 0x1_0001)),
+    ("gather long list", lambda m: gathered(m, [(f % N, 1, 3) for f in range(70)], 300)),
+    ("gather empty", lambda m: gathered(m, [], 0)),
+    ("gather too small", lambda m: gathered(m, [(1, 0, 9)], 8)),
+    ("gather offset past out", lambda m: gathered(m, [(1, 0, 1)], 4, 5)),
+    ("gather negative offset", lambda m: gathered(m, [(1, 0, 1)], 4, -1)),
+    ("gather bad frame", lambda m: gathered(m, array.array("q", [N, 0, 1]), 4)),
+    ("gather bytes out", lambda m: m.gather_cksum([(1, 0, 1)], b"xx")),  # type: ignore[arg-type]
+    ("gather memoryview out", lambda m: m.gather_cksum([(1, 0, 1)], memoryview(bytearray(3)))),
+    ("gather keywords", lambda m: m.gather_cksum([(1, 0, 1)], bytearray(3), offset=1)),
 ]
+
+
+def gathered(m: PhysMem, pieces: Any, size: int, *rest: int) -> tuple[object, bytes]:
+    """gather_cksum's result and the frame it wrote."""
+    out = bytearray(b"\xee" * size)
+    res = m.gather_cksum(pieces, out, *rest)
+    return res, bytes(out)
 
 
 @pytest.mark.parametrize("fn", [c[1] for c in CALLS], ids=[c[0] for c in CALLS])
@@ -115,6 +183,21 @@ def test_a_bound_copy_after_close_reports_the_closed_arena(backend: str) -> None
         cps([1], [2])
     with pytest.raises(PhysMemValueError, match="closed"):
         m.copy_page(1, 2)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_the_bound_io_and_sums_after_close_report_the_closed_arena(backend: str) -> None:
+    m = fresh(backend)
+    calls: list[Callable[[], object]] = [
+        lambda: m.zero_page(1),
+        lambda: m.copyin1(1, 0, b"x"),
+        lambda: m.cksum_sum([(1, 0, 4)]),
+        lambda: m.gather_cksum([(1, 0, 4)], bytearray(4)),
+    ]
+    m.close()
+    for call in calls:
+        with pytest.raises(PhysMemValueError, match="closed"):
+            call()
 
 
 @pytest.mark.parametrize("backend", available_backends())

@@ -19,8 +19,9 @@ from hypothesis.stateful import rule
 
 import uvmloan.pmap.pmap as pmap_mod
 from uvmloan import VM_PROT_READ, Machine
+from uvmloan.mmu import MMU
+from uvmloan.pmap.cpu import CPU
 from uvmloan.pmap.pmap import PmapModule
-from uvmloan.pmap.tlb import TLB
 from uvmloan.testing.failures import expect_caught, hunt
 from uvmloan.testing.pmap_machine import (
     PROFILE_ENV,
@@ -159,6 +160,27 @@ def test_a_tlb_that_never_hits_is_found_by_the_counters(monkeypatch: pytest.Monk
     """A model bug that changes no byte at the barrier: TLB lookups always
     miss, so every access walks.  Only the MMU statistics against the
     hardware rules' prediction can see it (counters); the old check, counters
-    against counters_from(trace), held by construction."""
-    monkeypatch.setattr(TLB, "lookup", lambda self, key: None)
+    against counters_from(trace), held by construction.  (The MMU looks its
+    TLB's dict up inline, so the bug is injected at the accesses: the entry
+    for the accessed page is hidden from the MMU, as a lookup that always
+    misses would; the walk then caches it again, as before.)"""
+    real_load, real_store = MMU.load, MMU.store
+
+    def miss(mmu: MMU, cpu: CPU, va: int) -> None:
+        pm = mmu.pmap_module.kernel if va >= mmu._kernel_min else cpu.curpmap
+        if pm is not None:
+            asid = 0 if mmu._x86 or pm.is_kernel else cpu.asids.get(pm)
+            if asid is not None:
+                cpu.tlb.entries.pop((asid, va >> mmu._shift), None)
+
+    def load(mmu: MMU, cpu: CPU, va: int, n: int, user: bool = True) -> bytes:
+        miss(mmu, cpu, va)
+        return real_load(mmu, cpu, va, n, user)
+
+    def store(mmu: MMU, cpu: CPU, va: int, data: bytes, user: bool = True) -> None:
+        miss(mmu, cpu, va)
+        real_store(mmu, cpu, va, data, user)
+
+    monkeypatch.setattr(MMU, "load", load)
+    monkeypatch.setattr(MMU, "store", store)
     expect_caught(PmapStateMachine, "counters", HUNT_BUDGET, SEEDS)

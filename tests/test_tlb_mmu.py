@@ -63,6 +63,32 @@ def test_tlb_reinsert_replaces_without_eviction() -> None:
     assert len(t) == 2 and t.entries[(0, 1)] == ("pm", 11)
 
 
+def test_an_untagged_tlb_invlpg_drops_the_page_and_nothing_else() -> None:
+    # The x86 policy's TLB (tagged=False, every key ASID 0): invlpg looks up
+    # one key; the tagged TLB of the MI policy scans every ASID.
+    t = TLB(8, "lru", tagged=False)
+    for vpn in (4, 5, 6):
+        t.insert((0, vpn), "pm", vpn << 12)
+    t.invlpg(5)
+    t.invlpg(9)  # not cached: nothing to do
+    assert set(t.entries) == {(0, 4), (0, 6)}
+    tagged = TLB(8, "lru")
+    tagged.insert((0, 5), "k", 5 << 12)
+    tagged.insert((3, 5), "a", 5 << 12)
+    tagged.insert((3, 6), "a", 6 << 12)
+    tagged.invlpg(5)
+    assert set(tagged.entries) == {(3, 6)}
+
+
+def test_the_platform_tags_tlbs_only_under_the_mi_asid_policy() -> None:
+    from uvmloan import Machine
+
+    with Machine(ncpus=2, memory="4M") as m:
+        assert [c.tlb.tagged for c in m.platform.cpus] == [False, False]
+    with Machine(ncpus=2, memory="4M", profile_overrides={"tlb_policy": "mi-asid"}) as m:
+        assert [c.tlb.tagged for c in m.platform.cpus] == [True, True]
+
+
 def test_tlb_invalidation_forms() -> None:
     t = TLB(16, "lru")
     t.insert((0, 5), "k", (5 << 12) | PTE_G)

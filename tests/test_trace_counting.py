@@ -25,7 +25,18 @@ from uvmloan import MAP_SHARED, UVM_LOAN_TOANON, UVM_LOAN_TOPAGE, Machine
 from uvmloan.errors import SegmentationFault, UVMError
 from uvmloan.param import VM_PROT_READ
 from uvmloan.testing.scenario import load_scenario, run_scenario, scenario_files
-from uvmloan.trace import Fault, IPISent, Loan, LoanBreak, ShootdownQueued, ShootdownRound
+from uvmloan.trace import (
+    ContextSwitch,
+    Fault,
+    IPIDelivered,
+    IPISent,
+    KEnter,
+    KRemove,
+    Loan,
+    LoanBreak,
+    ShootdownQueued,
+    ShootdownRound,
+)
 
 PS = 4096
 ROOT = Path(__file__).resolve().parent.parent / "specs" / "scenarios"
@@ -146,8 +157,9 @@ def test_counting_mode_matches_recording_mode(name: str) -> None:
 def test_workloads_reach_the_fast_path_sites() -> None:
     """The workloads above take every counting-only branch the model has:
     resolved and failed faults, every loan kind, loan failures, both loan
-    breaks with their orphans, unloans (so a comparison of empty counters
-    cannot pass for agreement)."""
+    breaks with their orphans, unloans, kenter/kremove, IPIs sent (broadcast
+    and unicast) and delivered, context switches (so a comparison of empty
+    counters cannot pass for agreement)."""
     total: Counter[str] = Counter()
     for kwargs, work in WORKLOADS.values():
         total += _counters("counters", kwargs, work)
@@ -164,6 +176,11 @@ def test_workloads_reach_the_fast_path_sites() -> None:
         "loan.fail",
         "unloan",
         *IPISent.keys(-1),
+        *IPISent.keys(1),
+        IPIDelivered.KIND,
+        KEnter.KIND,
+        KRemove.KIND,
+        ContextSwitch.KIND,
         ShootdownQueued.KIND,
         ShootdownRound.KIND,
         ShootdownRound.LOCAL,

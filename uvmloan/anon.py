@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     from .page import Page, PageAllocator
 
 _anon_ids = itertools.count(1)
+_next_anon_id = _anon_ids.__next__
 _amap_ids = itertools.count(1)
 
 
-@attrs.define(slots=True, eq=False, repr=False, weakref_slot=False)
+@attrs.define(slots=True, eq=False, repr=False, init=False, weakref_slot=False)
 class Anon:
     """``struct vm_anon``: ``an_ref`` references, ``an_page``, ``an_swslot``."""
 
@@ -35,6 +36,14 @@ class Anon:
     # The anon's number, fixed at creation; ``name`` is spelled from it only
     # when asked (traces, reprs), not stored: one anon per resident page.
     an_id: int = attrs.field(init=False, factory=_anon_ids.__next__)
+
+    # Written out rather than generated: attrs' __init__ calls the id
+    # factory through a lookup per call, and one anon is made per fault.
+    def __init__(self, an_ref: int = 1, an_page: Page | None = None, an_swslot: int = 0) -> None:
+        self.an_ref = an_ref
+        self.an_page = an_page
+        self.an_swslot = an_swslot
+        self.an_id = _next_anon_id()
 
     @property
     def name(self) -> str:

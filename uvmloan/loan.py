@@ -110,7 +110,7 @@ def _emit_loan(
         if tr.full:
             tr.emit(Loan(plat.now(), plat.cur, space, kind, pg.frame, va, pg.loan_count, protected))
         else:
-            tr.count(*Loan.keys(kind))
+            tr.tally(Loan.keys(kind))
 
 
 def _ledger_add(uvm: PageAllocator, pg: Page) -> None:
@@ -639,7 +639,7 @@ def _trace_break(
     plat = old.allocator.platform
     tr = plat.tracer
     if not tr.full:
-        tr.count(*LoanBreak.keys(kind))
+        tr.tally(LoanBreak.keys(kind))
         if orphan and old.loan_count:
             tr.count(Orphan.KIND)
         return

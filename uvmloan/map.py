@@ -99,6 +99,8 @@ class VMMap:
     entries: SortedDict[int, MapEntry] = attrs.field(factory=SortedDict)  # start -> MapEntry
     # Where uvm_map starts looking when no address is given.
     base: int = 0x20000000
+    # The entry the last lookup found (``map->hint``, see uvm_map_lookup_entry).
+    hint: MapEntry | None = attrs.field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"<VMMap {self.name} {len(self.entries)} entries>"
@@ -117,13 +119,27 @@ class VMMap:
     # ------------------------------------------------------------- lookup
 
     def uvm_map_lookup_entry(self, va: int) -> MapEntry | None:
-        """The entry containing ``va`` (floor search), or None."""
+        """The entry containing ``va`` (floor search), or None.
+
+        As NetBSD's, the search starts with the map's hint, the entry the
+        last successful lookup found (``map->hint``): faults come in runs on
+        one entry.  The hint is valid while it is still the entry at its
+        start address (entries never overlap), so no map change has to
+        reset it; an entry clipped in place keeps its identity and bounds
+        are tested afresh.
+        """
         ents = self.entries
+        h = self.hint
+        if h is not None and h.start <= va < h.end and ents.get(h.start) is h:
+            return h
         i = ents.bisect_right(va) - 1
         if i < 0:
             return None
         e: MapEntry = ents.peekitem(i)[1]
-        return e if e.start <= va < e.end else None
+        if e.start <= va < e.end:
+            self.hint = e
+            return e
+        return None
 
     def entries_in(self, start: int, end: int) -> list[MapEntry]:
         """Entries overlapping [start, end), in address order."""

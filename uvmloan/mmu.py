@@ -20,12 +20,20 @@ import attrs
 
 from .errors import KernelAssertion, SegmentationFault
 from .param import VMProt
+from .physmem import CopyIn1
 from .pmap.cpu import CPU, Platform
 from .pmap.pmap import Pmap, PmapModule
-from .pmap.pte import PTE_A, PTE_D, PTE_FRAME_MASK, PTE_FRAME_SHIFT, PTE_P, PTE_U, PTE_W, pte_frame
+from .pmap.pte import PTE_A, PTE_D, PTE_FRAME_MASK, PTE_FRAME_SHIFT, PTE_P, PTE_U, PTE_W
 from .trace import Fault, Tracer
 
 MAX_FAULT_RETRIES = 16
+
+# A cached entry that lets a store through without a walk: W and D (a clear
+# D re-walks), and U for a user access.
+_STORE_HIT = PTE_W | PTE_D
+_STORE_HIT_USER = PTE_W | PTE_D | PTE_U
+# Counting-only trace mode: a resolved fault's counter keys.
+_K_FAULT_RESOLVED = Fault.keys("resolved")
 
 
 @attrs.define(slots=True, eq=False)
@@ -46,6 +54,12 @@ class MMU:
     _x86: bool = attrs.field(init=False)
     _page_walk_ns: int = attrs.field(init=False)
     _copy_bw: int = attrs.field(init=False)
+    # The one-page TLB hit is inlined in load_checked and store_checked for
+    # the common case: an x86 TLB (every key has ASID 0), a user address
+    # below both the user and the kernel limits.  _hit_max is that limit (0:
+    # never inline, as on the MI ASID policy).
+    _hit_max: int = attrs.field(init=False)
+    _copyin1: CopyIn1 = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         prof = self.platform.profile
@@ -56,6 +70,8 @@ class MMU:
         self._x86 = prof.tlb_policy == "x86"
         self._page_walk_ns = self.platform.costs.page_walk_ns
         self._copy_bw = self.platform.costs.copy_bw
+        self._hit_max = min(self._user_max, self._kernel_min) if self._x86 else 0
+        self._copyin1 = self.platform.physmem.copyin1
 
     def _pmap_for(self, cpu: CPU, va: int, user: bool) -> Pmap:
         if va >= self._kernel_min:
@@ -86,8 +102,12 @@ class MMU:
             # x86 tags every entry 0; the MI policy tags user pmaps by ASID.
             asid = 0 if self._x86 or pmap.is_kernel else pmm.asid_of(cpu, pmap)
             key = (asid, vpn)
-            ent = tlb.lookup(key)
+            ents = tlb.entries  # (a flush replaces the dict: read it every round)
+            ent = ents.get(key)
             if ent is not None:
+                if tlb.lru:  # TLB.lookup's refresh, inlined
+                    del ents[key]
+                    ents[key] = ent
                 pte = ent[1]
                 if user and not pte & PTE_U:
                     ok = False
@@ -113,7 +133,7 @@ class MMU:
             cpu.clock += self._page_walk_ns
             pte = pmap.ptes.get(page_va, 0)
             if not pte & PTE_P:
-                tlb.invalidate_key(key)
+                ents.pop(key, None)  # tlb.invalidate_key, inlined (every miss fault)
                 self._fault(cpu, pmap, page_va, write, user, "miss")
                 continue
             if (user and not pte & PTE_U) or (write and not pte & PTE_W):
@@ -123,8 +143,15 @@ class MMU:
             npte = pte | PTE_A | (PTE_D if write else 0)
             if npte != pte:
                 pmap.ptes[page_va] = npte
-            tlb.insert(key, pmap, npte)
-            return pte_frame(npte)
+            if tlb.evict_oldest:  # TLB.insert, inlined for LRU and FIFO
+                if key in ents:
+                    del ents[key]
+                elif len(ents) >= tlb.capacity:
+                    del ents[next(iter(ents))]
+                ents[key] = (pmap, npte)
+            else:
+                tlb.insert(key, pmap, npte)
+            return (npte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT
         raise KernelAssertion(f"fault loop at {va:#x} on CPU {cpu.index}: no progress")
 
     def _fault(self, cpu: CPU, pmap: Pmap, va: int, write: bool, user: bool, why: str) -> None:
@@ -157,7 +184,10 @@ class MMU:
         finally:
             plat.cur = saved
         if tr.on:
-            _trace_fault(tr, cpu, pmap, va, access, why, "resolved")
+            if tr.full:
+                _trace_fault(tr, cpu, pmap, va, access, why, "resolved")
+            else:
+                tr.tally(_K_FAULT_RESOLVED)
 
     def _frames(self, cpu: CPU, va: int, n: int, write: bool, user: bool) -> list[int]:
         ps = self._page_size
@@ -189,7 +219,23 @@ class MMU:
         plat = self.platform
         off = va & (self._page_size - 1)
         if off + n <= self._page_size:
-            frames = [self.translate(cpu, va, False, user)]  # one page: the common case
+            # One page: the common case.  translate's TLB hit, inlined (see
+            # _hit_max); anything else (a miss, a protection fault, pending
+            # IPIs, a kernel address) takes translate, which looks again.
+            ent = None
+            if 0 <= va < self._hit_max and not cpu.pending_ipis and cpu.curpmap is not None:
+                tlb = cpu.tlb
+                ents = tlb.entries
+                key = (0, va >> self._shift)
+                ent = ents.get(key)
+            if ent is not None and (not user or ent[1] & PTE_U):
+                if tlb.lru:  # TLB.lookup's refresh
+                    del ents[key]
+                    ents[key] = ent
+                self.tlb_hits += 1
+                frames = [(ent[1] & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT]
+            else:
+                frames = [self.translate(cpu, va, False, user)]
         else:
             frames = self._frames(cpu, va, n, False, user)
         cpu.clock += n * 1000 // self._copy_bw if self._copy_bw else 0  # CostModel.copy_ns
@@ -213,14 +259,32 @@ class MMU:
         n = len(data)
         if n == 0:
             return
-        plat = self.platform
         off = va & (self._page_size - 1)
         if off + n <= self._page_size:
-            frames = [self.translate(cpu, va, True, user)]  # one page: the common case
-        else:
-            frames = self._frames(cpu, va, n, True, user)
+            # One page: the common case, with translate's TLB hit inlined as
+            # in load_checked (a hit on a write needs W and D, and U for a
+            # user access; anything else takes translate).
+            ent = None
+            if 0 <= va < self._hit_max and not cpu.pending_ipis and cpu.curpmap is not None:
+                tlb = cpu.tlb
+                ents = tlb.entries
+                key = (0, va >> self._shift)
+                ent = ents.get(key)
+            need = _STORE_HIT_USER if user else _STORE_HIT
+            if ent is not None and ent[1] & need == need:
+                if tlb.lru:  # TLB.lookup's refresh
+                    del ents[key]
+                    ents[key] = ent
+                self.tlb_hits += 1
+                frame = (ent[1] & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT
+            else:
+                frame = self.translate(cpu, va, True, user)
+            cpu.clock += n * 1000 // self._copy_bw if self._copy_bw else 0  # CostModel.copy_ns
+            self._copyin1(frame, off, data)
+            return
+        frames = self._frames(cpu, va, n, True, user)
         cpu.clock += n * 1000 // self._copy_bw if self._copy_bw else 0  # CostModel.copy_ns
-        plat.physmem.copyin(frames, off, data)
+        self.platform.physmem.copyin(frames, off, data)
 
 
 def _trace_fault(
@@ -230,4 +294,4 @@ def _trace_fault(
     if tr.full:
         tr.emit(Fault(cpu.clock, cpu.index, pmap.name, va, access, why, result))
     else:
-        tr.count(*Fault.keys(result))
+        tr.tally(Fault.keys(result))

@@ -303,14 +303,17 @@ class PageAllocator:
         else:
             pg = Page(frame, self, _PG_NEW, offset=off)
             chunk[frame & _FT_MASK] = pg
+        # (plat.charge and costs.zero_ns inlined)
+        costs = plat.costs
+        cpu = plat.cpus[plat.cur]
         if zero:
             plat.physmem.zero_page(frame)
-            plat.charge(plat.costs.zero_ns(self.page_size))
+            cpu.clock += self.page_size * 1000 // costs.zero_bw if costs.zero_bw else 0
         self.npagealloc += 1
-        plat.charge(plat.costs.page_alloc_ns)
+        cpu.clock += costs.page_alloc_ns
         tr = plat.tracer
         if tr.on and not tr.full:
-            tr.count(*_K_ALLOC)
+            tr.tally(_K_ALLOC)
         elif tr.on:
             owner = (
                 f"anon {getattr(anon, 'name', '?')}"
@@ -419,7 +422,7 @@ class PageAllocator:
             if tr.full:
                 tr.emit(PageFree(plat.now(), plat.cur, "-", pg.frame))
             else:
-                tr.count(*_K_FREE)
+                tr.tally(_K_FREE)
 
     def _check_live(self, pg: Page, who: str) -> None:
         if not isinstance(pg, Page):
@@ -440,17 +443,35 @@ class PageAllocator:
 
     def uvm_pageactivate(self, pg: Page) -> None:
         """Put (or move) the page on the active queue; wired pages stay off."""
-        # _check_live and uvm_pagedequeue inlined: every fault ends here.
-        if type(pg) is not Page or pg.flags & _PG_FREE or self.pages.get(pg.frame) is not pg:
+        # _check_live (with FrameTable.get), uvm_pagedequeue and
+        # PageQueue.append inlined: every fault ends here.
+        if (
+            type(pg) is not Page
+            or pg.flags & _PG_FREE
+            or pg.allocator is not self
+            # (a live page of this allocator: its frame's chunk exists)
+            or self.pages._chunks[pg.frame >> _FT_SHIFT][pg.frame & _FT_MASK] is not pg  # type: ignore[index]
+        ):
             self._check_live(pg, "uvm_pageactivate")
         if pg.wire_count:
             return
         q = pg.pqueue
+        active = self.active
         if q is _PQ_ACTIVE:
-            self.active.remove(pg)
+            if pg is active.tail:
+                return  # already the newest page of the queue: no move
+            active.remove(pg)
         elif q is _PQ_INACTIVE:
             self.inactive.remove(pg)
-        self.active.append(pg)
+        tail = active.tail
+        pg.pq_prev = tail
+        pg.pq_next = None
+        if tail is None:
+            active.head = pg
+        else:
+            tail.pq_next = pg
+        active.tail = pg
+        active.n += 1
         pg.pqueue = _PQ_ACTIVE
 
     def uvm_pagedeactivate(self, pg: Page) -> None:

@@ -10,6 +10,7 @@ two fields on the page, where two dict entries cost ~80 bytes.
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
+from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -139,9 +140,33 @@ class FrameTable(MutableMapping[int, "Page"]):
         self._n -= 1
 
     def __iter__(self) -> Iterator[int]:
+        # compress() picks the frames whose slot holds a page (a Page is
+        # always true): C-level, where a generator over the 512 slots of a
+        # chunk cost the invariant checks most of their time.
         out: list[int] = []
         for ci, ch in enumerate(self._chunks):
             if ch is not None:
                 base = ci << _FT_SHIFT
-                out.extend(base + i for i, pg in enumerate(ch) if pg is not None)
+                out.extend(compress(range(base, base + len(ch)), ch))
         return iter(out)
+
+    def items(self) -> list[tuple[int, Page]]:  # type: ignore[override]
+        """(frame, page) of every allocated frame, in frame order: a snapshot
+        list (the invariant checks walk it every step; a view would look
+        every frame up again)."""
+        out: list[tuple[int, Page]] = []
+        for ci, ch in enumerate(self._chunks):
+            if ch is not None:
+                base = ci << _FT_SHIFT
+                out.extend(
+                    zip(compress(range(base, base + len(ch)), ch), filter(None, ch), strict=True)
+                )
+        return out
+
+    def values(self) -> list[Page]:  # type: ignore[override]
+        """Every allocated page, in frame order (a snapshot list)."""
+        out: list[Page] = []
+        for ch in self._chunks:
+            if ch is not None:
+                out.extend(filter(None, ch))
+        return out

@@ -136,6 +136,81 @@ class CopyPages(Protocol):
     def __call__(self, srcs: Iterable[int], dsts: Iterable[int]) -> None: ...
 
 
+class ZeroPage(Protocol):
+    """The type of :attr:`PhysMem.zero_page`."""
+
+    def __call__(self, frame: int) -> None: ...
+
+
+class CopyIn1(Protocol):
+    """The type of :attr:`PhysMem.copyin1`."""
+
+    def __call__(self, frame: int, offset: int, data: BufferLike) -> None: ...
+
+
+class CksumSum(Protocol):
+    """The type of :attr:`PhysMem.cksum_sum`."""
+
+    def __call__(self, pieces: Iterable[Piece] | PieceArray, initial: int = 0) -> int: ...
+
+
+class CksumBytes(Protocol):
+    """The type of :attr:`PhysMem.cksum_bytes`."""
+
+    def __call__(self, data: BufferLike, initial: int = 0) -> int: ...
+
+
+class GatherCksum(Protocol):
+    """The type of :attr:`PhysMem.gather_cksum`."""
+
+    def __call__(
+        self,
+        pieces: Iterable[Piece] | PieceArray,
+        out: WritableBuffer,
+        offset: int = 0,
+        initial: int = 0,
+    ) -> tuple[int, int]: ...
+
+
+def _live(ref: weakref.ReferenceType[PhysMem], op: str) -> PhysMem:
+    pm = ref()
+    if pm is None:  # a bound method outlived its PhysMem
+        raise PhysMemValueError(f"{op}: the PhysMem is closed")
+    return pm
+
+
+def _slow_zero_page(ref: weakref.ReferenceType[PhysMem], frame: int) -> None:
+    _live(ref, "zero_page")._zero_page(frame)
+
+
+def _slow_copyin1(
+    ref: weakref.ReferenceType[PhysMem], frame: int, offset: int, data: BufferLike
+) -> None:
+    _live(ref, "copyin").copyin([frame], offset, data)
+
+
+def _slow_cksum_sum(
+    ref: weakref.ReferenceType[PhysMem], pieces: Iterable[Piece] | PieceArray, initial: int = 0
+) -> int:
+    return _live(ref, "cksum_sum")._cksum_sum(pieces, initial)
+
+
+def _slow_cksum_bytes(
+    ref: weakref.ReferenceType[PhysMem], data: BufferLike, initial: int = 0
+) -> int:
+    return _live(ref, "cksum_bytes")._cksum_bytes(data, initial)
+
+
+def _slow_gather_cksum(
+    ref: weakref.ReferenceType[PhysMem],
+    pieces: Iterable[Piece] | PieceArray,
+    out: WritableBuffer,
+    offset: int = 0,
+    initial: int = 0,
+) -> tuple[int, int]:
+    return _live(ref, "gather_cksum")._gather_cksum(pieces, out, offset, initial)
+
+
 def _slow_copy_page(ref: weakref.ReferenceType[PhysMem], src: int, dst: int) -> None:
     pm = ref()
     if pm is None:  # a bound copy_page outlived its PhysMem
@@ -187,13 +262,20 @@ class PhysMem:
     the methods of a ``uvmloan._physmem_fast.Fast`` bound to this arena (no
     Python frame, no cffi conversion per call) which hand anything but the
     common case to the Python methods, so arguments and errors are those of
-    every other operation.
+    every other operation.  ``zero_page(frame)``, ``copyin1(frame, offset, data)``
+    (``copyin`` of one frame: a user store), :meth:`cksum_sum`, :meth:`cksum_bytes` and
+    :meth:`gather_cksum` are bound the same way.
     """
 
     POISON_BYTE: ClassVar[int] = POISON_BYTE
 
     copy_page: CopyPage
     copy_pages: CopyPages
+    zero_page: ZeroPage
+    copyin1: CopyIn1
+    cksum_sum: CksumSum
+    cksum_bytes: CksumBytes
+    gather_cksum: GatherCksum
 
     npages: int
     page_size: int
@@ -300,14 +382,40 @@ class PhysMem:
         ref = weakref.ref(self)
         slow_one = functools.partial(_slow_copy_page, ref)
         slow_many = functools.partial(_slow_copy_pages, ref)
+        slow_zero = functools.partial(_slow_zero_page, ref)
+        slow_in1 = functools.partial(_slow_copyin1, ref)
+        slow_sum = functools.partial(_slow_cksum_sum, ref)
+        slow_bytes = functools.partial(_slow_cksum_bytes, ref)
+        slow_gather = functools.partial(_slow_gather_cksum, ref)
         if self._c and _fastmod is not None:
             addr = int(self._ffi.cast("uintptr_t", h))
-            self._fast = _fastmod.Fast(addr, keep, slow_one, slow_many)
-            self.copy_page = self._fast.copy_page
-            self.copy_pages = self._fast.copy_pages
+            fast = _fastmod.Fast(
+                addr,
+                keep,
+                slow_one,
+                slow_many,
+                slow_zero,
+                slow_in1,
+                slow_sum,
+                slow_bytes,
+                slow_gather,
+            )
+            self._fast = fast
+            self.copy_page = fast.copy_page
+            self.copy_pages = fast.copy_pages
+            self.zero_page = fast.zero_page
+            self.copyin1 = fast.copyin1
+            self.cksum_sum = fast.cksum_sum
+            self.cksum_bytes = fast.cksum_bytes
+            self.gather_cksum = fast.gather_cksum
         else:
             self.copy_page = slow_one
             self.copy_pages = slow_many
+            self.zero_page = slow_zero
+            self.copyin1 = slow_in1
+            self.cksum_sum = slow_sum
+            self.cksum_bytes = slow_bytes
+            self.gather_cksum = slow_gather
 
     def _create_failed(self, rc: int) -> None:
         if rc == _py.PM_ENOMEM:
@@ -371,8 +479,8 @@ class PhysMem:
         if rc != 0:
             raise self._diag_scalar("copy_page", rc, (("src", src), ("dst", dst)))
 
-    def zero_page(self, frame: int) -> None:
-        """Fill ``frame`` with zeros."""
+    def _zero_page(self, frame: int) -> None:
+        """``zero_page``: fill ``frame`` with zeros."""
         try:
             rc = self._lib.pm_zero_page(self._h, frame)
         except (TypeError, OverflowError):
@@ -596,14 +704,14 @@ class PhysMem:
                 return int(cell[0])
         raise self._diag_pieces("gather_into", rc, p, bufsize=n)
 
-    def gather_cksum(
+    def _gather_cksum(
         self,
         pieces: Iterable[Piece] | PieceArray,
         out: WritableBuffer,
         offset: int = 0,
         initial: int = 0,
     ) -> tuple[int, int]:
-        """Gather the pieces into ``out`` at ``offset`` and sum them, in one pass.
+        """``gather_cksum``: gather the pieces into ``out`` at ``offset`` and sum them, in one pass.
 
         What a NIC without checksum offload costs the CPU: the payload is read
         once, copied into the frame and summed while it is in cache.  Returns
@@ -694,8 +802,9 @@ class PhysMem:
 
     # -- Internet checksum --------------------------------------------------------
 
-    def cksum_sum(self, pieces: Iterable[Piece] | PieceArray, initial: int = 0) -> int:
-        """Folded 16-bit ones'-complement sum (RFC 1071, not inverted) of the pieces.
+    def _cksum_sum(self, pieces: Iterable[Piece] | PieceArray, initial: int = 0) -> int:
+        """``cksum_sum``: the folded 16-bit ones'-complement sum (RFC 1071, not
+        inverted) of the pieces.
 
         The sum is over the byte stream the pieces form when concatenated, so
         odd lengths and offsets anywhere in the list are fine.  ``initial`` (any
@@ -719,8 +828,9 @@ class PhysMem:
         """The Internet checksum of the pieces: ``~cksum_sum(pieces, initial) & 0xffff``."""
         return ~self.cksum_sum(pieces, initial) & 0xFFFF
 
-    def cksum_bytes(self, data: BufferLike, initial: int = 0) -> int:
-        """Folded ones'-complement sum (not inverted) of a plain buffer (a header)."""
+    def _cksum_bytes(self, data: BufferLike, initial: int = 0) -> int:
+        """``cksum_bytes``: the folded ones'-complement sum (not inverted) of a
+        plain buffer (a header)."""
         if self._c:
             if type(data) is bytes:
                 buf: Any = data

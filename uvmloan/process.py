@@ -31,6 +31,10 @@ from .param import (
 )
 from .pmap.cpu import TLBState
 
+# A module constant: ``TLBState.VALID`` is a metaclass attribute lookup, and
+# every user load and store tests it.
+_VALID = TLBState.VALID
+
 if TYPE_CHECKING:
     from .machine import Machine
     from .pmap.pmap import Pmap
@@ -191,8 +195,8 @@ class Process:
     # read and write are the model's hottest entry points (every user load
     # and store): they validate here once, with ``type(x) is`` tests for the
     # common exact types before the general ones, then call the MMU's
-    # unchecked variants and set curcpu inline instead of through the
-    # on_cpu context manager.
+    # unchecked variants directly (no on_cpu: the accesses do not need
+    # curcpu set, see read).
 
     def read(self, va: int, n: int, cpu: int | None = None) -> bytes:
         """A user load of ``n`` bytes at ``va`` on ``cpu`` (default: its CPU)."""
@@ -204,16 +208,13 @@ class Process:
         if (type(n) is not int and (not isinstance(n, int) or isinstance(n, bool))) or n < 0:
             raise ValueError(f"read: length must be a non-negative int, got {n!r}")
         c = self.cpu if cpu is None else self._cpu_arg(cpu)
-        plat = m.platform
-        cpuinfo = plat.cpus[c]
-        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+        cpuinfo = m.platform.cpus[c]
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not _VALID:
             m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
-        saved = plat.cur
-        plat.cur = c
-        try:
-            return m.mmu.load_checked(cpuinfo, va, n, True)
-        finally:
-            plat.cur = saved
+        # curcpu() need not be set around the access: the MMU is given the
+        # CPU, and only a fault reads plat.cur (MMU._fault makes it that CPU
+        # for the handler and restores it).
+        return m.mmu.load_checked(cpuinfo, va, n, True)
 
     def write(self, va: int, data: bytes | bytearray | memoryview, cpu: int | None = None) -> None:
         """A user store of ``data`` at ``va`` on ``cpu`` (default: its CPU)."""
@@ -225,16 +226,10 @@ class Process:
         if type(data) is not bytes and not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"write: data must be bytes-like, not {type(data).__name__}")
         c = self.cpu if cpu is None else self._cpu_arg(cpu)
-        plat = m.platform
-        cpuinfo = plat.cpus[c]
-        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not TLBState.VALID:
+        cpuinfo = m.platform.cpus[c]
+        if cpuinfo.curpmap is not self.map.pmap or cpuinfo.tlbstate is not _VALID:
             m._switch_fast(self, c)  # a context switch (or pmap_load's reactivation)
-        saved = plat.cur
-        plat.cur = c
-        try:
-            m.mmu.store_checked(cpuinfo, va, data, True)
-        finally:
-            plat.cur = saved
+        m.mmu.store_checked(cpuinfo, va, data, True)  # (curcpu: see read)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -25,9 +25,10 @@ same words.  A JSON Lines file starts with a header (``trace_header``) and
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import json
-from collections import Counter
+from collections import Counter, _count_elements  # type: ignore[attr-defined]
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -208,7 +209,7 @@ class LoanBreak(Event):
 
     @staticmethod
     def keys(kind: str) -> tuple[str, ...]:
-        return (LoanBreak.KIND, f"loan.break.{kind}")
+        return _BREAK_KEYS.get(kind) or (LoanBreak.KIND, f"loan.break.{kind}")
 
 
 @attrs.frozen(slots=True)
@@ -449,6 +450,7 @@ class Fault(Event):
 # the helpers above fall back to the f-string for any other value.
 _LOAN_KEYS = {k: (Loan.KIND, f"loan.{k}") for k in ("A->K", "O->K", "zero->K", "A->A")}
 _FAULT_KEYS = {r: (Fault.KIND, f"fault {r}") for r in ("resolved", "EFAULT")}
+_BREAK_KEYS = {k: (LoanBreak.KIND, f"loan.break.{k}") for k in ("anon", "object")}
 
 
 # --- tracer and sinks ---------------------------------------------------------
@@ -465,6 +467,11 @@ def _refresh_full(tr: Tracer, _a: attrs.Attribute[Any], value: Any) -> Any:
     return value
 
 
+def _refresh_tally(tr: Tracer, _a: attrs.Attribute[Any], value: Any) -> Any:
+    tr.tally = functools.partial(_count_elements, value)
+    return value
+
+
 @attrs.define(slots=True, eq=False)
 class Tracer:
     """Receives events, derives counters, forwards to sinks.
@@ -474,7 +481,7 @@ class Tracer:
     """
 
     on: bool = attrs.field(default=True, on_setattr=_refresh_full)
-    counters: Counter[str] = attrs.field(factory=Counter)
+    counters: Counter[str] = attrs.field(factory=Counter, on_setattr=_refresh_tally)
     events: list[Event] | None = attrs.field(default=None, on_setattr=_refresh_full)
     sinks: list[Sink] = attrs.field(factory=list, on_setattr=_refresh_full)
     #: True while something wants whole events (a recording list or a sink).
@@ -482,9 +489,14 @@ class Tracer:
     #: event's ``counter_keys`` without building the event: constructing a
     #: frozen event costs more than the operation it describes.
     full: bool = attrs.field(init=False, default=False)
+    #: ``tally(keys)``: ``count(*keys)`` for the hot paths, without a Python
+    #: frame (collections' C helper bound to ``counters``, which it follows
+    #: when the attribute is replaced).
+    tally: Callable[[Iterable[str]], None] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._refresh()
+        self.tally = functools.partial(_count_elements, self.counters)
 
     def _refresh(self) -> None:
         self.full = self.on and (self.events is not None or bool(self.sinks))
@@ -492,9 +504,7 @@ class Tracer:
     def count(self, *keys: str) -> None:
         """Counting-only mode: what ``emit`` would add for an event with these
         counter keys, when nobody records or sinks events."""
-        c = self.counters
-        for k in keys:
-            c[k] += 1
+        _count_elements(self.counters, keys)
 
     def emit(self, ev: Event) -> None:
         c = self.counters

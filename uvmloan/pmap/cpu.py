@@ -128,8 +128,17 @@ class Platform:
 
     @classmethod
     def build(cls, profile: Profile, physmem: PhysMem, tracer: Tracer, ncpus: int) -> Platform:
+        tagged = profile.tlb_policy != "x86"  # x86 tags every entry ASID 0 (mmu.translate)
         cpus = [
-            CPU(i, TLB(profile.tlb_entries, profile.tlb_replacement, seed=profile.seed + i))
+            CPU(
+                i,
+                TLB(
+                    profile.tlb_entries,
+                    profile.tlb_replacement,
+                    seed=profile.seed + i,
+                    tagged=tagged,
+                ),
+            )
             for i in range(ncpus)
         ]
         return cls(profile, physmem, tracer, cpus)

@@ -191,6 +191,10 @@ _K_PAGE_PROTECT = _keys_of(PageProtect, 0, 0, 0)
 _K_INVLPG = _keys_of(TLBInvalidate, 0)
 _K_FLUSH = _keys_of(TLBFlush, False, "-")
 _K_FLUSHG = _keys_of(TLBFlush, True, "-")
+_K_KENTER = _keys_of(KEnter, 0, 0, 0)
+_K_KREMOVE = _keys_of(KRemove, 0, 0)
+_K_IPI_DELIVERED = _keys_of(IPIDelivered, 0, VECTOR_TLB)
+_K_CSW = _keys_of(ContextSwitch, "-", "-")
 
 # pmap_tlb_shootdown's TLBSTATS scope of a user pmap, by (local, remote).
 _SCOPES: dict[tuple[bool, bool], tuple[str, ...]] = {
@@ -484,8 +488,16 @@ class PmapModule:
             pmap.wired_count += 1
         ptes[va] = npte
         if pg is not None and not (opte & PTE_PVLIST and same):
-            self._pv_enter(pg.mdpage, pmap, va)
-        plat.charge(plat.costs.pte_update_ns)
+            # _pv_enter, inlined (one per fault)
+            md = pg.mdpage
+            if md.pv_pmap is None:
+                md.pv_pmap = pmap
+                md.pv_va = va
+            elif md.pv_more is None:
+                md.pv_more = {(pmap, va): None}
+            else:
+                md.pv_more[(pmap, va)] = None
+        plat.cpus[plat.cur].clock += plat.costs.pte_update_ns  # plat.charge, inlined
         tr = plat.tracer
         if tr.on:
             if tr.full:
@@ -495,7 +507,7 @@ class PmapModule:
                     )
                 )
             else:
-                tr.count(*_K_ENTER)
+                tr.tally(_K_ENTER)
         if opte & (PTE_P | PTE_A) == (PTE_P | PTE_A) and (opte ^ npte) & (PTE_FRAME_MASK | PTE_W):
             self.pmap_tlb_shootdown(pmap, va, opte, TLBSHOOT_ENTER)
         return 0
@@ -541,7 +553,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(PmapRemove(plat.now(), plat.cur, pmap.name, va, pte_frame(opte)))
             else:
-                tr.count(*_K_REMOVE)
+                tr.tally(_K_REMOVE)
 
     def pmap_protect(self, pmap: Pmap, sva: int, eva: int, prot: int) -> None:
         """Lower the protection of [sva, eva); never adds permissions.
@@ -574,7 +586,7 @@ class PmapModule:
                     if tr.full:
                         tr.emit(PmapProtect(plat.now(), plat.cur, pmap.name, va, int(prot)))
                     else:
-                        tr.count(*_K_PROTECT)
+                        tr.tally(_K_PROTECT)
             # pmap_write_protect (pmap.c 1.381) tests the old D bit only, even
             # when the PTE was already read-only.
             if opte & PTE_D:
@@ -601,7 +613,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(PageProtect(plat.now(), plat.cur, "-", pg.frame, int(prot), n))
             else:
-                tr.count(*_K_PAGE_PROTECT)
+                tr.tally(_K_PAGE_PROTECT)
         if prot & (VMProt.READ | VMProt.EXECUTE):
             for pmap, va in list(md.pv):
                 self._sync_pv(pmap, va, PTE_W)
@@ -669,7 +681,10 @@ class PmapModule:
         plat.charge(plat.costs.pte_update_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(KEnter(plat.now(), plat.cur, "kernel", va, frame, int(prot)))
+            if tr.full:
+                tr.emit(KEnter(plat.now(), plat.cur, "kernel", va, frame, int(prot)))
+            else:
+                tr.tally(_K_KENTER)
 
     def pmap_kremove(self, sva: int, size: int) -> None:
         """Remove kernel mappings made by kenter; shootdown for accessed ones.
@@ -698,7 +713,10 @@ class PmapModule:
             kpm.wired_count -= 1
             plat.charge(plat.costs.pte_update_ns)
             if tr.on:
-                tr.emit(KRemove(plat.now(), plat.cur, "kernel", va, pte_frame(opte)))
+                if tr.full:
+                    tr.emit(KRemove(plat.now(), plat.cur, "kernel", va, pte_frame(opte)))
+                else:
+                    tr.tally(_K_KREMOVE)
             if opte & (PTE_P | PTE_A) == (PTE_P | PTE_A):
                 self.pmap_tlb_shootdown(kpm, va, opte, TLBSHOOT_KREMOVE)
 
@@ -718,7 +736,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(PmapUpdate(plat.now(), plat.cur, pmap.name if pmap else "-"))
             else:
-                tr.count(*_K_UPDATE)
+                tr.tally(_K_UPDATE)
         if self.inject_skip_update:
             return
         # Both shootnow flavours return at once on an empty packet; test it
@@ -804,9 +822,14 @@ class PmapModule:
         cpu.charge(plat.costs.context_switch_ns)
         tr = plat.tracer
         if tr.on:
-            tr.emit(
-                ContextSwitch(cpu.clock, cpu.index, pmap.name, old.name if old else "-", pmap.name)
-            )
+            if tr.full:
+                tr.emit(
+                    ContextSwitch(
+                        cpu.clock, cpu.index, pmap.name, old.name if old else "-", pmap.name
+                    )
+                )
+            else:
+                tr.tally(_K_CSW)
         if plat.profile.tlb_policy == "x86":
             self._local_flush(cpu, False, "cr3 load")
         else:
@@ -896,7 +919,11 @@ class PmapModule:
                     )
                 )
             else:
-                tr.count(*_shootdown_queued_keys(va == ALLVA, why, scopes, pte, pkt.allva))
+                # _shootdown_queued_keys' cache, looked up inline first
+                keys = _SQ_KEYS.get((va == ALLVA, why, scopes, bool(pte & PTE_G), pkt.allva))
+                if keys is None:
+                    keys = _shootdown_queued_keys(va == ALLVA, why, scopes, pte, pkt.allva)
+                tr.tally(keys)
 
     def _local_flush(self, cpu: CPU, include_global: bool, why: str) -> None:
         plat = self.platform
@@ -907,7 +934,7 @@ class PmapModule:
             if tr.full:
                 tr.emit(TLBFlush(cpu.clock, cpu.index, "-", include_global, why))
             else:
-                tr.count(*(_K_FLUSHG if include_global else _K_FLUSH))
+                tr.tally(_K_FLUSHG if include_global else _K_FLUSH)
 
     def _invalidate_packet(self, cpu: CPU, vas: list[int], allva: bool, glob: bool) -> None:
         """x86_tlb.c ``pmap_tlb_invalidate`` on one CPU."""
@@ -925,7 +952,7 @@ class PmapModule:
                 if tr.full:
                     tr.emit(TLBInvalidate(cpu.clock, cpu.index, "-", va))
                 else:
-                    tr.count(*_K_INVLPG)
+                    tr.tally(_K_INVLPG)
 
     def _trace_round(
         self,
@@ -939,8 +966,14 @@ class PmapModule:
         broadcast: bool = False,
     ) -> None:
         """The ShootdownRound event of a round ``cpu`` began at time ``start``
-        and has just finished."""
-        self.platform.tracer.emit(
+        and has just finished (only its counters when nobody wants events)."""
+        tr = self.platform.tracer
+        if not tr.full:
+            # ShootdownRound.remote: some target is not this CPU
+            remote = targets.count(cpu.index) != len(targets)
+            tr.tally(ShootdownRound.keys(remote, allva, nva))
+            return
+        tr.emit(
             ShootdownRound(
                 cpu.clock,
                 cpu.index,
@@ -988,13 +1021,19 @@ class PmapModule:
             for dst in sends:
                 cpu.charge(costs.ipi_send_ns)
                 if tr.on:
-                    tr.emit(IPISent(cpu.clock, me, "-", dst, VECTOR_TLB))
+                    if tr.full:
+                        tr.emit(IPISent(cpu.clock, me, "-", dst, VECTOR_TLB))
+                    else:
+                        tr.tally(IPISent.keys(dst))
             sent_at = cpu.clock
             for dst in remote:
                 tcpu = plat.cpus[dst]
                 tcpu.clock = max(tcpu.clock, sent_at + costs.ipi_deliver_ns)
                 if tr.on:
-                    tr.emit(IPIDelivered(tcpu.clock, dst, "-", me, VECTOR_TLB))
+                    if tr.full:
+                        tr.emit(IPIDelivered(tcpu.clock, dst, "-", me, VECTOR_TLB))
+                    else:
+                        tr.tally(_K_IPI_DELIVERED)
                 acks.append(tcpu.clock + costs.ipi_ack_ns)
                 self._invalidate_packet(tcpu, vas, allva, glob)
                 # pmap_tlb_intr: a lazy CPU asked to shoot a user pmap leaves it.
@@ -1010,6 +1049,9 @@ class PmapModule:
         if acks:
             cpu.clock = max(cpu.clock, *acks)
         if tr.on:
+            if not tr.full:  # _trace_round's counting, inline: one round per update
+                tr.tally(ShootdownRound.keys(bool(remote), allva, 0 if allva else len(vas)))
+                return
             self._trace_round(
                 cpu,
                 start,

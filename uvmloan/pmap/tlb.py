@@ -27,8 +27,16 @@ class TLB:
     capacity: int
     policy: str = "lru"
     seed: int = 0
+    # False when every key carries ASID 0 (the x86 policy: one address space
+    # cached, plus the kernel's): invlpg then drops one key instead of
+    # scanning the TLB.  True (the default) assumes nothing.
+    tagged: bool = True
     entries: dict[Key, tuple[object, int]] = attrs.field(factory=dict)
     _rng: random.Random = attrs.field(init=False)
+    # policy == "lru" and policy != "random", resolved once: the MMU's
+    # inlined lookup and insert read them.
+    lru: bool = attrs.field(init=False)
+    evict_oldest: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.capacity < 1:
@@ -36,11 +44,13 @@ class TLB:
         if self.policy not in ("lru", "fifo", "random"):
             raise ValueError(f"unknown TLB replacement policy {self.policy!r}")
         self._rng = random.Random(self.seed)
+        self.lru = self.policy == "lru"
+        self.evict_oldest = self.policy != "random"
 
     def lookup(self, key: Key) -> tuple[object, int] | None:
         """The cached (pmap, pte) for key, refreshing its LRU position."""
         ent = self.entries.get(key)
-        if ent is not None and self.policy == "lru":
+        if ent is not None and self.lru:
             # dict order is the LRU order: move to the most recent end.
             del self.entries[key]
             self.entries[key] = ent
@@ -60,6 +70,9 @@ class TLB:
 
     def invlpg(self, vpn: int) -> None:
         """INVLPG: drop the entry for this page in every ASID (global ones too)."""
+        if not self.tagged:
+            self.entries.pop((0, vpn), None)
+            return
         for key in [k for k in self.entries if k[1] == vpn]:
             del self.entries[key]
 
