@@ -27,7 +27,7 @@ from uvmloan.experiments.repro import (
     ReproductionResult,
     Timer,
     check_args,
-    finish,
+    conclude,
     new_figure,
     reproduction,
 )
@@ -142,19 +142,19 @@ def announcement_2002(
         ax.legend(fontsize=8, loc="upper left")
         return fig
 
-    files = finish(A1_NAME, outdir, points, draw, {**lo.files})
-    return ReproductionResult(
-        name=A1_NAME,
-        title=str(announcement_2002.title),  # type: ignore[attr-defined]
+    return conclude(
+        announcement_2002,
         claim=A1_CLAIM,
         source=A1_SOURCE,
         holds=holds,
         verdict=verdict,
         rows=rows,
-        points=tuple(points),
-        files=files,
-        wall_s=timer.elapsed(),
+        points=points,
+        out=outdir,
+        draw=draw,
+        timer=timer,
         params={"profile": prof.name, "bytes": size, "write_size": 65536, "quick": quick},
+        files={**lo.files},
     )
 
 
@@ -308,18 +308,17 @@ def mp_loan(
         fig.suptitle("sosend loaning on a multiprocessor (uvmloan)")
         return fig
 
-    files = finish(MP_NAME, outdir, points, draw)
-    return ReproductionResult(
-        name=MP_NAME,
-        title=str(mp_loan.title),  # type: ignore[attr-defined]
+    return conclude(
+        mp_loan,
         claim=MP_CLAIM,
         source=MP_SOURCE,
         holds=holds,
         verdict=verdict,
-        rows=tuple(rows),
-        points=tuple(points),
-        files=files,
-        wall_s=timer.elapsed(),
+        rows=rows,
+        points=points,
+        out=outdir,
+        draw=draw,
+        timer=timer,
         params={"profile": prof.name, "ncpus": ncpus, "bytes": size, "quick": quick},
     )
 
@@ -461,18 +460,17 @@ def zerocopy_breakeven(
         fig.suptitle("MSG_ZEROCOPY break-even (uvmloan)")
         return fig
 
-    files = finish(ZC_NAME, outdir, points, draw)
-    return ReproductionResult(
-        name=ZC_NAME,
-        title=str(zerocopy_breakeven.title),  # type: ignore[attr-defined]
+    return conclude(
+        zerocopy_breakeven,
         claim=ZC_CLAIM,
         source=ZC_SOURCE,
         holds=holds,
         verdict=verdict,
-        rows=tuple(rows),
-        points=tuple(points),
-        files=files,
-        wall_s=timer.elapsed(),
+        rows=rows,
+        points=points,
+        out=outdir,
+        draw=draw,
+        timer=timer,
         params={"profile": prof.name, "bytes": total, "sizes": sizes, "quick": quick},
     )
 

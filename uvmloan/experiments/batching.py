@@ -35,7 +35,7 @@ from .repro import (
     ReproductionResult,
     Timer,
     check_args,
-    finish,
+    conclude,
     new_figure,
     reproduction,
 )
@@ -196,17 +196,16 @@ def shootdown_batching(
         fig.suptitle("x86 shootdown batching (uvmloan)")
         return fig
 
-    files = finish(NAME, outdir, points, draw)
-    return ReproductionResult(
-        name=NAME,
-        title=str(shootdown_batching.title),  # type: ignore[attr-defined]
+    return conclude(
+        shootdown_batching,
         claim=CLAIM,
         source=SOURCE,
         holds=holds,
         verdict=verdict,
-        rows=tuple(rows),
-        points=tuple(points),
-        files=files,
-        wall_s=timer.elapsed(),
+        rows=rows,
+        points=points,
+        out=outdir,
+        draw=draw,
+        timer=timer,
         params={"ncpus": ncpus, "profile": prof.name, "quick": quick},
     )

@@ -276,3 +276,37 @@ def finish(
         written["plot"] = "(not drawn: matplotlib is not installed; pip install 'uvmloan[plot]')"
     written.update(files or {})
     return written
+
+
+def conclude(
+    fn: ReproductionFn,
+    *,
+    claim: str,
+    source: str,
+    holds: bool,
+    verdict: str,
+    rows: Sequence[Comparison],
+    points: Sequence[Mapping[str, Any]],
+    out: Path | None,
+    draw: Callable[[], Any] | None,
+    timer: Timer,
+    params: Mapping[str, Any],
+    files: dict[str, str] | None = None,
+) -> ReproductionResult:
+    """A reproduction's result: its files written (``finish``), the rest as given;
+    its name and title are those the :func:`reproduction` decorator gave ``fn``."""
+    name = str(getattr(fn, "reproduction_name"))  # noqa: B009 - set by @reproduction
+    written = finish(name, out, points, draw, files)
+    return ReproductionResult(
+        name=name,
+        title=str(getattr(fn, "title")),  # noqa: B009
+        claim=claim,
+        source=source,
+        holds=holds,
+        verdict=verdict,
+        rows=tuple(rows),
+        points=tuple(points),
+        files=written,
+        wall_s=timer.elapsed(),
+        params=params,
+    )
