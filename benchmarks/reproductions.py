@@ -55,15 +55,20 @@ def bench(quick: bool, repeats: int) -> dict[str, Any]:
 def _num(x: float | None, unit: str) -> str:
     if x is None:
         return "-"
-    s = f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}"
+    if float(x).is_integer():
+        s = f"{int(x):,}"
+    else:
+        s = f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}"
     return f"{s} {unit}".strip()
 
 
 def report(r: dict[str, Any]) -> str:
     mode = "--quick sizes" if r["quick"] else "full sizes"
+    walls = "of one run" if r["repeats"] == 1 else f"the median of {r['repeats']} runs"
     lines = [
         f"Measured with `python benchmarks/reproductions.py{' --quick' if r['quick'] else ''}` "
-        f"({mode}; wall time the median of {r['repeats']} runs, simulated figures deterministic). "
+        f"({mode}; wall time {walls}, simulated figures deterministic: every run gives "
+        "the same). "
         f"Load average at the start {r['load'][0]:.2f}, at the end {r['load_end'][0]:.2f}.",
         "",
     ]
@@ -87,8 +92,7 @@ def report(r: dict[str, Any]) -> str:
         )
     )
     lines.append("")
-    for run in r["runs"]:
-        lines.append(f"- `{run['name']}`: {run['verdict']}.")
+    lines.extend(f"- `{run['name']}`: {run['verdict']}." for run in r["runs"])
     return "\n".join(lines)
 
 
