@@ -196,9 +196,10 @@ class Netif:
         self.addr = addr
         self.if_mtu = mtu
         self.csum_offload = csum_offload
-        # Scatter/gather DMA (Linux NETIF_F_SG): every NetBSD driver in the
-        # model gathers mbuf chains; False makes MSG_ZEROCOPY copy instead.
-        self.sg = True
+        # Scatter/gather DMA (Linux NETIF_F_SG; the host profile's
+        # nic.sg): the model's driver gathers mbuf chains either way; False
+        # makes MSG_ZEROCOPY copy instead, as Linux does without NETIF_F_SG.
+        self.sg = host.machine.profile.nic.sg
         self.intr_cpu = intr_cpu
         self.if_data = IfData()
         self.if_snd: deque[Mbuf] = deque()

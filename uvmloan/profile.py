@@ -106,10 +106,11 @@ class NicModel:
     """The network interface the machine sends through: data only.
 
     The network stack reads ``cksum_offload`` and ``tx_ring`` (the defaults
-    of an interface on a link) and ``link_bps`` (its bulk transfer's link);
-    ``sg``, ``sg_max_segs``, ``tso`` and ``dma_desc_ns`` are data it does
-    not model yet (the NIC always gathers the chain, segments are built by
-    tcp_output, descriptors cost nothing).
+    of an interface on a link), ``sg`` (without it MSG_ZEROCOPY copies, as
+    Linux does) and ``link_bps`` (its bulk transfer's link); ``sg_max_segs``,
+    ``tso`` and ``dma_desc_ns`` are data it does not model yet (the driver
+    always gathers the whole chain, segments are built by tcp_output,
+    descriptors cost nothing).
     """
 
     # Line rate in bits per second (100baseTX: 100 Mbit/s, the netstack

@@ -128,3 +128,18 @@ def test_zerocopy_breaks_even_between_4_and_16_kib(tmp_path: Path) -> None:
     assert res.holds, res.verdict
     assert {r.what: r.model for r in res.rows}["break-even write size"] == crossing / 1000
     assert sent == int(zc[65536]["bytes"])
+
+
+def test_the_demo_is_reproduction_1_and_says_what_to_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from uvmloan.cli import main
+
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "TCP transmit, copy" in out and "TCP transmit, loan" in out
+    assert "the claim holds in the model" in out
+    for name in ("announcement-2002.png", "announcement-2002.csv", "announcement-2002.json"):
+        assert (tmp_path / name).stat().st_size > 300, name
+    assert list(tmp_path.glob("bulk-loan-*-trace.jsonl")) and list(tmp_path.glob("*.pcapng"))
+    assert "uvmloan trace perfetto" in out and "tshark -r" in out
