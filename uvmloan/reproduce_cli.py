@@ -125,6 +125,13 @@ class DemoCommand:
         _writable(p, args.out)
 
     def run(self, args: argparse.Namespace) -> int:
+        from ._version import __version__
+        from .physmem import BACKEND
+
+        print(
+            f"uvmloan {__version__} demo: NetBSD's 2002 zero-copy result, rerun "
+            f"(physmem backend: {BACKEND})"
+        )
         (res,) = _run(["announcement-2002"], args.out, True, False)
         print("open them with:")
         for kind, path in res.files.items():

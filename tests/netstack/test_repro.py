@@ -143,3 +143,4 @@ def test_the_demo_is_reproduction_1_and_says_what_to_open(
         assert (tmp_path / name).stat().st_size > 300, name
     assert list(tmp_path.glob("bulk-loan-*-trace.jsonl")) and list(tmp_path.glob("*.pcapng"))
     assert "uvmloan trace perfetto" in out and "tshark -r" in out
+    assert "(physmem backend: " in out  # .ci/package checks it
