@@ -367,9 +367,10 @@ class VnodeObject(UVMObject):
         The bytes of the old last page past the old end of file become file
         data: they are the page cache's (zero unless a store through a
         mapping put something there), and read(2) shows them.  So the page
-        holding the old EOF is marked DIRTY, or fsync would skip a page that
-        was CLEAN (cleaned, write-protected) and the disk would keep zeros
-        where read(2) shows the stored bytes.  FFS does this in
+        holding the old EOF is marked DIRTY, or fsync would skip a page an
+        earlier fsync left CLEAN (or UNKNOWN with the modified bit cleared,
+        if wired) and the disk would keep zeros where read(2) shows the
+        stored bytes.  FFS does this in
         ``ufs_balloc_range`` (ufs_inode.c 1.95: "clear PG_CLEAN on all the
         pages" it gets from the start of the block holding the range, which
         includes the page of the old EOF whether ``ffs_truncate`` (ffs_inode.c
