@@ -264,7 +264,7 @@ class VnodeObject(UVMObject):
             # The UBC window is written by the kernel: the page is DIRTY.
             self.uvm.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)
         if offset + n > old_size:
-            self.backing.extend(bytes(offset + n - old_size))
+            self._extend(offset + n)
         return n
 
     def _reserve(self, offs: range, what: str, page_in: bool = True) -> None:
@@ -359,7 +359,32 @@ class VnodeObject(UVMObject):
             self.pgo_put(keep, self.size + ps, PGO_FREE)
             del self.backing[size:]
         else:
-            self.backing.extend(bytes(size - self.size))
+            self._extend(size)
+
+    def _extend(self, size: int) -> None:
+        """Grow the file to ``size`` bytes (write(2) past EOF, or ftruncate up).
+
+        The bytes of the old last page past the old end of file become file
+        data: they are the page cache's (zero unless a store through a
+        mapping put something there), and read(2) shows them.  So the page
+        holding the old EOF is marked DIRTY, or fsync would skip a page an
+        earlier fsync left CLEAN (or UNKNOWN with the modified bit cleared,
+        if wired) and the disk would keep zeros where read(2) shows the
+        stored bytes.  FFS does this in
+        ``ufs_balloc_range`` (ufs_inode.c 1.95: "clear PG_CLEAN on all the
+        pages" it gets from the start of the block holding the range, which
+        includes the page of the old EOF whether ``ffs_truncate`` (ffs_inode.c
+        1.117) or ``ffs_write`` (ufs_readwrite.c) calls it for the old partial
+        block or for the new last byte).  A page that is not resident holds
+        nothing past EOF: the disk's zeros are right and nothing is paged in.
+        """
+        old = self.size
+        tail = old % self.page_size
+        if tail:
+            pg = self.uo_pages.get(old - tail)
+            if pg is not None:
+                self.uvm.uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)
+        self.backing.extend(bytes(size - old))
 
     def _last_detach(self) -> None:
         # The vnode itself holds a reference until the file is reclaimed.
