@@ -11,11 +11,16 @@ threads keep its pmap loaded there, so a write-protect on the first loan of
 a page needs a shootdown IPI to each of them).
 
 The buffer discipline is a well-behaved application's: the ring
-(``ring_bytes``) is refilled slot by slot before each send, and a slot is
-refilled only after the data sent from it has been acknowledged (sbspace
-shows the send buffer has room for it again), so a loan has been released by
-the time its pages are written, and what the user store costs is a write
-fault re-enabling the page (the loan left it read-only), never a loan break.
+(``ring_bytes``) is refilled slot by slot before each send.  NetBSD tells a
+sender nothing when a loan ends (Thorpe, 2002: "the only thing that is
+missing is a callback to userspace"), so a slot's data has surely been
+acknowledged, and its loan released, only when the ring is larger than the
+send buffer plus one write (the default: 1 MiB against 192 KiB): then what
+a refill costs is a write fault re-enabling each page the last loan left
+read-only, never a loan break.  A smaller ring refills slots whose data may
+still be in the send buffer, and those stores break the loans (copy on
+write keeps the bytes sent right).  A zerocopy sender waits for the slot's
+notification instead.
 ``refill=False`` sends the same bytes again without touching them (ttcp).
 
 ``policy`` is a send policy of :mod:`netstack.policy` (``copy``,
