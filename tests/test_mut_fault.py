@@ -232,8 +232,8 @@ def test_read_of_a_private_file_mapping_is_read_only_on_a_dirty_page(m: Machine)
     DIRTY one (uvm_pagereadonly_p alone would allow write): on the first
     touch because the entry needs a copy (uvm_fault_check), later because
     it is copy-on-write (uvm_fault_lower_direct).  The fault is entered as
-    a read access (pmap_enter's flags): x86 pmap_enter sets PTE_A for it.  The writes that follow promote, and
-    the file keeps its bytes."""
+    a read access (pmap_enter's flags): x86 pmap_enter sets PTE_A for it.
+    The writes that follow promote, and the file keeps its bytes."""
     vn = m.vnode(b"o" * (2 * PS), name="f")
     vn.write(0, b"d")  # write(2): both pages DIRTY
     vn.write(PS, b"e")
