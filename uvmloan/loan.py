@@ -52,13 +52,15 @@ if TYPE_CHECKING:
 UVM_LOAN_GET_CHUNK = 16  # uvm_loan.c: pages per pgo_get in uvm_loanuobjpages
 
 
-class _LoanFailure(Exception):
-    """A helper returned -1: uvm_loan reports EINVAL, the reason is kept."""
+class _LoanFailure(UVMError):
+    """A helper returned -1: uvm_loan reports EINVAL, the reason is kept.
+
+    A UVMError itself, so that a helper called directly (``uvm_loanpage``
+    is public) fails with a documented error and its errno (EBUSY for a
+    wired page), not a private exception."""
 
     def __init__(self, reason: str, errno: int = EINVAL) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.errno = errno
+        super().__init__(errno, reason, reason=reason)
 
 
 @attrs.define(slots=True, eq=False, repr=False)
