@@ -364,9 +364,9 @@ def test_uvm_loanzero_without_memory(era: str, flags: int, reason: str) -> None:
     p = m.spawn("p")
     va = p.mmap(PS)
     _squeeze(m, 0)
-    with pytest.raises(Exception, match=rf"^{reason}$") as ei:
+    with pytest.raises(UVMError, match=rf"^\[ENOMEM\] {reason}$") as ei:
         uvm_loanzero(p.map, flags, va)
-    assert getattr(ei.value, "errno", None) == ENOMEM
+    assert ei.value.errno == ENOMEM and ei.value.reason == reason
     m.close()
 
 
@@ -599,6 +599,6 @@ def test_uvm_loanuobj_direct_keeps_the_pagers_errno(new: Machine) -> None:
     e = p.map.uvm_map_lookup_entry(va + PS)
     assert e is not None
     _squeeze(new, 0)
-    with pytest.raises(Exception, match=r"^pgo_get failed: ") as ei:
+    with pytest.raises(UVMError, match=r"^\[ENOMEM\] pgo_get failed: ") as ei:
         uvm_loanuobj(p.map, e, va + PS, UVM_LOAN_TOPAGE)
     assert getattr(ei.value, "errno", None) == ENOMEM
