@@ -110,14 +110,16 @@ PendfreeStyle = Literal["thread", "per-socket"]
 
 @attrs.frozen(slots=True)
 class SosendCounter(Event):
-    """One ``SOSEND_COUNTER_INCR``: name is "loan big", "copy big", "copy small", "kva limit"."""
+    """One ``SOSEND_COUNTER_INCR``: counter is "loan big", "copy big",
+    "copy small" or "kva limit" (its field is not ``name``, which is the
+    event's own name in the trace vocabulary: "sosend")."""
 
     KIND: ClassVar[str] = "sosend"
-    name: str
+    counter: str
     nbytes: int
 
     def counter_keys(self) -> tuple[str, ...]:
-        return (f"sosend {self.name}",)
+        return (f"sosend {self.counter}",)
 
 
 @attrs.define(slots=True, eq=False)

@@ -72,7 +72,7 @@ def test_every_uvmloan_command_line_parses() -> None:
     for words in _commands():
         if words[:3] == ["python", "-m", "uvmloan"]:
             args = ap.parse_args(words[3:])  # SystemExit(2) on a bad example
-            assert args.cmd in ("demo", "compare", *plugins)
+            assert args.cmd in ("tour", "compare", *plugins)
             seen.add(args.cmd)
     assert seen >= {"demo", "compare", "transfer"}
 

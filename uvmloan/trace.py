@@ -89,6 +89,8 @@ class Event:
         """The event a ``to_dict`` record describes (the class named by ``ev``)."""
         ev = d.get("ev")
         klass = _BY_NAME.get(ev) if isinstance(ev, str) else None
+        if klass is None and isinstance(ev, str) and _load_layer_events():
+            klass = _BY_NAME.get(ev)  # an event of a layer above the model
         if klass is None or (cls is not Event and klass is not cls):
             raise ValueError(f"unknown trace event {ev!r}")
         kwargs: dict[str, Any] = {}
@@ -598,6 +600,39 @@ def _fast_init(cls: type[Event]) -> None:
 _BY_NAME: dict[str, type[Event]] = _event_classes()
 for _cls in set(_BY_NAME.values()):
     _fast_init(_cls)
+
+
+def register_event(cls: type[Event]) -> type[Event]:
+    """Make a layer's own event class readable from a trace (``read_jsonl``,
+    ``uvmloan trace``): the network stack's sosend and zerocopy events.  A
+    layer lists the module that registers them in the ``uvmloan.events``
+    entry-point group, loaded the first time a trace names an event the
+    model does not know, so the model never imports the layer."""
+    if not (isinstance(cls, type) and issubclass(cls, Event)) or cls is Event:
+        raise TypeError(f"register_event: expected an Event subclass, not {cls!r}")
+    old = _BY_NAME.get(cls.KIND)
+    if old is not None and old is not cls and old.__qualname__ != cls.__qualname__:
+        raise ValueError(f"register_event: {cls.KIND!r} is already {old.__qualname__}")
+    _BY_NAME[cls.KIND] = cls
+    return cls
+
+
+_LAYERS_LOADED: list[bool] = []
+
+
+def _load_layer_events() -> bool:
+    """Import the ``uvmloan.events`` entry points once; True the first time."""
+    if _LAYERS_LOADED:
+        return False
+    _LAYERS_LOADED.append(True)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="uvmloan.events"):
+        try:
+            ep.load()
+        except ImportError:  # a broken layer install: its events stay unknown
+            continue
+    return True
 
 
 def trace_header(profile: Any = None, **extra: Any) -> dict[str, Any]:

@@ -99,3 +99,15 @@ def test_a_result_is_one_flat_record() -> None:
     rec = r.record(profile="p")
     assert rec["kb_per_s_1024"] == 1024.0 and rec["sender_busy"] == 0.25
     assert rec["sender_ns_per_mib"] == 250_000_000 and rec["fault"] == 3
+
+
+def test_a_hosts_trace_reads_back_with_the_stacks_events(tmp_path: Path) -> None:
+    from netstack.socket import SosendCounter
+    from uvmloan.trace import read_jsonl
+
+    r = bulk_transfer("loan", 256 * KIB, out=tmp_path, trace=True)
+    events = read_jsonl(r.files["trace"])  # the stack's events come by entry point
+    sosends = [e for e in events if isinstance(e, SosendCounter)]
+    assert [e.counter for e in sosends] == ["loan big"] * 4  # four 64 KiB sends
+    assert len(sosends) == r.counters["sosend loan big"]
+    assert sum(e.name == "loan" for e in events) == r.counters["loan"] == 64
