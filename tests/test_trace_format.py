@@ -175,8 +175,22 @@ def test_the_spec_table_lists_every_event_name() -> None:
     from uvmloan import trace
 
     text = SPEC.read_text(encoding="utf-8")
-    listed = set(re.findall(r"^\| `([^`]+)` \| `\w+` \|", text, flags=re.M))
-    assert listed == set(trace._BY_NAME)
+    model = text.split("| `ev` (a layer's)")[0]
+    listed = set(re.findall(r"^\| `([^`]+)` \| `\w+` \|", model, flags=re.M))
+    # The model's own names, whatever layers a previous test registered.
+    assert listed == set(trace.MODEL_EVENTS)
+
+
+def test_the_spec_table_lists_every_layer_event_with_its_fields() -> None:
+    import netstack.trace_events as layer
+
+    text = SPEC.read_text(encoding="utf-8").split("| `ev` (a layer's)")[1]
+    rows = re.findall(r"^\| `([^`]+)` \| `(\w+)` \| .* \| ([\w, ]+) \|$", text, flags=re.M)
+    listed = {name: (klass, [f.strip() for f in fields.split(",")]) for name, klass, fields in rows}
+    want = {
+        c.KIND: (c.__name__, [a.name for a in attrs.fields(c)][3:]) for c in layer.EVENTS
+    }
+    assert listed == want
 
 
 def _write(path: Path, lines: list[dict[str, Any]]) -> None:

@@ -600,6 +600,8 @@ def _fast_init(cls: type[Event]) -> None:
 _BY_NAME: dict[str, type[Event]] = _event_classes()
 for _cls in set(_BY_NAME.values()):
     _fast_init(_cls)
+# The model's own event names; ``_BY_NAME`` grows as layers register theirs.
+MODEL_EVENTS: frozenset[str] = frozenset(_BY_NAME)
 
 
 def register_event(cls: type[Event]) -> type[Event]:
