@@ -274,3 +274,28 @@ def test_uvm_wait_reclaims_only_the_shortfall() -> None:
         uvm_wait(m.uvm, lambda: 3, "op")
         assert m.counters["pdaemon.freed"] == 2
         assert sum(1 for pg in pages if m.uvm.pages.get(pg.frame) is pg) == 4
+
+
+def test_uvm_wait_gives_up_after_64_rounds() -> None:
+    """specs/loan.md 5a: the model's own bound.  A need that stays one page
+    ahead of what is free, while the pagedaemon frees a page every round,
+    is counted 64 times (one per round) and then refused with ENOMEM, the
+    pagedaemon having freed one page in each round."""
+    with Machine(memory="1M", on_shortage="reclaim", trace="record") as m:
+        pages = _file_pages(m, 80)
+        for pg in pages:
+            m.uvm.uvm_pagedeactivate(pg)
+        m.uvm.limit = m.uvm.allocated  # nothing free: every page must be reclaimed
+        rounds: list[int] = []
+
+        def need() -> int:
+            rounds.append(1)
+            return m.uvm._available(0) + 1
+
+        with pytest.raises(UVMError, match=r"op: needs \d+ free pages") as e:
+            uvm_wait(m.uvm, need, "op")
+        assert e.value.errno == ENOMEM
+        assert len(rounds) == 64
+        # each of the 64 rounds fell one page short and reclaimed it
+        assert m.counters["pdaemon.freed"] == 64
+        check_invariants(m)
