@@ -159,7 +159,7 @@ class Channel:
         lk.stats.bytes += len(frame)
         done = now + lk.params.serialization_ns(len(frame))
         self.busy_until = done
-        sched.call_at(done, lambda: self._finished(on_done))
+        sched.post(done, lambda: self._finished(on_done))
         arrive = done + lk.params.delay_ns
         lk.impair(self, frame, meta, arrive)
 
@@ -214,7 +214,7 @@ class Link:
                 data = bytearray(frame)
                 bit = rng.randrange(len(data) * 8)
                 data[bit >> 3] ^= 0x80 >> (bit & 7)
-            sched.call_at(when, _deliver(ch, data, meta))
+            sched.post(when, _deliver(ch, data, meta))
 
     def add_tap(self, tap: Tap) -> None:
         self.taps.append(tap)

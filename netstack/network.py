@@ -98,10 +98,10 @@ class Host:
             self._act = outer
             self.busy_ns[idx] += c.clock - act.start
             if act.emits:
-                end = c.clock
-                call_at = self.net.sched.call_at
+                end = c.clock  # >= now: the clock started at now at least
+                post = self.net.sched.post
                 for e in act.emits:
-                    call_at(end, e)
+                    post(end, e)
         return result
 
     def sleep(self, cond: Callable[[], bool], limit_ns: int) -> bool:
@@ -120,16 +120,15 @@ class Host:
             self.busy_ns[act.cpu] += clk - act.start
             end = max(clk, sched.now)
             for e in act.emits:
-                sched.call_at(end, e)
+                sched.post(end, e)
             act.emits.clear()
             self._act = None
         deadline = sched.now + limit_ns
+        step_by = sched.step_by
         try:
             while not cond():
-                nxt = sched.next_time()
-                if nxt is None or nxt > deadline:
+                if not step_by(deadline):
                     return False
-                sched.step()
         finally:
             self._act = act
             if act is not None:
@@ -143,7 +142,8 @@ class Host:
         clock then); outside an activity, at the network's now."""
         act = self._act
         if act is None:
-            self.net.sched.call_at(self.net.sched.now, fn)
+            sched = self.net.sched
+            sched.post(sched.now, fn)
         else:
             act.emits.append(fn)
 
@@ -160,9 +160,8 @@ class Host:
 
     def schedule(self, when: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
         """Run ``fn`` as a kernel activity at ``when`` (not before now)."""
-        return self.net.sched.call_at(
-            max(when, self.net.sched.now), lambda: self.kernel(fn, cpu)
-        )
+        sched = self.net.sched
+        return sched.post(max(when, sched.now), lambda: self.kernel(fn, cpu))
 
     def timeout(self, delay_ns: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
         """callout_schedule: run ``fn`` as a kernel activity ``delay_ns`` from now."""
