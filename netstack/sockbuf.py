@@ -97,12 +97,11 @@ class SockBuf:
 
 
 def _mbcnt(m: Mbuf) -> int:
-    n = MSIZE
     if m.m_flags & M_EXT:
-        ext = m.m_ext
-        assert ext is not None
-        n += ext.ext_size
-    return n
+        ref = m.m_ext_ref  # m.m_ext, inlined (every append and free counts)
+        assert ref is not None and ref.m_ext_storage is not None
+        return MSIZE + ref.m_ext_storage.ext_size
+    return MSIZE
 
 
 def sbreserve(sb: SockBuf, cc: int) -> bool:
