@@ -20,6 +20,7 @@ Internet checksum, so the receiver's IP or TCP/UDP check catches it.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import deque
 from collections.abc import Callable
@@ -157,11 +158,18 @@ class Channel:
             tap(now, frame, attrs.evolve(meta, direction=self.name))
         lk.stats.frames += 1
         lk.stats.bytes += len(frame)
-        done = now + lk.params.serialization_ns(len(frame))
+        p = lk.params
+        done = now + p.serialization_ns(len(frame))
         self.busy_until = done
-        sched.post(done, lambda: self._finished(on_done))
-        arrive = done + lk.params.delay_ns
-        lk.impair(self, frame, meta, arrive)
+        # partials, not lambdas: a frame schedules both, and calling a
+        # partial costs no Python frame of its own
+        sched.post(done, functools.partial(self._finished, on_done))
+        arrive = done + p.delay_ns
+        if p.loss or p.duplicate or p.reorder or p.corrupt:
+            lk.impair(self, frame, meta, arrive)
+        else:
+            # a clean link: impair would draw nothing and deliver one copy
+            sched.post(arrive, functools.partial(_deliver_now, self, frame, meta))
 
     def _finished(self, on_done: Callable[[], None] | None) -> None:
         if on_done is not None:
@@ -228,11 +236,12 @@ class Link:
 
 
 def _deliver(ch: Channel, data: bytearray, meta: FrameMeta) -> Callable[[], None]:
-    def run() -> None:
-        ch.link.stats.delivered += 1
-        ch.dst.frame_arrived(data, meta)
+    return functools.partial(_deliver_now, ch, data, meta)
 
-    return run
+
+def _deliver_now(ch: Channel, data: bytearray, meta: FrameMeta) -> None:
+    ch.link.stats.delivered += 1
+    ch.dst.frame_arrived(data, meta)
 
 
 class SwitchPort:

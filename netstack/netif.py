@@ -37,6 +37,7 @@ injected by a test.
 
 from __future__ import annotations
 
+import functools
 import struct
 from array import array
 from collections import deque
@@ -83,6 +84,10 @@ def _put_run(
     return _swap16(s) if (at - hl) & 1 else s
 
 IfTap = Callable[[int, bytes | bytearray, FrameMeta], None]
+
+# FrameMeta is frozen: the two a transmitted frame can have, built once
+_META_LOANED = FrameMeta(loaned=True)
+_META_PLAIN = FrameMeta(loaned=False)
 
 
 def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
@@ -238,11 +243,12 @@ class Netif:
             frame, loaned = self._dma_gather(m)
             d.opackets += 1
             d.obytes += len(frame)
-            meta = FrameMeta(loaned=loaned)
-            now = self.host.net.sched.now
-            for tap in self.taps:
-                tap(now, frame, meta)
-            if not ch.send(frame, meta, lambda m=m: self._tx_done(m)):  # type: ignore[misc]
+            meta = _META_LOANED if loaned else _META_PLAIN
+            if self.taps:
+                now = self.host.net.sched.now
+                for tap in self.taps:
+                    tap(now, frame, meta)
+            if not ch.send(frame, meta, functools.partial(self._tx_done, m)):
                 # the link's queue was full and dropped it: the descriptor
                 # completes all the same
                 self._tx_done(m)
@@ -257,7 +263,7 @@ class Netif:
         return frame, loaned
 
     def _tx_done(self, m: Mbuf) -> None:
-        self.host.kernel(lambda: self._txintr(m), self.intr_cpu)
+        self.host.kernel(functools.partial(self._txintr, m), self.intr_cpu)
 
     def _txintr(self, m: Mbuf) -> None:
         """Transmit completion interrupt: the frame has left, free the chain."""
@@ -273,7 +279,7 @@ class Netif:
 
     def frame_arrived(self, frame: bytearray, meta: FrameMeta) -> None:
         """The last bit of a frame arrived: receive interrupt."""
-        self.host.kernel(lambda: self._rxintr(frame, meta), self.intr_cpu)
+        self.host.kernel(functools.partial(self._rxintr, frame, meta), self.intr_cpu)
 
     def _rxintr(self, frame: bytearray, meta: FrameMeta) -> None:
         host = self.host

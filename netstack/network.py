@@ -16,6 +16,7 @@ time-stamped by the CPU.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -152,7 +153,7 @@ class Host:
         act = self._act
         if act is None:
             return self.net.sched.now
-        return self.machine.cpus[act.cpu].clock
+        return self.machine.platform.cpus[act.cpu].clock
 
     @property
     def in_activity(self) -> bool:
@@ -161,7 +162,7 @@ class Host:
     def schedule(self, when: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
         """Run ``fn`` as a kernel activity at ``when`` (not before now)."""
         sched = self.net.sched
-        return sched.post(max(when, sched.now), lambda: self.kernel(fn, cpu))
+        return sched.post(max(when, sched.now), functools.partial(self.kernel, fn, cpu))
 
     def timeout(self, delay_ns: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
         """callout_schedule: run ``fn`` as a kernel activity ``delay_ns`` from now."""

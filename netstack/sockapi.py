@@ -14,6 +14,7 @@ Errors are :class:`~netstack.sockerr.SocketError` with NetBSD's errno.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,7 @@ def configure_sockets(
 
 def _wire(host: Host, layer: SocketLayer) -> None:
     def defer(fn: Callable[[], None]) -> None:
-        host.emit(lambda: host.kernel(fn, 0))
+        host.emit(functools.partial(host.kernel, fn, 0))
 
     def sleep(cond: Callable[[], bool]) -> bool:
         return host_sleep(host, cond)

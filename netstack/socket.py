@@ -21,6 +21,7 @@ call sleeps, so a wait that is not already satisfied raises
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -321,7 +322,7 @@ def sorwakeup(so: Socket) -> None:
     """Data or an event arrived: let an upcall reader run."""
     up = so.so_upcall
     if up is not None:
-        so.layer.kick(lambda: up(so))
+        so.layer.kick(functools.partial(up, so))
 
 
 def soreserve(so: Socket, sndcc: int, rcvcc: int) -> bool:
@@ -459,8 +460,12 @@ def _sosend(so: Socket, uio: Uio, addr: Any, flags: int, policy: SendPolicy, cal
             want_space = resid if atomic else snd.sb_lowat
 
             def can_go(want: int = want_space) -> bool:
+                # sbspace(snd) >= want, spelled out: the sleeping sender
+                # tests this after every event the network runs
                 return (
-                    sbspace(snd) >= want or bool(so.so_state & SS_CANTSENDMORE) or bool(so.so_error)
+                    (snd.sb_hiwat - snd.sb_cc >= want and snd.sb_mbmax - snd.sb_mbcnt >= want)
+                    or bool(so.so_state & SS_CANTSENDMORE)
+                    or bool(so.so_error)
                 )
 
             if not layer.wait(can_go):

@@ -85,9 +85,7 @@ from .tcp.events import (
     Established,
     PassiveOpen,
     PeerClosed,
-    ReceiveRead,
     Segment,
-    SendQueued,
     SetTimer,
     TimerExpired,
     TimerKind,
@@ -299,7 +297,9 @@ class TCPProtocol(Protocol):
         top.m_nextpkt = None
         sbappendstream(so.so_snd, top)
         if n:
-            self.drive(so, SendQueued(n))
+            # drive(so, SendQueued(n)) without building the event
+            conn = inp.conn
+            self._carry_out(so, inp, conn.handle_send_queued(n, _host(self.table).clock()))
 
     def unsent(self, so: Socket) -> int:
         """Bytes at the end of so_snd not yet transmitted once (beyond snd_max)."""
@@ -317,7 +317,9 @@ class TCPProtocol(Protocol):
         read = inp.delivered - so.so_rcv.sb_cc - inp.read_reported
         if read > 0:
             inp.read_reported += read
-            self.drive(so, ReceiveRead(read))
+            # drive(so, ReceiveRead(read)) without building the event
+            conn = inp.conn
+            self._carry_out(so, inp, conn.handle_receive_read(read, _host(self.table).clock()))
 
     def shutdown(self, so: Socket) -> None:
         inp = self.pcb(so)
@@ -443,7 +445,7 @@ class TCPProtocol(Protocol):
             old.cancel()
         kind = a.kind
         host = _host(self.table)
-        t = host.schedule(a.when, lambda: self._timer(so, inp, kind))
+        t = host.schedule(a.when, functools.partial(self._timer, so, inp, kind))
         inp.timers[kind] = t
         if kind is TimerKind.PERSIST:
             host.net.note_background(t)
