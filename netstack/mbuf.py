@@ -247,7 +247,13 @@ class MbufPool:
 
     def m_getcl(self, mtype: int = MT_DATA, pkthdr: bool = True) -> Mbuf:
         m = self._get(mtype, pkthdr, dat=False)
-        self.m_clget(m)
+        # m_clget on the fresh mbuf, inlined (no storage to check for, no
+        # flags of storage to clear): the NIC takes one per received frame
+        m.m_ext_storage = ExtStorage(MCLBYTES, ext_cl=bytearray(MCLBYTES))
+        m.m_ext_ref = m
+        m.m_flags |= M_EXT | M_EXT_CLUSTER | M_EXT_RW
+        self.clusters += 1
+        self.clusters_allocated += 1
         return m
 
     def _put(self, m: Mbuf) -> None:

@@ -267,8 +267,9 @@ class Netif:
 
     def _txintr(self, m: Mbuf) -> None:
         """Transmit completion interrupt: the frame has left, free the chain."""
-        mach = self.host.machine
-        mach.platform.charge(mach.profile.costs.intr_ns)
+        stack = self.host.stack
+        plat = stack.plat
+        plat.cpus[plat.cur].clock += stack.intr_ns
         m_freem(m)
         self._tx_posted -= 1
         if self.if_snd and not self._start_pending:
@@ -283,8 +284,9 @@ class Netif:
 
     def _rxintr(self, frame: bytearray, meta: FrameMeta) -> None:
         host = self.host
-        mach = host.machine
-        mach.platform.charge(mach.profile.costs.intr_ns)
+        stack = host.stack
+        plat = stack.plat
+        plat.cpus[plat.cur].clock += stack.intr_ns
         d = self.if_data
         n = len(frame)
         if n > self.if_mtu or n == 0:
@@ -292,28 +294,30 @@ class Netif:
             return
         d.ipackets += 1
         d.ibytes += n
-        now = host.net.sched.now
-        for tap in self.taps:
-            tap(now, frame, meta)
+        if self.taps:
+            now = host.net.sched.now
+            for tap in self.taps:
+                tap(now, frame, meta)
         m = self._rx_dma(frame)
         if self.csum_offload:
             self._rx_csum(m, frame)
-        host.stack.ip_input(m, self)
+        stack.ip_input(m, self)
 
     def _rx_dma(self, frame: bytearray) -> Mbuf:
         """The NIC wrote the frame into receive-ring clusters."""
         pool = self.host.stack.mbpool
         top = pool.m_getcl(pkthdr=True)
         top.m_pkthdr_rcvif = self
-        top.m_pkthdr_len = len(frame)
+        n = len(frame)
+        top.m_pkthdr_len = n
         cur = top
         pos = 0
-        n = len(frame)
+        view = memoryview(frame)  # slices of it copy once, into the cluster
         while True:
-            ext = cur.m_ext
+            ext = cur.m_ext_storage  # a fresh cluster: its own storage
             assert ext is not None and ext.ext_cl is not None
-            take = min(MCLBYTES, n - pos)
-            ext.ext_cl[:take] = frame[pos : pos + take]
+            take = n - pos if n - pos < MCLBYTES else MCLBYTES
+            ext.ext_cl[:take] = view[pos : pos + take]
             cur.m_len = take
             pos += take
             if pos >= n:

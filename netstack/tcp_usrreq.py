@@ -528,8 +528,8 @@ class TCPProtocol(Protocol):
         mtod_bytes(m)[0:hlen] = hdr
         st = t.tcpstat
         st["tcps_sndtotal"] += 1
-        mach = t.stack.machine
-        mach.platform.charge(mach.profile.costs.per_packet_ns)  # tcp_output's work per segment
+        plat = t.stack.plat
+        plat.cpus[plat.cur].clock += t.stack.per_packet_ns  # tcp_output's work per segment
         if a.data_len:
             st["tcps_sndrexmitpack" if a.retransmit else "tcps_sndpack"] += 1
             if _has_loan(m):
@@ -593,8 +593,8 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
     """Validate, checksum, find the pcb (or a listener: sonewconn), drive the core."""
     st = t.tcpstat
     st["tcps_rcvtotal"] += 1
-    mach = t.stack.machine
-    mach.platform.charge(mach.profile.costs.per_packet_ns)  # tcp_input's work per segment
+    plat = t.stack.plat
+    plat.cpus[plat.cur].clock += t.stack.per_packet_ns  # tcp_input's work per segment
     n = m_length(m)
     # the header is read in place (tcp_input's M_REGION_GET of a header
     # that sits contiguous in the first mbuf), not copied
