@@ -237,10 +237,17 @@ class Netif:
         assert ch is not None
         snd = self.if_snd
         d = self.if_data
+        mach = self.host.machine
+        pm = mach.physmem
+        ps = mach.profile.page_size
         while snd and self._tx_posted < self.tx_ring:
             m = snd.popleft()
             self._tx_posted += 1
-            frame, loaned = self._dma_gather(m)
+            frame, loaned = dma_read(pm, ps, m)
+            if loaned:
+                # pinned (MSG_ZEROCOPY) storage: compare what left with what
+                # the send took (instrumentation, zerocopy_hazard)
+                note_frame(m, frame)
             d.opackets += 1
             d.obytes += len(frame)
             meta = _META_LOANED if loaned else _META_PLAIN
@@ -252,15 +259,6 @@ class Netif:
                 # the link's queue was full and dropped it: the descriptor
                 # completes all the same
                 self._tx_done(m)
-
-    def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
-        mach = self.host.machine
-        frame, loaned = dma_read(mach.physmem, mach.page_size, m)
-        if loaned:
-            # pinned (MSG_ZEROCOPY) storage: compare what left with what the
-            # send took (instrumentation, zerocopy_hazard)
-            note_frame(m, frame)
-        return frame, loaned
 
     def _tx_done(self, m: Mbuf) -> None:
         self.host.kernel(functools.partial(self._txintr, m), self.intr_cpu)

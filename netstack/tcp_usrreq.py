@@ -488,12 +488,13 @@ class TCPProtocol(Protocol):
         """tcp_output's packet: the payload is m_copym of the send buffer."""
         t = self.table
         layer = so.layer
+        hdr: bytes | bytearray | None
         if a.mss is None and a.wscale is None:
             # no options (every segment after the handshake): the 20 bytes
-            # pack_tcp would lay out, without building a TCPHeader first
-            hdr: bytes | bytearray = _TCP_NOOPT.pack(
-                inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
-            )
+            # pack_tcp would lay out, packed in place below without building
+            # a TCPHeader first
+            hdr = None
+            hlen = TCP_HDR_LEN
         else:
             hdr = pack_tcp(
                 TCPHeader(
@@ -501,7 +502,7 @@ class TCPProtocol(Protocol):
                     wscale=a.wscale,
                 )
             )
-        hlen = len(hdr)
+            hlen = len(hdr)
         # tcp_build_datapkt: data that fits the header mbuf's trailing space
         # (MHLEN - max_linkhdr - IP and TCP headers) is copied there with
         # m_copydata (the CPU reads loaned pages through their KVA); more is
@@ -525,7 +526,12 @@ class TCPProtocol(Protocol):
                 payload = layer.pool.m_gethdr()
                 payload.m_data = MAX_LINKHDR + 20 + hlen
             m = m_prepend(payload, hlen)
-        mtod_bytes(m)[0:hlen] = hdr
+        if hdr is None:
+            _TCP_NOOPT.pack_into(
+                mtod_bytes(m), 0, inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
+            )
+        else:
+            mtod_bytes(m)[0:hlen] = hdr
         st = t.tcpstat
         st["tcps_sndtotal"] += 1
         plat = t.stack.plat
