@@ -50,7 +50,7 @@ from uvmloan.errors import KernelAssertion
 
 from .ip import ENOBUFS, M_CSUM_TCP_UDP_BAD, M_CSUM_TCPv4, M_CSUM_UDPv4
 from .link import Channel, FrameMeta, Link
-from .mbuf import M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
+from .mbuf import M_EXT, M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
 from .wire import (
     IP_MF,
     IP_OFFMASK,
@@ -67,22 +67,6 @@ if TYPE_CHECKING:
     from .network import Host
 
 
-def _swap16(s: int) -> int:
-    return ((s >> 8) | (s << 8)) & 0xFFFF
-
-
-def _put_run(
-    pm: PhysMem, run: array[int], frame: bytearray, at: int, hl: int, summing: bool
-) -> int:
-    """Gather a run of page pieces into ``frame`` at ``at`` (and sum it);
-    returns its sum placed at its parity in the segment (0 if not summing)."""
-    _n, s = pm.gather_cksum(run, frame, at)
-    if not summing:
-        return 0
-    # loaned data never sits in the IP header: the run starts in the segment
-    assert at >= hl
-    return _swap16(s) if (at - hl) & 1 else s
-
 IfTap = Callable[[int, bytes | bytearray, FrameMeta], None]
 
 # FrameMeta is frozen: the two a transmitted frame can have, built once
@@ -93,24 +77,22 @@ _META_PLAIN = FrameMeta(loaned=False)
 def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
     """Read the chain into a frame; fill the transport checksum if owed.
 
-    One walk of the chain: kernel-memory data is copied, runs of loaned
-    page pieces go to C as a flat ``array('q')`` of (frame, offset,
-    length) triples (no Python object per piece) and, when a checksum is
-    owed (offload, or the CPU's deferred sum), are summed in the same
-    pass (``gather_cksum``).  Returns the frame and whether any of it
-    came from loaned pages.
+    One walk of the chain lists its data as the NIC reads it: a view of
+    each kernel-memory mbuf's bytes, and runs of loaned page pieces as flat
+    ``array('q')``s of (frame, offset, length) triples (no Python object
+    per piece); ``PhysMem.gather_frame`` then builds the frame from them in
+    one C call, summing the transport segment as each part is written when
+    a checksum is owed (offload, or the CPU's deferred sum).  Returns the
+    frame and whether any of it came from loaned pages.
     """
     n = m.m_pkthdr_len if m.m_flags & M_PKTHDR else m_length(m)
-    frame = bytearray(n)
     fl = m.csum_flags
     summing = bool(fl & (M_CSUM_TCPv4 | M_CSUM_UDPv4))
     # the transport segment starts after the IP header (in the first mbuf)
     hl = (m._kmem()[m.m_data] & 15) << 2 if summing else 0
-    total = 0  # ones'-complement sum of frame[hl:], unfolded
+    parts: list[memoryview | array[int]] = []
     loaned = False
-    run = array("q")
-    run_at = 0  # frame position of the run's first byte
-    pos = 0
+    run: array[int] | None = None  # the run of page pieces being built (in parts)
     cur: Mbuf | None = m
     while cur is not None:
         ln = cur.m_len
@@ -118,8 +100,6 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
             if cur.m_flags & M_EXT_PAGES:
                 ext = cur.m_ext
                 assert ext is not None
-                if not run:
-                    run_at = pos
                 # the storage's per-page triples, sliced to this mbuf's
                 # bytes: the first piece starts at its offset, the last
                 # ends at the data's end (C-level slicing, no loop per page)
@@ -135,23 +115,20 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
                 else:
                     piece[2] = ps - o0
                     piece[-1] = va + ln - i1 * ps
-                run += piece
+                if run is None:
+                    run = piece
+                    parts.append(piece)
+                else:
+                    run += piece  # in place: the array already in parts grows
                 loaned = True
             else:
-                if run:
-                    total += _put_run(pm, run, frame, run_at, hl, summing)
-                    run = array("q")
+                run = None
                 d = cur.m_data
-                end = pos + ln
-                frame[pos:end] = cur._kmem()[d : d + ln]
-                if summing and end > hl:
-                    start = pos if pos > hl else hl
-                    sm = pm.cksum_bytes(memoryview(frame)[start:end])
-                    total += _swap16(sm) if (start - hl) & 1 else sm
-            pos += ln
+                buf = cur.m_dat if not cur.m_flags & M_EXT else cur._kmem()
+                assert buf is not None
+                parts.append(memoryview(buf)[d : d + ln])
         cur = cur.m_next
-    if run:
-        total += _put_run(pm, run, frame, run_at, hl, summing)
+    frame, total = pm.gather_frame(parts, n, hl if summing else -1)
     if summing:
         # in_delayed_cksum's (or the NIC's) sum over the pseudo-header
         # and the segment, whose checksum field is still zero
