@@ -41,7 +41,6 @@ from .mbuf import (
     m_peek,
     m_pieces,
     m_prepend,
-    mtod_bytes,
 )
 from .wire import (
     IP_DF,
@@ -534,8 +533,11 @@ def _write_ip(
     )
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
+    # packed straight into the storage at m_data (mtod without the view;
+    # the header mbuf's data holds the 20 bytes: M_PREPEND made them)
+    assert m.m_len >= IP_HDR_LEN
     _IP_HDR.pack_into(
-        mtod_bytes(m), 0, 0x45, tos, length, ident, off, ttl, p, ~s & 0xFFFF, src, dst
+        m._kmem(), m.m_data, 0x45, tos, length, ident, off, ttl, p, ~s & 0xFFFF, src, dst
     )
 
 

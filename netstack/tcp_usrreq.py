@@ -28,6 +28,7 @@ import attrs
 from uvmloan.errors import KernelAssertion
 
 from .mbuf import (
+    M_EXT,
     M_EXT_PAGES,
     M_EXT_ROMAP,
     M_PKTHDR,
@@ -445,7 +446,13 @@ class TCPProtocol(Protocol):
             old.cancel()
         kind = a.kind
         host = _host(self.table)
-        t = host.schedule(a.when, functools.partial(self._timer, so, inp, kind))
+        # host.schedule(a.when, ...), inlined: a timer is set for most segments
+        sched = host.net.sched
+        now = sched.now
+        t = sched.post(
+            a.when if a.when > now else now,
+            functools.partial(host.kernel, functools.partial(self._timer, so, inp, kind), None),
+        )
         inp.timers[kind] = t
         if kind is TimerKind.PERSIST:
             host.net.note_background(t)
@@ -527,8 +534,11 @@ class TCPProtocol(Protocol):
                 payload.m_data = MAX_LINKHDR + 20 + hlen
             m = m_prepend(payload, hlen)
         if hdr is None:
+            # into the storage at m_data (mtod without the view; M_PREPEND
+            # made the 20 bytes)
+            assert m.m_len >= TCP_HDR_LEN
             _TCP_NOOPT.pack_into(
-                mtod_bytes(m), 0, inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
+                m._kmem(), m.m_data, inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
             )
         else:
             mtod_bytes(m)[0:hlen] = hdr
@@ -604,16 +614,22 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
     n = m_length(m)
     # the header is read in place (tcp_input's M_REGION_GET of a header
     # that sits contiguous in the first mbuf), not copied
-    buf = m_peek(m, min(n, 60))
     th: TCPHeader | Malformed | None = None
-    if n >= TCP_HDR_LEN and len(buf) >= TCP_HDR_LEN and buf[12] == 0x50:
+    fl = m.m_flags
+    kb: bytearray | None = None
+    if m.m_len >= TCP_HDR_LEN and not fl & M_EXT_PAGES:
+        kb = m.m_dat if not fl & M_EXT else m._kmem()
+    if kb is not None and kb[m.m_data + 12] == 0x50:
         # th_off 5, no options (every segment after the handshake): the
-        # fixed header is all parse_tcp would read, so unpack it here
-        sport, dport, seq, ack, _off, flags, win, _sum, _urp = _TCP_NOOPT.unpack_from(buf)
+        # fixed header is all parse_tcp would read, so unpack it here,
+        # from the storage at m_data (m_peek without the view)
+        sport, dport, seq, ack, _off, flags, win, _sum, _urp = _TCP_NOOPT.unpack_from(
+            kb, m.m_data
+        )
         hlen = TCP_HDR_LEN
         mss = wscale = None
     else:
-        th = parse_tcp(buf, n)
+        th = parse_tcp(m_peek(m, min(n, 60)), n)
         if isinstance(th, Malformed):
             st[th.stat] += 1
             m_freem(m)
@@ -627,7 +643,7 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
     plen = n - hlen
     inp = t.conns.get((ip.dst, dport, ip.src, sport))
     if inp is None or inp.closed:
-        full = parse_tcp(buf, n) if th is None else th
+        full = parse_tcp(m_peek(m, min(n, 60)), n) if th is None else th
         assert not isinstance(full, Malformed)
         m_adj(m, hlen)
         seglen = plen + (1 if flags & TH_SYN else 0) + (1 if flags & 0x01 else 0)
