@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 import attrs
 
+# The smallest heap post() compacts (Scheduler._compact).
+_COMPACT_MIN = 1024
+
 
 class Timer:
     """A handle to a scheduled callback; ``cancel()`` makes it a no-op."""
@@ -49,6 +52,8 @@ class Scheduler:
     # (when, seq, timer): tuples compare in C, far faster than Timer.__lt__
     _heap: list[tuple[int, int, Timer]] = attrs.field(factory=list)
     _seq: int = 0
+    # The heap size at which post() drops the cancelled entries (see _compact).
+    _compact_at: int = _COMPACT_MIN
 
     def call_at(self, when: int, fn: Callable[[], None]) -> Timer:
         if not isinstance(when, int):
@@ -64,8 +69,27 @@ class Scheduler:
         assert when >= self.now, (when, self.now)
         seq = self._seq = self._seq + 1
         timer = Timer(when, seq, fn)
-        heapq.heappush(self._heap, (when, seq, timer))
+        heap = self._heap
+        heapq.heappush(heap, (when, seq, timer))
+        if len(heap) >= self._compact_at:
+            self._compact()
         return timer
+
+    def _compact(self) -> None:
+        """Drop the cancelled entries from the heap.
+
+        A re-armed callout (TCP's retransmit and delayed-ACK timers, on
+        nearly every segment) leaves its cancelled entry behind until its
+        time comes, so the heap would hold thousands of dead entries and
+        every push and pop would pay for them.  Entries are ordered by
+        (when, seq), which is unique, so the order the live ones run in is
+        the same with or without them.  Amortised: the next compaction waits
+        until the heap has doubled again.
+        """
+        heap = self._heap
+        heap[:] = [e for e in heap if e[2].fn is not None]
+        heapq.heapify(heap)
+        self._compact_at = max(_COMPACT_MIN, 2 * len(heap))
 
     def call_after(self, delay: int, fn: Callable[[], None]) -> Timer:
         if not isinstance(delay, int) or delay < 0:
