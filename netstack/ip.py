@@ -181,6 +181,7 @@ class IPStack:
         self.per_packet_ns: int = costs.per_packet_ns
         self.intr_ns: int = costs.intr_ns
         self.cksum_bw: int = costs.cksum_bw
+        self.syscall_ns: int = costs.syscall_ns  # the socket layer's, per system call
 
     # -------------------------------------------------------------- config
 

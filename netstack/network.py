@@ -57,6 +57,9 @@ class Host:
         self.machine = machine
         # Every machine on the network shares the network's clock.
         machine.platform.sched = net.sched
+        # the machine's platform and CPU count, read by every kernel activity
+        self._plat = machine.platform
+        self._ncpus = len(machine.platform.cpus)
         self._act: _Activity | None = None
         # Per CPU, the simulated ns spent running activities: the CPU time a
         # workload cost, apart from the idle gaps between activities (a
@@ -69,10 +72,10 @@ class Host:
     def kernel(self, fn: Callable[[], T], cpu: int | None = None) -> T:
         """Run ``fn`` as a kernel activity on ``cpu`` (default CPU 0, where
         the NIC's interrupts are routed) and return its result."""
-        plat = self.machine.platform
+        plat = self._plat
         if cpu is None:
             idx = 0
-        elif type(cpu) is int and 0 <= cpu < len(plat.cpus):
+        elif type(cpu) is int and 0 <= cpu < self._ncpus:
             idx = cpu  # the common case, checked without a call
         else:
             idx = plat.cpu(cpu).index  # raises the error that names the problem

@@ -128,8 +128,9 @@ def _wire(host: Host, layer: SocketLayer) -> None:
 
 def _syscall(host: Host) -> None:
     """Kernel entry and exit of one socket system call (``syscall_ns``)."""
-    mach = host.machine
-    mach.platform.charge(mach.profile.costs.syscall_ns)
+    stack = host.stack
+    plat = stack.plat
+    plat.cpus[plat.cur].clock += stack.syscall_ns  # the profile's syscall_ns, resolved once
 
 
 def host_sleep(host: Host, cond: Callable[[], bool]) -> bool:

@@ -506,7 +506,7 @@ def _sosend(so: Socket, uio: Uio, addr: Any, flags: int, policy: SendPolicy, cal
                     if atomic and top is None and n < mlen:
                         MH_ALIGN(m, n)
                     err = _uiomove_or_error(so, uio, m, n)
-                resid = uio.uio_resid
+                resid = uio.iov_len  # uio_resid
                 m.m_len = n
                 if top is None:
                     top = m
@@ -618,8 +618,8 @@ def soreceive(so: Socket, uio: Uio, flags: int = 0) -> tuple[int, bytes | None, 
             m = nm
     moff = 0
     cur = m
-    while cur is not None and uio.uio_resid > 0:
-        n = min(uio.uio_resid, cur.m_len - moff)
+    while cur is not None and uio.iov_len > 0:  # uio_resid
+        n = min(uio.iov_len, cur.m_len - moff)
         if cur.m_flags & M_EXT_PAGES:
             data: bytes | memoryview = gather(cur, m_pieces(cur, moff, n))
         else:

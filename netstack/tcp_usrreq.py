@@ -167,10 +167,6 @@ def tcp_table(stack: IPStack) -> TCPTable:
     return t
 
 
-def _host(t: TCPTable) -> Any:
-    return t.stack.host
-
-
 class TCPProtocol(Protocol):
     name = "tcp"
     pr_flags = PR_CONNREQUIRED | PR_WANTRCVD
@@ -300,7 +296,7 @@ class TCPProtocol(Protocol):
         if n:
             # drive(so, SendQueued(n)) without building the event
             conn = inp.conn
-            self._carry_out(so, inp, conn.handle_send_queued(n, _host(self.table).clock()))
+            self._carry_out(so, inp, conn.handle_send_queued(n, self.table.stack.host.clock()))
 
     def unsent(self, so: Socket) -> int:
         """Bytes at the end of so_snd not yet transmitted once (beyond snd_max)."""
@@ -320,7 +316,7 @@ class TCPProtocol(Protocol):
             inp.read_reported += read
             # drive(so, ReceiveRead(read)) without building the event
             conn = inp.conn
-            self._carry_out(so, inp, conn.handle_receive_read(read, _host(self.table).clock()))
+            self._carry_out(so, inp, conn.handle_receive_read(read, self.table.stack.host.clock()))
 
     def shutdown(self, so: Socket) -> None:
         inp = self.pcb(so)
@@ -397,13 +393,13 @@ class TCPProtocol(Protocol):
         conn = inp.conn
         if conn is None:
             raise KernelAssertion(f"{so!r}: no TCP connection to drive")
-        self._carry_out(so, inp, conn.handle(ev, _host(self.table).clock()))
+        self._carry_out(so, inp, conn.handle(ev, self.table.stack.host.clock()))
 
     def drive_segment(self, so: Socket, inp: TCPPcb, seg: Segment) -> None:
         """tcp_input's hand-off to the core for a segment of ``inp``'s connection."""
         conn = inp.conn
         assert conn is not None
-        self._carry_out(so, inp, conn.handle_segment(seg, _host(self.table).clock()))
+        self._carry_out(so, inp, conn.handle_segment(seg, self.table.stack.host.clock()))
 
     def _carry_out(self, so: Socket, inp: TCPPcb, actions: list[Any]) -> None:
         for a in actions:
@@ -445,7 +441,7 @@ class TCPProtocol(Protocol):
         if old is not None:
             old.cancel()
         kind = a.kind
-        host = _host(self.table)
+        host = self.table.stack.host
         # host.schedule(a.when, ...), inlined: a timer is set for most segments
         sched = host.net.sched
         now = sched.now

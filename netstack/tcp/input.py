@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 ECONNREFUSED = 61
 ECONNRESET = 54
 
+# The per-ACK path (every ACK of a bulk transfer takes _synchronized): the
+# sequence comparisons it makes for each are spelled out, as tcp_output's
+# are (SEQ_LT(a, b) is ((a - b) mod 2**32) >= 2**31; seq_sub(a, b) is that
+# difference made signed).
+_MASK = 0xFFFFFFFF
+_HALF = 1 << 31
+_MOD = 1 << 32
+
 
 def tcp_input(tp: TCPConnection, seg: Segment) -> None:
     tp.stats.rcvtotal += 1
@@ -235,11 +243,20 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
         tp.output()
         return
 
-    tp.rcv_wnd = max(tp.sbspace, seq_sub(tp.rcv_adv, tp.rcv_nxt))
+    # rcv_wnd = max(sbspace, seq_sub(rcv_adv, rcv_nxt))
+    offered = (tp.rcv_adv - tp.rcv_nxt) & _MASK
+    if offered >= _HALF:
+        offered -= _MOD
+    space = tp.sb_hiwat_rcv - tp.so_rcv_cc  # tp.sbspace
+    if space < 0:
+        space = 0
+    tp.rcv_wnd = space if space >= offered else offered
 
     # Trim the head: what precedes rcv_nxt is a duplicate (RFC 9293 3.10.7.4 first).
     dupseg = False
-    todrop = seq_sub(tp.rcv_nxt, seq)
+    todrop = (tp.rcv_nxt - seq) & _MASK  # seq_sub(rcv_nxt, seq)
+    if todrop >= _HALF:
+        todrop -= _MOD
     if todrop > 0:
         if syn:
             syn = False
@@ -269,7 +286,10 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
         tlen -= todrop
 
     # Trim the tail beyond the window.
-    todrop = seq_sub(seq_add(seq, tlen), seq_add(tp.rcv_nxt, tp.rcv_wnd))
+    # seq_sub(seq_add(seq, tlen), seq_add(rcv_nxt, rcv_wnd))
+    todrop = (seq + tlen - tp.rcv_nxt - tp.rcv_wnd) & _MASK
+    if todrop >= _HALF:
+        todrop -= _MOD
     if todrop > 0:
         tp.stats.rcvpackafterwin += 1
         if todrop >= tlen:
@@ -351,7 +371,8 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             return
 
     needoutput = False
-    if SEQ_LEQ(ack, tp.snd_una):
+    d = (ack - tp.snd_una) & _MASK
+    if d == 0 or d >= _HALF:  # SEQ_LEQ(ack, snd_una)
         if tlen == 0 and not dupseg and tiwin == tp.snd_wnd and not fin:
             tp.stats.rcvdupack += 1
             if not tp.armed(TimerKind.REXMT) or ack != tp.snd_una:
@@ -371,12 +392,14 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             _dropafterack(tp)
             return
     else:
-        if SEQ_GT(ack, tp.snd_max):
+        if 0 < (ack - tp.snd_max) & _MASK < _HALF:  # SEQ_GT(ack, snd_max)
             tp.stats.rcvacktoomuch += 1
             _dropafterack(tp)
             return
         cc.fast_retransmit_newack(tp, ack)
-        acked = seq_sub(ack, tp.snd_una)
+        acked = (ack - tp.snd_una) & _MASK  # seq_sub(ack, snd_una)
+        if acked >= _HALF:
+            acked -= _MOD
         tp.stats.rcvackpack += 1
         tp.stats.rcvackbyte += acked
         tp.rtt_sample(ack)
@@ -395,10 +418,10 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             tp.snd_wnd = max(tp.snd_wnd - acked, 0)
             ourfinisacked = False
         tp.snd_una = ack
-        if SEQ_LT(tp.snd_nxt, tp.snd_una):
-            tp.snd_nxt = tp.snd_una
-        if SEQ_LT(tp.snd_high, tp.snd_una):
-            tp.snd_high = tp.snd_una
+        if (tp.snd_nxt - ack) & _MASK >= _HALF:  # SEQ_LT(snd_nxt, snd_una)
+            tp.snd_nxt = ack
+        if (tp.snd_high - ack) & _MASK >= _HALF:  # SEQ_LT(snd_high, snd_una)
+            tp.snd_high = ack
         if st == TCPState.FIN_WAIT_1:
             if ourfinisacked:
                 tp.fin_wait_2()
@@ -434,10 +457,13 @@ def _step6(
     """Window update, data, FIN, output (tcp_input from step6 on)."""
     ack = seg.ack
     if seg.flags & TH_ACK and (
-        SEQ_LT(tp.snd_wl1, seq)
+        (tp.snd_wl1 - seq) & _MASK >= _HALF  # SEQ_LT(snd_wl1, seq)
         or (
             tp.snd_wl1 == seq
-            and (SEQ_LT(tp.snd_wl2, ack) or (tp.snd_wl2 == ack and tiwin > tp.snd_wnd))
+            and (
+                (tp.snd_wl2 - ack) & _MASK >= _HALF  # SEQ_LT(snd_wl2, ack)
+                or (tp.snd_wl2 == ack and tiwin > tp.snd_wnd)
+            )
         )
     ):
         if tlen == 0 and tp.snd_wl2 == ack and tiwin > tp.snd_wnd:
