@@ -232,7 +232,12 @@ class Netif:
                 now = self.host.net.sched.now
                 for tap in self.taps:
                     tap(now, frame, meta)
-            if not ch.send(frame, meta, functools.partial(self._tx_done, m)):
+            # the completion interrupt as the link will call it: _tx_done's
+            # kernel activity, without _tx_done's own frame
+            done = functools.partial(
+                self.host.kernel, functools.partial(self._txintr, m), self.intr_cpu
+            )
+            if not ch.send(frame, meta, done):
                 # the link's queue was full and dropped it: the descriptor
                 # completes all the same
                 self._tx_done(m)
