@@ -374,7 +374,7 @@ swap16_(uint64_t s)
  * or NULL with an error set (no memory).  See PhysMem.gather_frame.
  */
 static PyObject *
-gather_frame(Fast *self, PyObject *parts, int64_t size, int64_t sum_from)
+gather_frame(Fast *self, PyObject *parts, int64_t size, int64_t sum_from, uint64_t initial)
 {
     Py_ssize_t nparts = PyList_Size(parts);
     PyObject *frame = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)size);
@@ -440,6 +440,13 @@ gather_frame(Fast *self, PyObject *parts, int64_t size, int64_t sum_from)
     }
     if (pos != size)
         goto slow;
+    if (summing) {
+        /* the initial value (a pseudo-header sum), folded without overflow */
+        uint64_t i = (initial & 0xffffffffu) + (initial >> 32);
+        while (i >> 16)
+            i = (i & 0xffff) + (i >> 16);
+        acc += i;
+    }
     while (acc >> 16)
         acc = (acc & 0xffff) + (acc >> 16);
     return Py_BuildValue("(Nk)", frame, (unsigned long)acc);
@@ -453,10 +460,11 @@ fast_gather_frame(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
 {
     Fast *self = (Fast *)op;
     int64_t size = 0, sum_from = 0;
-    if (kwnames == NULL && nargs == 3 && self->arena != NULL && PyList_CheckExact(args[0]) &&
-        exact_i64(args[1], &size) && exact_i64(args[2], &sum_from) && size >= 0 &&
-        size <= PY_SSIZE_T_MAX) {
-        PyObject *r = gather_frame(self, args[0], size, sum_from);
+    uint64_t initial = 0;
+    if (kwnames == NULL && (nargs == 3 || nargs == 4) && self->arena != NULL &&
+        PyList_CheckExact(args[0]) && exact_i64(args[1], &size) && exact_i64(args[2], &sum_from) &&
+        (nargs == 3 || exact_u64(args[3], &initial)) && size >= 0 && size <= PY_SSIZE_T_MAX) {
+        PyObject *r = gather_frame(self, args[0], size, sum_from, initial);
         if (r != NULL || PyErr_Occurred())
             return r;
     }
@@ -579,7 +587,8 @@ static PyMethodDef fast_methods[] = {
      "gather_cksum(pieces, out, offset=0, initial=0): gather into out and sum, one pass."},
     {"gather_frame", (PyCFunction)(void (*)(void))fast_gather_frame,
      METH_FASTCALL | METH_KEYWORDS,
-     "gather_frame(parts, size, sum_from): a new frame of the parts and its segment's sum."},
+     "gather_frame(parts, size, sum_from, initial=0): a new frame of the parts and its "
+     "segment's sum."},
     {"invalidate", fast_invalidate, METH_NOARGS,
      "Forget the arena: every later call takes the slow path."},
     {NULL, NULL, 0, NULL},

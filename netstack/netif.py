@@ -69,6 +69,9 @@ if TYPE_CHECKING:
 
 IfTap = Callable[[int, bytes | bytearray, FrameMeta], None]
 
+_ADDRS = struct.Struct("!II")  # ip_src, ip_dst
+_CSUM = struct.Struct("!H")
+
 # FrameMeta is frozen: the two a transmitted frame can have, built once
 _META_LOANED = FrameMeta(loaned=True)
 _META_PLAIN = FrameMeta(loaned=False)
@@ -128,17 +131,30 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
                 assert buf is not None
                 parts.append(memoryview(buf)[d : d + ln])
         cur = cur.m_next
-    frame, total = pm.gather_frame(parts, n, hl if summing else -1)
-    if summing:
-        # in_delayed_cksum's (or the NIC's) sum over the pseudo-header
-        # and the segment, whose checksum field is still zero
+    if not summing:
+        return pm.gather_frame(parts, n, -1)[0], loaned
+    # in_delayed_cksum's (or the NIC's) sum over the pseudo-header and the
+    # segment, whose checksum field is still zero: the pseudo-header's
+    # words (from the IP header, in the first mbuf) go to gather_frame as
+    # its initial value, so the one C call returns the whole sum
+    if m.m_len >= hl:
+        kb = m._kmem()
+        d = m.m_data
+        p = kb[d + 9]
+        src, dst = _ADDRS.unpack_from(kb, d + 12)
+        pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + p + n - hl
+        frame, s = pm.gather_frame(parts, n, hl, pseudo)
+    else:
+        # (an IP header split across mbufs, which ip_output never builds:
+        # read it from the frame)
+        frame, s = pm.gather_frame(parts, n, hl)
         p = frame[9]
-        src, dst = struct.unpack_from("!II", frame, 12)
-        s = fold(total + pseudo_sum(src, dst, p, n - hl))
-        c = ~s & 0xFFFF
-        if c == 0 and p == IPPROTO_UDP:
-            c = 0xFFFF  # RFC 768: a computed zero is sent as all ones
-        struct.pack_into("!H", frame, hl + m.csum_data, c)
+        src, dst = _ADDRS.unpack_from(frame, 12)
+        s = fold(s + pseudo_sum(src, dst, p, n - hl))
+    c = ~s & 0xFFFF
+    if c == 0 and p == IPPROTO_UDP:
+        c = 0xFFFF  # RFC 768: a computed zero is sent as all ones
+    _CSUM.pack_into(frame, hl + m.csum_data, c)
     return frame, loaned
 
 

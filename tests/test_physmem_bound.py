@@ -148,6 +148,13 @@ CALLS: list[tuple[str, Callable[[PhysMem], object]]] = [
     ("frame mixed", lambda m: m.gather_frame([b"ab", array.array("q", [1, 1, 9]), b"c"], 12, 1)),
     ("frame no sum", lambda m: m.gather_frame([memoryview(b"xyz")[1:]], 2, -1)),
     ("frame empty", lambda m: m.gather_frame([], 0, 0)),
+    (
+        "frame initial",
+        lambda m: m.gather_frame([b"ab", array.array("q", [2, 3, 7])], 9, 0, 2**64 - 9),
+    ),
+    ("frame initial negative", lambda m: m.gather_frame([b"ab"], 2, 0, -1)),
+    ("frame initial too big", lambda m: m.gather_frame([b"ab"], 2, 0, 2**64)),
+    ("frame initial SubInt", lambda m: m.gather_frame([b"ab"], 2, 0, SubInt(3))),
     ("frame run before sum", lambda m: m.gather_frame([array.array("q", [1, 0, 4])], 4, 1)),
     ("frame too short", lambda m: m.gather_frame([b"ab"], 3, 0)),
     ("frame too long", lambda m: m.gather_frame([b"ab", array.array("q", [1, 0, 4])], 5, 0)),

@@ -176,10 +176,11 @@ def _parts(spec: list[bytes | list[tuple[int, int, int]]]) -> list[memoryview | 
 @given(
     spec=st.lists(frame_part, max_size=6),
     sum_from=st.integers(-1, 45),
+    initial=st.one_of(st.just(0), st.integers(0, 0xFFFF), st.integers(2**64 - 2**20, 2**64 - 1)),
     backend=st.sampled_from(BACKENDS),
 )
 def test_gather_frame_matches_reference(
-    spec: list[bytes | list[tuple[int, int, int]]], sum_from: int, backend: str
+    spec: list[bytes | list[tuple[int, int, int]]], sum_from: int, initial: int, backend: str
 ) -> None:
     with PhysMem(NFRAMES, PS, backend=backend) as m:
         for f in range(NFRAMES):
@@ -195,13 +196,13 @@ def test_gather_frame_matches_reference(
         parts = _parts(spec)
         if early:
             with pytest.raises(PhysMemValueError, match="before sum_from"):
-                m.gather_frame(parts, len(data), sum_from)
+                m.gather_frame(parts, len(data), sum_from, initial)
             return
-        frame, s = m.gather_frame(parts, len(data), sum_from)
+        frame, s = m.gather_frame(parts, len(data), sum_from, initial)
         assert type(frame) is bytearray and bytes(frame) == data
-        assert s == (ref_sum(data[sum_from:]) if sum_from >= 0 else 0)
+        assert s == (ref_sum(data[sum_from:], initial) if sum_from >= 0 else 0)
         # the bound method (C with the extension) and the Python twin agree
-        assert m._gather_frame(parts, len(data), sum_from) == (frame, s)
+        assert m._gather_frame(parts, len(data), sum_from, initial) == (frame, s)
 
 
 def test_gather_frame_refuses_parts_of_another_size(pm: PhysMem) -> None:
@@ -225,6 +226,6 @@ def test_gather_frame_twin_and_c_agree_on_a_64k_chain() -> None:
             for f in range(16):
                 m.copyin([f], 0, bytes((0xFF if i % 3 else i * f) & 0xFF for i in range(PS)))
             size = 40 + sum(p[2] for p in pieces)
-            results.append(m.gather_frame([memoryview(hdr), flat(pieces)], size, 20))
+            results.append(m.gather_frame([memoryview(hdr), flat(pieces)], size, 20, 0x1_2345))
     assert results[0] == results[1]
-    assert results[0][1] == ref_sum(bytes(results[0][0][20:]))
+    assert results[0][1] == ref_sum(bytes(results[0][0][20:]), 0x1_2345)

@@ -175,7 +175,9 @@ class GatherCksum(Protocol):
 class GatherFrame(Protocol):
     """The type of :attr:`PhysMem.gather_frame`."""
 
-    def __call__(self, parts: list[Any], size: int, sum_from: int) -> tuple[bytearray, int]: ...
+    def __call__(
+        self, parts: list[Any], size: int, sum_from: int, initial: int = 0
+    ) -> tuple[bytearray, int]: ...
 
 
 def _live(ref: weakref.ReferenceType[PhysMem], op: str) -> PhysMem:
@@ -222,9 +224,13 @@ def _swap16(s: int) -> int:
 
 
 def _slow_gather_frame(
-    ref: weakref.ReferenceType[PhysMem], parts: list[Any], size: int, sum_from: int
+    ref: weakref.ReferenceType[PhysMem],
+    parts: list[Any],
+    size: int,
+    sum_from: int,
+    initial: int = 0,
 ) -> tuple[bytearray, int]:
-    return _live(ref, "gather_frame")._gather_frame(parts, size, sum_from)
+    return _live(ref, "gather_frame")._gather_frame(parts, size, sum_from, initial)
 
 
 def _slow_copy_page(ref: weakref.ReferenceType[PhysMem], src: int, dst: int) -> None:
@@ -801,7 +807,7 @@ class PhysMem:
         raise self._diag_pieces("gather_cksum", rc, p, bufsize=n, initial=initial)
 
     def _gather_frame(
-        self, parts: list[Any], size: int, sum_from: int
+        self, parts: list[Any], size: int, sum_from: int, initial: int = 0
     ) -> tuple[bytearray, int]:
         """``gather_frame``: a new ``size``-byte frame of ``parts``, and its sum from ``sum_from``.
 
@@ -812,7 +818,8 @@ class PhysMem:
         hold exactly ``size`` bytes.  The sum is the folded ones'-complement
         sum (not inverted, as :meth:`cksum_sum`) of the frame's bytes from
         offset ``sum_from`` on (the transport segment: the checksum field
-        still zero), or 0 when ``sum_from`` is negative; a run of arena pieces
+        still zero) plus ``initial`` (a pseudo-header sum; any value in
+        [0, 2**64)), or 0 when ``sum_from`` is negative; a run of arena pieces
         must then start at or after ``sum_from``.  The bound method is the C
         one when the extension is built: the frame is a new bytearray filled
         part by part, without a Python object per piece.  This is its
@@ -822,6 +829,10 @@ class PhysMem:
             size = _as_int("gather_frame: size", size)
         if type(sum_from) is not int:
             sum_from = _as_int("gather_frame: sum_from", sum_from)
+        if type(initial) is not int:
+            initial = _as_int("gather_frame: initial", initial)
+        if not 0 <= initial < 1 << 64:
+            raise PhysMemValueError(f"gather_frame: initial {initial} is not in [0, 2**64)")
         if size < 0:
             raise PhysMemValueError(f"gather_frame: negative size {size}")
         summing = sum_from >= 0
@@ -853,6 +864,8 @@ class PhysMem:
                 pos = end
         if pos != size:
             raise PhysMemValueError(f"gather_frame: the parts hold {pos} bytes, not {size}")
+        if summing:
+            total += initial
         while total > 0xFFFF:
             total = (total & 0xFFFF) + (total >> 16)
         return frame, total
