@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .mbuf import (
+    M_EXT,
     M_EXT_PAGES,
     M_PKTHDR,
     MT_HEADER,
@@ -327,7 +328,7 @@ class IPStack:
         cpu = plat.cpus[plat.cur]
         cpu.clock += self.ip_packet_ns
         st["ips_total"] += 1
-        pktlen = m_length(m)
+        pktlen = m.m_len if m.m_next is None else m_length(m)  # one cluster: no walk
         head = m_peek(m, pktlen if pktlen < 60 else 60)
         ip = parse_ip(head, pktlen=pktlen, pm=machine.physmem)
         bw = self.cksum_bw
@@ -546,9 +547,9 @@ def _write_ip(
     # packed straight into the storage at m_data (mtod without the view;
     # the header mbuf's data holds the 20 bytes: M_PREPEND made them)
     assert m.m_len >= IP_HDR_LEN
-    _IP_HDR.pack_into(
-        m._kmem(), m.m_data, 0x45, tos, length, ident, off, ttl, p, ~s & 0xFFFF, src, dst
-    )
+    buf = m.m_dat if not m.m_flags & M_EXT else m._kmem()
+    assert buf is not None
+    _IP_HDR.pack_into(buf, m.m_data, 0x45, tos, length, ident, off, ttl, p, ~s & 0xFFFF, src, dst)
 
 
 _IP_HDR = struct.Struct("!BBHHHBBHII")

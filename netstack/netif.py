@@ -91,8 +91,14 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
     n = m.m_pkthdr_len if m.m_flags & M_PKTHDR else m_length(m)
     fl = m.csum_flags
     summing = bool(fl & (M_CSUM_TCPv4 | M_CSUM_UDPv4))
-    # the transport segment starts after the IP header (in the first mbuf)
-    hl = (m._kmem()[m.m_data] & 15) << 2 if summing else 0
+    # the transport segment starts after the IP header (in the first mbuf,
+    # internal data or a cluster: its storage is read once, here)
+    kb: bytearray | None = None
+    hl = 0
+    if summing:
+        kb = m.m_dat if not m.m_flags & M_EXT else m._kmem()
+        assert kb is not None
+        hl = (kb[m.m_data] & 15) << 2
     parts: list[memoryview | array[int]] = []
     loaned = False
     run: array[int] | None = None  # the run of page pieces being built (in parts)
@@ -138,7 +144,7 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
     # words (from the IP header, in the first mbuf) go to gather_frame as
     # its initial value, so the one C call returns the whole sum
     if m.m_len >= hl:
-        kb = m._kmem()
+        assert kb is not None
         d = m.m_data
         p = kb[d + 9]
         src, dst = _ADDRS.unpack_from(kb, d + 12)

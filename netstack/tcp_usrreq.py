@@ -426,7 +426,7 @@ class TCPProtocol(Protocol):
             m = m_copym(a.payload, 0, m_length(a.payload))
         if a.skip:
             m_adj(m, a.skip)
-        extra = m_length(m) - a.length
+        extra = (m.m_len if m.m_next is None else m_length(m)) - a.length
         if extra > 0:
             m_adj(m, -extra)
         if a.length == 0 or so.so_state & SS_CANTRCVMORE:
@@ -533,8 +533,10 @@ class TCPProtocol(Protocol):
             # into the storage at m_data (mtod without the view; M_PREPEND
             # made the 20 bytes)
             assert m.m_len >= TCP_HDR_LEN
+            buf = m.m_dat if not m.m_flags & M_EXT else m._kmem()
+            assert buf is not None
             _TCP_NOOPT.pack_into(
-                m._kmem(), m.m_data, inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
+                buf, m.m_data, inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
             )
         else:
             mtod_bytes(m)[0:hlen] = hdr
@@ -607,7 +609,7 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
     st["tcps_rcvtotal"] += 1
     plat = t.stack.plat
     plat.cpus[plat.cur].clock += t.stack.per_packet_ns  # tcp_input's work per segment
-    n = m_length(m)
+    n = m.m_len if m.m_next is None else m_length(m)  # one cluster: no walk
     # the header is read in place (tcp_input's M_REGION_GET of a header
     # that sits contiguous in the first mbuf), not copied
     th: TCPHeader | Malformed | None = None
