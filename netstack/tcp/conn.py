@@ -41,7 +41,7 @@ from .events import (
     UserAbort,
     UserClose,
 )
-from .input import tcp_input
+from .input import HAVERCVDFIN_STATES, tcp_input
 from .reass import ReassQueue
 from .rtt import RTTEstimator
 from .seq import SEQ_GT, SEQ_LEQ, SEQ_LT, seq_add, seq_sub
@@ -63,10 +63,8 @@ _SYNCHRONIZED = frozenset(
         TCPState.TIME_WAIT,
     }
 )
-# TCPS_HAVERCVDFIN (tcp_fsm.h).
-_HAVERCVDFIN = frozenset(
-    {TCPState.CLOSE_WAIT, TCPState.CLOSING, TCPState.LAST_ACK, TCPState.TIME_WAIT}
-)
+# TCPS_HAVERCVDFIN (tcp_fsm.h), defined with the input path that tests it inline.
+_HAVERCVDFIN = HAVERCVDFIN_STATES
 
 
 _TIMER_ORDER = tuple(TimerKind)

@@ -41,6 +41,12 @@ _MASK = 0xFFFFFFFF
 _HALF = 1 << 31
 _MOD = 1 << 32
 
+# TCPS_HAVERCVDFIN (tcp_fsm.h): TCPConnection.have_rcvd_fin's states, tested
+# here without the call (conn.py takes the set from here).
+HAVERCVDFIN_STATES = frozenset(
+    {TCPState.CLOSE_WAIT, TCPState.CLOSING, TCPState.LAST_ACK, TCPState.TIME_WAIT}
+)
+
 
 def tcp_input(tp: TCPConnection, seg: Segment) -> None:
     tp.stats.rcvtotal += 1
@@ -109,7 +115,7 @@ def _predict(tp: TCPConnection, seg: Segment) -> bool:
         tp.snd_wl2 = ack
         if ack == tp.snd_max:
             tp.disarm(TimerKind.REXMT)
-        elif not tp.armed(TimerKind.PERSIST):
+        elif TimerKind.PERSIST not in tp.timers:  # not tp.armed(PERSIST)
             tp.arm(TimerKind.REXMT, tp.t_rxtcur)
         if tp.sb_cc:
             tp.output()
@@ -406,7 +412,7 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
         if ack == tp.snd_max:
             tp.disarm(TimerKind.REXMT)
             needoutput = True
-        elif not tp.armed(TimerKind.PERSIST):
+        elif TimerKind.PERSIST not in tp.timers:  # not tp.armed(PERSIST)
             tp.arm(TimerKind.REXMT, tp.t_rxtcur)
         cc.newack(tp, ack)
         if acked > tp.sb_cc:
@@ -439,7 +445,8 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             return
 
     _step6(tp, seg, seq, skip, tlen, fin, tiwin, push=push, needoutput=needoutput)
-    tp.apply_pending_close()
+    if tp.close_pending:  # tp.apply_pending_close(), which does nothing otherwise
+        tp.apply_pending_close()
 
 
 def _step6(
@@ -474,7 +481,7 @@ def _step6(
         tp.max_sndwnd = max(tp.max_sndwnd, tiwin)
         needoutput = True
 
-    if (tlen or fin) and not tp.have_rcvd_fin():
+    if (tlen or fin) and tp.state not in HAVERCVDFIN_STATES:  # not tp.have_rcvd_fin()
         if seq == tp.rcv_nxt and not tp.segq and tp.state == TCPState.ESTABLISHED:
             # In order with nothing queued in ESTABLISHED: deliver and delay
             # the ACK (tcp_setup_ack).  Anything else goes through
