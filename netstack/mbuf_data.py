@@ -187,7 +187,7 @@ def m_prepend(m: Mbuf, plen: int) -> Mbuf:
         if m.m_flags & M_PKTHDR:
             m.m_pkthdr_len += plen
         return m
-    n = m.pool.m_gethdr(m.m_type)
+    n = m.pool._get(m.m_type, True)  # m_gethdr
     if m.m_flags & M_PKTHDR:
         n.m_flags |= m.m_flags & M_COPYFLAGS
         n.m_pkthdr_len = m.m_pkthdr_len

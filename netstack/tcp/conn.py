@@ -238,7 +238,7 @@ class TCPConnection:
         self._actions = []
         self._touched = {}
         self.sb_cc += nbytes
-        self.output()
+        output.tcp_output(self)
         return self._finish()
 
     def handle_receive_read(self, nbytes: int, now: int) -> list[Action]:
@@ -252,7 +252,7 @@ class TCPConnection:
         self.so_rcv_cc -= nbytes
         st = self.state
         if not self.closed and st in _SYNCHRONIZED and st != TCPState.TIME_WAIT:
-            self.output()
+            output.tcp_output(self)
         return self._finish()
 
     def _finish(self) -> list[Action]:

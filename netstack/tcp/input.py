@@ -25,6 +25,7 @@ from .events import (
     TCPState,
     TimerKind,
 )
+from .output import tcp_output
 from .seq import SEQ_GEQ, SEQ_GT, SEQ_LEQ, SEQ_LT, seq_add, seq_sub
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def _predict(tp: TCPConnection, seg: Segment) -> bool:
         elif TimerKind.PERSIST not in tp.timers:  # not tp.armed(PERSIST)
             tp.arm(TimerKind.REXMT, tp.t_rxtcur)
         if tp.sb_cc:
-            tp.output()
+            tcp_output(tp)  # tp.output(), without the method's frame
         return True
     if ack != tp.snd_una or tp.segq or tlen > tp.sbspace:
         return False
@@ -134,7 +135,7 @@ def _predict(tp: TCPConnection, seg: Segment) -> bool:
         tp.delack = True
         tp.arm(TimerKind.DELACK, tp.cfg.delack_ns)
     if tp.acknow:
-        tp.output()
+        tcp_output(tp)  # tp.output(), without the method's frame
     return True
 
 
@@ -515,7 +516,7 @@ def _step6(
         tp.arm(TimerKind.TWOMSL, 2 * tp.cfg.msl_ns)
 
     if needoutput or tp.acknow:
-        tp.output()
+        tcp_output(tp)  # tp.output(), without the method's frame
 
 
 def _reass(tp: TCPConnection, seg: Segment, seq: int, skip: int, tlen: int, fin: bool) -> bool:
