@@ -156,7 +156,7 @@ class Host:
         act = self._act
         if act is None:
             return self.net.sched.now
-        return self.machine.platform.cpus[act.cpu].clock
+        return self._plat.cpus[act.cpu].clock
 
     @property
     def in_activity(self) -> bool:
