@@ -22,8 +22,8 @@
  *
  * Only the common case is handled here: exact ints (and, for copy_pages, a
  * list or tuple of exact ints; for pieces, a list or tuple of exact 3-tuples
- * of exact ints or an array('q') of flat triples; for data, exact bytes or,
- * for the checksums, any contiguous buffer; for gather_cksum's output, an
+ * of exact ints or an array('q') of flat triples; for data, any contiguous
+ * buffer; for gather_cksum's output, an
  * exact bytearray) that the pm_* entry points accept.
  * Anything else - another type, an int that does not fit in 64 bits, a
  * frame out of range, a closed arena, keywords - goes to the "slow"
@@ -193,13 +193,28 @@ fast_copyin1(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     Fast *self = (Fast *)op;
     int64_t frame, off;
     if (kwnames == NULL && nargs == 3 && self->arena != NULL && exact_i64(args[0], &frame) &&
-        exact_i64(args[1], &off) && PyBytes_CheckExact(args[2])) {
-        char *p;
-        Py_ssize_t n;
-        if (PyBytes_AsStringAndSize(args[2], &p, &n) == 0 &&
-            pm_copyin1(self->arena, frame, off, p, (int64_t)n) == PM_OK)
-            Py_RETURN_NONE;
-        PyErr_Clear();
+        exact_i64(args[1], &off)) {
+        if (PyBytes_CheckExact(args[2])) {
+            char *p;
+            Py_ssize_t n;
+            if (PyBytes_AsStringAndSize(args[2], &p, &n) == 0 &&
+                pm_copyin1(self->arena, frame, off, p, (int64_t)n) == PM_OK)
+                Py_RETURN_NONE;
+            PyErr_Clear();
+        } else {
+            /* any other contiguous buffer (a view of kernel memory: what
+             * soreceive copies out), as its bytes, as the slow path takes
+             * it (ffi.from_buffer); a non-contiguous one goes there */
+            Py_buffer v;
+            if (PyObject_GetBuffer(args[2], &v, PyBUF_SIMPLE) == 0) {
+                int rc = pm_copyin1(self->arena, frame, off, (const char *)v.buf, (int64_t)v.len);
+                PyBuffer_Release(&v);
+                if (rc == PM_OK)
+                    Py_RETURN_NONE;
+            } else {
+                PyErr_Clear();
+            }
+        }
     }
     return call_slow(self->slow_copyin1, args, nargs, kwnames);
 }
