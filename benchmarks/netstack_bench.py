@@ -245,10 +245,14 @@ def report(r: dict[str, Any]) -> str:
         seg_x = max(x["segments"] / x["cpu"] for x in r["runs"]) / (
             (t["segments"] + t["acks"]) / t["cpu"])
         byt_x = max(size / x["cpu"] for x in r["runs"]) / (t["acked_bytes"] / t["cpu"])
-        met = "met" if seg_x >= 1.0 and byt_x >= 10.0 else "not met"
+        # issue 9: the bytes are the target; the segments, as close to 1.0x as can be
+        met_b = "met" if byt_x >= 10.0 else "not met"
+        met_s = "met" if seg_x >= 1.0 else "not met"
         lines.append(
-            "Goal: at least 1.0x ns.py's TCP segments per second and 10x its acknowledged "
-            f"bytes per second; best run by CPU time: {seg_x:.2f}x and {byt_x:.1f}x: {met}."
+            "Goal (issue 9): at least 10x ns.py's acknowledged bytes per second, and as close "
+            "to 1.0x its TCP segments per second as can be; best run by CPU time: "
+            f"{byt_x:.1f}x its acknowledged bytes (10x: {met_b}) and {seg_x:.2f}x its "
+            f"segments (1.0x: {met_s})."
         )
         lines.append("")
     if "loadavg_start" in r:

@@ -14,10 +14,16 @@
  * a NIC's gather+checksum (gather_cksum): for these the argument marshalling
  * in Python and cffi cost more than the C work on a 64 KiB packet.
  *
+ * gather_frame builds a whole transmitted frame in one call: kernel-memory
+ * buffers copied and runs of arena pieces gathered (pm_gather_cksum, one
+ * pass) into a new bytearray, with the sum of the transport segment taken
+ * as each part is written; no Python object per piece, and the frame is
+ * not zeroed first (every byte of it is written).
+ *
  * Only the common case is handled here: exact ints (and, for copy_pages, a
  * list or tuple of exact ints; for pieces, a list or tuple of exact 3-tuples
- * of exact ints or an array('q') of flat triples; for data, exact bytes or,
- * for the checksums, any contiguous buffer; for gather_cksum's output, an
+ * of exact ints or an array('q') of flat triples; for data, any contiguous
+ * buffer; for gather_cksum's output, an
  * exact bytearray) that the pm_* entry points accept.
  * Anything else - another type, an int that does not fit in 64 bits, a
  * frame out of range, a closed arena, keywords - goes to the "slow"
@@ -52,6 +58,7 @@ typedef struct {
     PyObject *slow_cksum_sum;    /* cksum_sum(pieces, initial=0) */
     PyObject *slow_cksum_bytes;  /* cksum_bytes(data, initial=0) */
     PyObject *slow_gather_cksum; /* gather_cksum(pieces, out, offset=0, initial=0) */
+    PyObject *slow_gather_frame; /* gather_frame(parts, size, sum_from) */
 } Fast;
 
 /* array.array, to recognise piece arrays (set when the module is loaded) */
@@ -186,13 +193,28 @@ fast_copyin1(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     Fast *self = (Fast *)op;
     int64_t frame, off;
     if (kwnames == NULL && nargs == 3 && self->arena != NULL && exact_i64(args[0], &frame) &&
-        exact_i64(args[1], &off) && PyBytes_CheckExact(args[2])) {
-        char *p;
-        Py_ssize_t n;
-        if (PyBytes_AsStringAndSize(args[2], &p, &n) == 0 &&
-            pm_copyin1(self->arena, frame, off, p, (int64_t)n) == PM_OK)
-            Py_RETURN_NONE;
-        PyErr_Clear();
+        exact_i64(args[1], &off)) {
+        if (PyBytes_CheckExact(args[2])) {
+            char *p;
+            Py_ssize_t n;
+            if (PyBytes_AsStringAndSize(args[2], &p, &n) == 0 &&
+                pm_copyin1(self->arena, frame, off, p, (int64_t)n) == PM_OK)
+                Py_RETURN_NONE;
+            PyErr_Clear();
+        } else {
+            /* any other contiguous buffer (a view of kernel memory: what
+             * soreceive copies out), as its bytes, as the slow path takes
+             * it (ffi.from_buffer); a non-contiguous one goes there */
+            Py_buffer v;
+            if (PyObject_GetBuffer(args[2], &v, PyBUF_SIMPLE) == 0) {
+                int rc = pm_copyin1(self->arena, frame, off, (const char *)v.buf, (int64_t)v.len);
+                PyBuffer_Release(&v);
+                if (rc == PM_OK)
+                    Py_RETURN_NONE;
+            } else {
+                PyErr_Clear();
+            }
+        }
     }
     return call_slow(self->slow_copyin1, args, nargs, kwnames);
 }
@@ -355,6 +377,115 @@ fast_gather_cksum(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
     return call_slow(self->slow_gather_cksum, args, nargs, kwnames);
 }
 
+static uint64_t
+swap16_(uint64_t s)
+{
+    return ((s & 0xff) << 8) | ((s >> 8) & 0xff);
+}
+
+/*
+ * The frame of gather_frame, or NULL with no error set when the call is not
+ * the common case (the slow path then decides, and raises its diagnosis),
+ * or NULL with an error set (no memory).  See PhysMem.gather_frame.
+ */
+static PyObject *
+gather_frame(Fast *self, PyObject *parts, int64_t size, int64_t sum_from, uint64_t initial)
+{
+    Py_ssize_t nparts = PyList_Size(parts);
+    PyObject *frame = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (frame == NULL)
+        return NULL;
+    /* (an empty bytearray's storage may be NULL: nothing is written then) */
+    char *dst = PyByteArray_AsString(frame);
+    int summing = sum_from >= 0;
+    int64_t pos = 0;
+    uint64_t acc = 0; /* network-order partial sums, each placed at its parity */
+    for (Py_ssize_t i = 0; i < nparts; i++) {
+        PyObject *part = PyList_GetItem(parts, i);
+        uint32_t s = 0;
+        if (part == NULL)
+            goto slow;
+        if (array_type != NULL && Py_TYPE(part) == (PyTypeObject *)array_type) {
+            /* a run of arena pieces: gathered and summed in one pass; it
+             * lies inside the summed segment (or nothing is summed) */
+            if (summing && pos < sum_from)
+                goto slow;
+            pm_piece stack[STACK_PIECES];
+            pm_piece *heap;
+            Py_buffer view;
+            int64_t n = 0;
+            const pm_piece *p = pieces_of(part, stack, &heap, &view, &n);
+            if (p == NULL)
+                goto slow;
+            int64_t written = 0;
+            int rc = pm_gather_cksum(self->arena, p, n, dst == NULL ? NULL : dst + pos,
+                                     size - pos, 0, &written, &s);
+            pieces_done(heap, &view);
+            if (rc != PM_OK)
+                goto slow;
+            if (summing)
+                acc += ((pos - sum_from) & 1) ? swap16_(s) : s;
+            pos += written;
+        } else {
+            /* kernel memory: copied, and summed where it is in the segment */
+            Py_buffer v;
+            if (PyObject_GetBuffer(part, &v, PyBUF_SIMPLE) < 0) {
+                PyErr_Clear();
+                goto slow;
+            }
+            int64_t len = (int64_t)v.len;
+            if (len > size - pos) {
+                PyBuffer_Release(&v);
+                goto slow;
+            }
+            if (len > 0)
+                memcpy(dst + pos, v.buf, (size_t)len);
+            PyBuffer_Release(&v);
+            int64_t end = pos + len;
+            if (summing && end > sum_from) {
+                int64_t start = pos > sum_from ? pos : sum_from;
+                if (pm_cksum_buf(dst + start, end - start, 0, &s) != PM_OK)
+                    goto slow;
+                acc += ((start - sum_from) & 1) ? swap16_(s) : s;
+            }
+            pos = end;
+        }
+        if (acc >> 62)
+            acc = (acc & 0xffff) + (acc >> 16);
+    }
+    if (pos != size)
+        goto slow;
+    if (summing) {
+        /* the initial value (a pseudo-header sum), folded without overflow */
+        uint64_t i = (initial & 0xffffffffu) + (initial >> 32);
+        while (i >> 16)
+            i = (i & 0xffff) + (i >> 16);
+        acc += i;
+    }
+    while (acc >> 16)
+        acc = (acc & 0xffff) + (acc >> 16);
+    return Py_BuildValue("(Nk)", frame, (unsigned long)acc);
+slow:
+    Py_DECREF(frame);
+    return NULL;
+}
+
+static PyObject *
+fast_gather_frame(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Fast *self = (Fast *)op;
+    int64_t size = 0, sum_from = 0;
+    uint64_t initial = 0;
+    if (kwnames == NULL && (nargs == 3 || nargs == 4) && self->arena != NULL &&
+        PyList_CheckExact(args[0]) && exact_i64(args[1], &size) && exact_i64(args[2], &sum_from) &&
+        (nargs == 3 || exact_u64(args[3], &initial)) && size >= 0 && size <= PY_SSIZE_T_MAX) {
+        PyObject *r = gather_frame(self, args[0], size, sum_from, initial);
+        if (r != NULL || PyErr_Occurred())
+            return r;
+    }
+    return call_slow(self->slow_gather_frame, args, nargs, kwnames);
+}
+
 static PyObject *
 fast_invalidate(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
@@ -369,13 +500,13 @@ fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     unsigned long long addr;
     PyObject *keep, *slow_one, *slow_many, *slow_zero_page, *slow_copyin1, *slow_cksum_sum, *slow_cksum_bytes,
-        *slow_gather_cksum;
+        *slow_gather_cksum, *slow_gather_frame;
     static char *kwlist[] = {"address",   "keep",      "copy_page",   "copy_pages",
                              "zero_page", "copyin1",   "cksum_sum",   "cksum_bytes",
-                             "gather_cksum", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOOOOOOO", kwlist, &addr, &keep, &slow_one,
+                             "gather_cksum", "gather_frame", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOOOOOOOO", kwlist, &addr, &keep, &slow_one,
                                      &slow_many, &slow_zero_page, &slow_copyin1, &slow_cksum_sum,
-                                     &slow_cksum_bytes, &slow_gather_cksum))
+                                     &slow_cksum_bytes, &slow_gather_cksum, &slow_gather_frame))
         return NULL;
     if (addr == 0) {
         PyErr_SetString(PyExc_ValueError, "_physmem_fast.Fast: NULL arena");
@@ -402,6 +533,8 @@ fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->slow_cksum_bytes = slow_cksum_bytes;
     Py_INCREF(slow_gather_cksum);
     self->slow_gather_cksum = slow_gather_cksum;
+    Py_INCREF(slow_gather_frame);
+    self->slow_gather_frame = slow_gather_frame;
     return (PyObject *)self;
 }
 
@@ -417,6 +550,7 @@ fast_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->slow_cksum_sum);
     Py_VISIT(self->slow_cksum_bytes);
     Py_VISIT(self->slow_gather_cksum);
+    Py_VISIT(self->slow_gather_frame);
     Py_VISIT(Py_TYPE(op));
     return 0;
 }
@@ -434,6 +568,7 @@ fast_clear(PyObject *op)
     Py_CLEAR(self->slow_cksum_sum);
     Py_CLEAR(self->slow_cksum_bytes);
     Py_CLEAR(self->slow_gather_cksum);
+    Py_CLEAR(self->slow_gather_frame);
     return 0;
 }
 
@@ -465,6 +600,10 @@ static PyMethodDef fast_methods[] = {
     {"gather_cksum", (PyCFunction)(void (*)(void))fast_gather_cksum,
      METH_FASTCALL | METH_KEYWORDS,
      "gather_cksum(pieces, out, offset=0, initial=0): gather into out and sum, one pass."},
+    {"gather_frame", (PyCFunction)(void (*)(void))fast_gather_frame,
+     METH_FASTCALL | METH_KEYWORDS,
+     "gather_frame(parts, size, sum_from, initial=0): a new frame of the parts and its "
+     "segment's sum."},
     {"invalidate", fast_invalidate, METH_NOARGS,
      "Forget the arena: every later call takes the slow path."},
     {NULL, NULL, 0, NULL},
@@ -477,7 +616,7 @@ static PyType_Slot fast_slots[] = {
     {Py_tp_clear, fast_clear},
     {Py_tp_methods, fast_methods},
     {Py_tp_doc, "Fast(address, keep, copy_page, copy_pages, zero_page, copyin1, cksum_sum, cksum_bytes, "
-                "gather_cksum): one arena's fast calls."},
+                "gather_cksum, gather_frame): one arena's fast calls."},
     {0, NULL},
 };
 

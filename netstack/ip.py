@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .mbuf import (
+    M_EXT,
     M_EXT_PAGES,
     M_PKTHDR,
     MT_HEADER,
@@ -41,7 +42,6 @@ from .mbuf import (
     m_peek,
     m_pieces,
     m_prepend,
-    mtod_bytes,
 )
 from .wire import (
     IP_DF,
@@ -55,7 +55,6 @@ from .wire import (
     IPHeader,
     Malformed,
     cksum_pieces,
-    ip_hdr_sum,
     parse_ip,
     pseudo_sum,
 )
@@ -132,8 +131,10 @@ def in_delayed_cksum_charge(stack: IPStack, m: Mbuf, hlen: int) -> None:
     """in_delayed_cksum for an unfragmented packet: charge the CPU for the
     sum now; the interface computes it while it gathers the frame
     (``M_CSUM_CPU_DEFERRED``)."""
-    machine = stack.machine
-    machine.platform.charge(machine.profile.costs.cksum_ns(m.m_pkthdr_len - hlen))
+    bw = stack.cksum_bw
+    if bw:  # CostModel.cksum_ns
+        plat = stack.plat
+        plat.cpus[plat.cur].clock += (m.m_pkthdr_len - hlen) * 1000 // bw
     m.csum_flags |= M_CSUM_CPU_DEFERRED
 
 
@@ -171,6 +172,17 @@ class IPStack:
         self._slowtimo: Timer | None = None
         # Per-protocol state of the layers above (pcb tables ...).
         self.pcbs: dict[str, object] = {}
+        # The platform and the profile's per-packet costs, resolved once for
+        # the layers' per-packet charges (as the MMU does: a machine's profile
+        # never changes; each charge was two calls and four attribute reads).
+        # A charge is ``plat.cpus[plat.cur].clock += ns`` (Platform.charge).
+        self.plat = host.machine.platform
+        costs = host.machine.profile.costs
+        self.ip_packet_ns: int = costs.ip_packet_ns
+        self.per_packet_ns: int = costs.per_packet_ns
+        self.intr_ns: int = costs.intr_ns
+        self.cksum_bw: int = costs.cksum_bw
+        self.syscall_ns: int = costs.syscall_ns  # the socket layer's, per system call
 
     # -------------------------------------------------------------- config
 
@@ -228,8 +240,8 @@ class IPStack:
         segments: ip_mtudisc), off otherwise.
         """
         st = self.ipstat
-        costs = self.machine.profile.costs
-        self.machine.platform.charge(costs.ip_packet_ns)
+        plat = self.plat
+        plat.cpus[plat.cur].clock += self.ip_packet_ns
         ifp = self.rt.get(dst)
         if ifp is None:
             st["ips_noroute"] += 1
@@ -241,9 +253,11 @@ class IPStack:
             df = proto == IPPROTO_TCP
         hlen = IP_HDR_LEN
         m = m_prepend(m, hlen)
-        if csum and proto in _CSUM_FIELD:
-            m.csum_flags |= _CSUM_FLAG[proto]
-            m.csum_data = _CSUM_FIELD[proto]
+        if csum:
+            flag = _CSUM_FLAG.get(proto)
+            if flag is not None:  # TCP or UDP
+                m.csum_flags |= flag
+                m.csum_data = _CSUM_FIELD[proto]
         m.m_flags |= M_PKTHDR
         length = m_length(m)
         m.m_pkthdr_len = length
@@ -310,13 +324,16 @@ class IPStack:
         """Validate a received packet, reassemble, deliver by protocol."""
         st = self.ipstat
         machine = self.machine
-        costs = machine.profile.costs
-        machine.platform.charge(costs.ip_packet_ns)
+        plat = self.plat
+        cpu = plat.cpus[plat.cur]
+        cpu.clock += self.ip_packet_ns
         st["ips_total"] += 1
-        pktlen = m_length(m)
-        head = m_peek(m, min(pktlen, 60))
+        pktlen = m.m_len if m.m_next is None else m_length(m)  # one cluster: no walk
+        head = m_peek(m, pktlen if pktlen < 60 else 60)
         ip = parse_ip(head, pktlen=pktlen, pm=machine.physmem)
-        machine.platform.charge(costs.cksum_ns(min(pktlen, 20)))
+        bw = self.cksum_bw
+        if bw:  # CostModel.cksum_ns(min(pktlen, 20))
+            cpu.clock += (pktlen if pktlen < 20 else 20) * 1000 // bw
         if isinstance(ip, Malformed):
             st[ip.stat] += 1
             m_freem(m)
@@ -335,7 +352,16 @@ class IPStack:
                 return
             m, ip = got
         else:
-            m_adj(m, ip.hlen)
+            hl = ip.hlen
+            if m.m_len > hl:
+                # m_adj(m, hl) when the header sits in the first mbuf with
+                # data after it (every received segment), as tcp_input does
+                m.m_data += hl
+                m.m_len -= hl
+                if m.m_flags & M_PKTHDR:
+                    m.m_pkthdr_len -= hl
+            else:
+                m_adj(m, hl)
         fn = self.protosw.get(ip.p)
         if fn is None:
             # rip_input finds no raw socket and answers ICMP protocol
@@ -349,22 +375,28 @@ class IPStack:
     def in4_cksum_ok(self, m: Mbuf, ip: IPHeader) -> bool:
         """The transport checksum of delivered segment ``m`` is good: as the
         NIC reported it (csum_flags), else summed in C and charged."""
-        flag = _CSUM_FLAG.get(ip.p, 0)
+        p = ip.p
+        flag = _CSUM_FLAG.get(p, 0)
         if m.csum_flags & flag:
             return not m.csum_flags & M_CSUM_TCP_UDP_BAD
-        machine = self.machine
-        pm = machine.physmem
+        pm = self.machine.physmem
         if m.m_next is None and not m.m_flags & M_EXT_PAGES:
             # the usual received segment: one cluster, summed in place
             n = m.m_len
             d = m.m_data
-            s = pm.cksum_bytes(
-                memoryview(m._kmem())[d : d + n], pseudo_sum(ip.src, ip.dst, ip.p, n)
-            )
+            src, dst = ip.src, ip.dst
+            # pseudo_sum(src, dst, p, n), inlined
+            ps = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + p + n
+            while ps > 0xFFFF:
+                ps = (ps & 0xFFFF) + (ps >> 16)
+            s = pm.cksum_bytes(memoryview(m._kmem())[d : d + n], ps)
         else:
             n = m_length(m)
-            s = cksum_pieces(pm, m_pieces(m, 0, n), pseudo_sum(ip.src, ip.dst, ip.p, n))
-        machine.platform.charge(machine.profile.costs.cksum_ns(n))
+            s = cksum_pieces(pm, m_pieces(m, 0, n), pseudo_sum(ip.src, ip.dst, p, n))
+        bw = self.cksum_bw
+        if bw:  # CostModel.cksum_ns(n)
+            plat = self.plat
+            plat.cpus[plat.cur].clock += n * 1000 // bw
         return s == 0xFFFF
 
     # ---------------------------------------------------------- reassembly
@@ -504,6 +536,20 @@ def _write_ip(
     m: Mbuf, tos: int, length: int, ident: int, off: int, ttl: int, p: int, src: int, dst: int
 ) -> None:
     """Fill the 20-byte header at the front of ``m`` and its checksum."""
-    v = mtod_bytes(m)
-    struct.pack_into("!BBHHHBBHII", v, 0, 0x45, tos, length, ident, off, ttl, p, 0, src, dst)
-    struct.pack_into("!H", v, 10, ~ip_hdr_sum(v) & 0xFFFF)
+    # The header checksum from the field values (the ten 16-bit words
+    # ip_hdr_sum would read back), so the header is packed once
+    s = (
+        0x4500 + tos + length + ident + off + (ttl << 8) + p
+        + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    )
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    # packed straight into the storage at m_data (mtod without the view;
+    # the header mbuf's data holds the 20 bytes: M_PREPEND made them)
+    assert m.m_len >= IP_HDR_LEN
+    buf = m.m_dat if not m.m_flags & M_EXT else m._kmem()
+    assert buf is not None
+    _IP_HDR.pack_into(buf, m.m_data, 0x45, tos, length, ident, off, ttl, p, ~s & 0xFFFF, src, dst)
+
+
+_IP_HDR = struct.Struct("!BBHHHBBHII")

@@ -193,11 +193,14 @@ class Mbuf:
     # The bytes of one mbuf's data as kernel memory (clusters and internal).
     def _kmem(self) -> bytearray:
         if self.m_flags & M_EXT:
-            ext = self.m_ext
-            assert ext is not None
-            if ext.ext_cl is None:
+            # the m_ext property, inlined: every header read and DMA of a
+            # cluster comes through here
+            ref = self.m_ext_ref
+            assert ref is not None and ref.m_ext_storage is not None
+            cl = ref.m_ext_storage.ext_cl
+            if cl is None:
                 raise KernelAssertion(f"{self!r}: storage of loaned pages is not kernel memory")
-            return ext.ext_cl
+            return cl
         assert self.m_dat is not None
         return self.m_dat
 
@@ -244,7 +247,13 @@ class MbufPool:
 
     def m_getcl(self, mtype: int = MT_DATA, pkthdr: bool = True) -> Mbuf:
         m = self._get(mtype, pkthdr, dat=False)
-        self.m_clget(m)
+        # m_clget on the fresh mbuf, inlined (no storage to check for, no
+        # flags of storage to clear): the NIC takes one per received frame
+        m.m_ext_storage = ExtStorage(MCLBYTES, ext_cl=bytearray(MCLBYTES))
+        m.m_ext_ref = m
+        m.m_flags |= M_EXT | M_EXT_CLUSTER | M_EXT_RW
+        self.clusters += 1
+        self.clusters_allocated += 1
         return m
 
     def _put(self, m: Mbuf) -> None:
@@ -299,11 +308,14 @@ def MEXTADD(m: Mbuf, buf: int, size: int, free: ExtFree | None, arg: Any) -> Ext
 
 def M_READONLY(m: Mbuf) -> bool:
     """mbuf.h: external storage mapped read-only, not marked R/W, or shared."""
-    if not m.m_flags & M_EXT:
+    fl = m.m_flags
+    if not fl & M_EXT:
         return False
-    ext = m.m_ext
-    assert ext is not None
-    return (m.m_flags & (M_EXT_ROMAP | M_EXT_RW)) != M_EXT_RW or ext.ext_refcnt > 1
+    if (fl & (M_EXT_ROMAP | M_EXT_RW)) != M_EXT_RW:
+        return True
+    ref = m.m_ext_ref  # m.m_ext, inlined
+    assert ref is not None and ref.m_ext_storage is not None
+    return ref.m_ext_storage.ext_refcnt > 1
 
 
 def M_ROMAP(m: Mbuf) -> bool:
@@ -421,8 +433,19 @@ def m_free(m: Mbuf) -> Mbuf | None:
 
 def m_freem(m: Mbuf | None) -> None:
     """Free a whole chain."""
+    # m_free, inlined: every packet's chain is freed here, mbuf by mbuf
     while m is not None:
-        m = m_free(m)
+        if m.m_type == MT_FREE:
+            raise KernelAssertion(f"m_free: {m!r} already freed")
+        fl = m.m_flags
+        if fl & _ORPHANED:
+            raise KernelAssertion(f"m_free: {m!r} was already freed (its storage is shared)")
+        n = m.m_next
+        if fl & M_EXT:
+            m_ext_free(m)
+        else:
+            m.pool._put(m)
+        m = n
 
 
 def is_free(m: Mbuf) -> bool:
@@ -435,10 +458,10 @@ def is_free(m: Mbuf) -> bool:
 
 def _share(n: Mbuf, m: Mbuf) -> None:
     """Make ``n`` another reference to ``m``'s external storage."""
-    ext = m.m_ext
-    assert ext is not None
-    ext.ext_refcnt += 1
-    n.m_ext_ref = m.m_ext_ref
+    ref = m.m_ext_ref  # m.m_ext, inlined
+    assert m.m_flags & M_EXT and ref is not None and ref.m_ext_storage is not None
+    ref.m_ext_storage.ext_refcnt += 1
+    n.m_ext_ref = ref
     n.m_dat = None
     n.m_flags = (n.m_flags & ~M_EXTCOPYFLAGS) | (m.m_flags & M_EXTCOPYFLAGS)
 
@@ -473,7 +496,9 @@ def m_copym(m: Mbuf, off: int, length: int) -> Mbuf:
             if top is not None:
                 m_freem(top)
             raise KernelAssertion("m_copym: length beyond the chain")
-        n = pool.m_gethdr(cur.m_type) if copyhdr and top is None else pool.m_get(cur.m_type)
+        # a sharer of external storage never uses an internal data area
+        # (_share drops it): do not allocate one
+        n = pool._get(cur.m_type, copyhdr and top is None, not cur.m_flags & M_EXT)
         if copyhdr and top is None:
             n.m_flags |= m.m_flags & M_COPYFLAGS
             n.m_pkthdr_rcvif = m.m_pkthdr_rcvif

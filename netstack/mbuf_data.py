@@ -13,9 +13,9 @@ from uvmloan.errors import KernelAssertion
 
 from .mbuf import (
     M_COPYFLAGS,
+    M_EXT,
     M_EXT_PAGES,
     M_EXT_ROMAP,
-    M_LEADINGSPACE,
     M_PKTHDR,
     M_READONLY,
     M_TRAILINGSPACE,
@@ -179,13 +179,15 @@ def m_prepend(m: Mbuf, plen: int) -> Mbuf:
     """
     if plen < 0 or plen > MHLEN:
         raise KernelAssertion(f"M_PREPEND of {plen} bytes")
-    if M_LEADINGSPACE(m) >= plen:
+    # M_LEADINGSPACE, with its M_READONLY test skipped for internal data
+    # (never read-only): every packet is prepended to twice (TCP, IP)
+    if (m.m_data if not m.m_flags & M_EXT or not M_READONLY(m) else 0) >= plen:
         m.m_data -= plen
         m.m_len += plen
         if m.m_flags & M_PKTHDR:
             m.m_pkthdr_len += plen
         return m
-    n = m.pool.m_gethdr(m.m_type)
+    n = m.pool._get(m.m_type, True)  # m_gethdr
     if m.m_flags & M_PKTHDR:
         n.m_flags |= m.m_flags & M_COPYFLAGS
         n.m_pkthdr_len = m.m_pkthdr_len
@@ -202,15 +204,20 @@ def m_prepend(m: Mbuf, plen: int) -> Mbuf:
 
 def mtod_bytes(m: Mbuf) -> memoryview:
     """A writable view of one mbuf's kernel-memory data (``mtod``)."""
-    buf = m._kmem()
-    return memoryview(buf)[m.m_data : m.m_data + m.m_len]
+    buf = m.m_dat if not m.m_flags & M_EXT else m._kmem()
+    assert buf is not None
+    d = m.m_data
+    return memoryview(buf)[d : d + m.m_len]
 
 
 def m_peek(m: Mbuf, n: int) -> bytes | memoryview:
     """The first ``n`` bytes, as header code reads them in place (not a
     charged copy: m_pullup leaves a contiguous header in the first mbuf)."""
     if m.m_len >= n and not m.m_flags & M_EXT_PAGES:
-        return mtod_bytes(m)[:n]
+        buf = m.m_dat if not m.m_flags & M_EXT else m._kmem()  # mtod_bytes(m)[:n]
+        assert buf is not None
+        d = m.m_data
+        return memoryview(buf)[d : d + n]
     return gather(m, m_pieces(m, 0, n))
 
 

@@ -37,6 +37,7 @@ injected by a test.
 
 from __future__ import annotations
 
+import functools
 import struct
 from array import array
 from collections import deque
@@ -49,7 +50,7 @@ from uvmloan.errors import KernelAssertion
 
 from .ip import ENOBUFS, M_CSUM_TCP_UDP_BAD, M_CSUM_TCPv4, M_CSUM_UDPv4
 from .link import Channel, FrameMeta, Link
-from .mbuf import M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
+from .mbuf import M_EXT, M_EXT_PAGES, M_PKTHDR, MCLBYTES, Mbuf, m_freem, m_length
 from .wire import (
     IP_MF,
     IP_OFFMASK,
@@ -66,46 +67,41 @@ if TYPE_CHECKING:
     from .network import Host
 
 
-def _swap16(s: int) -> int:
-    return ((s >> 8) | (s << 8)) & 0xFFFF
-
-
-def _put_run(
-    pm: PhysMem, run: array[int], frame: bytearray, at: int, hl: int, summing: bool
-) -> int:
-    """Gather a run of page pieces into ``frame`` at ``at`` (and sum it);
-    returns its sum placed at its parity in the segment (0 if not summing)."""
-    _n, s = pm.gather_cksum(run, frame, at)
-    if not summing:
-        return 0
-    # loaned data never sits in the IP header: the run starts in the segment
-    assert at >= hl
-    return _swap16(s) if (at - hl) & 1 else s
-
 IfTap = Callable[[int, bytes | bytearray, FrameMeta], None]
+
+_ADDRS = struct.Struct("!II")  # ip_src, ip_dst
+_CSUM = struct.Struct("!H")
+
+# FrameMeta is frozen: the two a transmitted frame can have, built once
+_META_LOANED = FrameMeta(loaned=True)
+_META_PLAIN = FrameMeta(loaned=False)
 
 
 def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
     """Read the chain into a frame; fill the transport checksum if owed.
 
-    One walk of the chain: kernel-memory data is copied, runs of loaned
-    page pieces go to C as a flat ``array('q')`` of (frame, offset,
-    length) triples (no Python object per piece) and, when a checksum is
-    owed (offload, or the CPU's deferred sum), are summed in the same
-    pass (``gather_cksum``).  Returns the frame and whether any of it
-    came from loaned pages.
+    One walk of the chain lists its data as the NIC reads it: a view of
+    each kernel-memory mbuf's bytes, and runs of loaned page pieces as flat
+    ``array('q')``s of (frame, offset, length) triples (no Python object
+    per piece); ``PhysMem.gather_frame`` then builds the frame from them in
+    one C call, summing the transport segment as each part is written when
+    a checksum is owed (offload, or the CPU's deferred sum).  Returns the
+    frame and whether any of it came from loaned pages.
     """
     n = m.m_pkthdr_len if m.m_flags & M_PKTHDR else m_length(m)
-    frame = bytearray(n)
     fl = m.csum_flags
     summing = bool(fl & (M_CSUM_TCPv4 | M_CSUM_UDPv4))
-    # the transport segment starts after the IP header (in the first mbuf)
-    hl = (m._kmem()[m.m_data] & 15) << 2 if summing else 0
-    total = 0  # ones'-complement sum of frame[hl:], unfolded
+    # the transport segment starts after the IP header (in the first mbuf,
+    # internal data or a cluster: its storage is read once, here)
+    kb: bytearray | None = None
+    hl = 0
+    if summing:
+        kb = m.m_dat if not m.m_flags & M_EXT else m._kmem()
+        assert kb is not None
+        hl = (kb[m.m_data] & 15) << 2
+    parts: list[memoryview | array[int]] = []
     loaned = False
-    run = array("q")
-    run_at = 0  # frame position of the run's first byte
-    pos = 0
+    run: array[int] | None = None  # the run of page pieces being built (in parts)
     cur: Mbuf | None = m
     while cur is not None:
         ln = cur.m_len
@@ -113,8 +109,6 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
             if cur.m_flags & M_EXT_PAGES:
                 ext = cur.m_ext
                 assert ext is not None
-                if not run:
-                    run_at = pos
                 # the storage's per-page triples, sliced to this mbuf's
                 # bytes: the first piece starts at its offset, the last
                 # ends at the data's end (C-level slicing, no loop per page)
@@ -130,33 +124,43 @@ def dma_read(pm: PhysMem, ps: int, m: Mbuf) -> tuple[bytearray, bool]:
                 else:
                     piece[2] = ps - o0
                     piece[-1] = va + ln - i1 * ps
-                run += piece
+                if run is None:
+                    run = piece
+                    parts.append(piece)
+                else:
+                    run += piece  # in place: the array already in parts grows
                 loaned = True
             else:
-                if run:
-                    total += _put_run(pm, run, frame, run_at, hl, summing)
-                    run = array("q")
+                run = None
                 d = cur.m_data
-                end = pos + ln
-                frame[pos:end] = cur._kmem()[d : d + ln]
-                if summing and end > hl:
-                    start = pos if pos > hl else hl
-                    sm = pm.cksum_bytes(memoryview(frame)[start:end])
-                    total += _swap16(sm) if (start - hl) & 1 else sm
-            pos += ln
+                buf = cur.m_dat if not cur.m_flags & M_EXT else cur._kmem()
+                assert buf is not None
+                parts.append(memoryview(buf)[d : d + ln])
         cur = cur.m_next
-    if run:
-        total += _put_run(pm, run, frame, run_at, hl, summing)
-    if summing:
-        # in_delayed_cksum's (or the NIC's) sum over the pseudo-header
-        # and the segment, whose checksum field is still zero
+    if not summing:
+        return pm.gather_frame(parts, n, -1)[0], loaned
+    # in_delayed_cksum's (or the NIC's) sum over the pseudo-header and the
+    # segment, whose checksum field is still zero: the pseudo-header's
+    # words (from the IP header, in the first mbuf) go to gather_frame as
+    # its initial value, so the one C call returns the whole sum
+    if m.m_len >= hl:
+        assert kb is not None
+        d = m.m_data
+        p = kb[d + 9]
+        src, dst = _ADDRS.unpack_from(kb, d + 12)
+        pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + p + n - hl
+        frame, s = pm.gather_frame(parts, n, hl, pseudo)
+    else:
+        # (an IP header split across mbufs, which ip_output never builds:
+        # read it from the frame)
+        frame, s = pm.gather_frame(parts, n, hl)
         p = frame[9]
-        src, dst = struct.unpack_from("!II", frame, 12)
-        s = fold(total + pseudo_sum(src, dst, p, n - hl))
-        c = ~s & 0xFFFF
-        if c == 0 and p == IPPROTO_UDP:
-            c = 0xFFFF  # RFC 768: a computed zero is sent as all ones
-        struct.pack_into("!H", frame, hl + m.csum_data, c)
+        src, dst = _ADDRS.unpack_from(frame, 12)
+        s = fold(s + pseudo_sum(src, dst, p, n - hl))
+    c = ~s & 0xFFFF
+    if c == 0 and p == IPPROTO_UDP:
+        c = 0xFFFF  # RFC 768: a computed zero is sent as all ones
+    _CSUM.pack_into(frame, hl + m.csum_data, c)
     return frame, loaned
 
 
@@ -232,37 +236,42 @@ class Netif:
         assert ch is not None
         snd = self.if_snd
         d = self.if_data
+        mach = self.host.machine
+        pm = mach.physmem
+        ps = mach.profile.page_size
         while snd and self._tx_posted < self.tx_ring:
             m = snd.popleft()
             self._tx_posted += 1
-            frame, loaned = self._dma_gather(m)
+            frame, loaned = dma_read(pm, ps, m)
+            if loaned:
+                # pinned (MSG_ZEROCOPY) storage: compare what left with what
+                # the send took (instrumentation, zerocopy_hazard)
+                note_frame(m, frame)
             d.opackets += 1
             d.obytes += len(frame)
-            meta = FrameMeta(loaned=loaned)
-            now = self.host.net.sched.now
-            for tap in self.taps:
-                tap(now, frame, meta)
-            if not ch.send(frame, meta, lambda m=m: self._tx_done(m)):  # type: ignore[misc]
+            meta = _META_LOANED if loaned else _META_PLAIN
+            if self.taps:
+                now = self.host.net.sched.now
+                for tap in self.taps:
+                    tap(now, frame, meta)
+            # the completion interrupt as the link will call it: _tx_done's
+            # kernel activity, without _tx_done's own frame
+            done = functools.partial(
+                self.host.kernel, functools.partial(self._txintr, m), self.intr_cpu
+            )
+            if not ch.send(frame, meta, done):
                 # the link's queue was full and dropped it: the descriptor
                 # completes all the same
                 self._tx_done(m)
 
-    def _dma_gather(self, m: Mbuf) -> tuple[bytearray, bool]:
-        mach = self.host.machine
-        frame, loaned = dma_read(mach.physmem, mach.page_size, m)
-        if loaned:
-            # pinned (MSG_ZEROCOPY) storage: compare what left with what the
-            # send took (instrumentation, zerocopy_hazard)
-            note_frame(m, frame)
-        return frame, loaned
-
     def _tx_done(self, m: Mbuf) -> None:
-        self.host.kernel(lambda: self._txintr(m), self.intr_cpu)
+        self.host.kernel(functools.partial(self._txintr, m), self.intr_cpu)
 
     def _txintr(self, m: Mbuf) -> None:
         """Transmit completion interrupt: the frame has left, free the chain."""
-        mach = self.host.machine
-        mach.platform.charge(mach.profile.costs.intr_ns)
+        stack = self.host.stack
+        plat = stack.plat
+        plat.cpus[plat.cur].clock += stack.intr_ns
         m_freem(m)
         self._tx_posted -= 1
         if self.if_snd and not self._start_pending:
@@ -273,12 +282,13 @@ class Netif:
 
     def frame_arrived(self, frame: bytearray, meta: FrameMeta) -> None:
         """The last bit of a frame arrived: receive interrupt."""
-        self.host.kernel(lambda: self._rxintr(frame, meta), self.intr_cpu)
+        self.host.kernel(functools.partial(self._rxintr, frame, meta), self.intr_cpu)
 
     def _rxintr(self, frame: bytearray, meta: FrameMeta) -> None:
         host = self.host
-        mach = host.machine
-        mach.platform.charge(mach.profile.costs.intr_ns)
+        stack = host.stack
+        plat = stack.plat
+        plat.cpus[plat.cur].clock += stack.intr_ns
         d = self.if_data
         n = len(frame)
         if n > self.if_mtu or n == 0:
@@ -286,28 +296,30 @@ class Netif:
             return
         d.ipackets += 1
         d.ibytes += n
-        now = host.net.sched.now
-        for tap in self.taps:
-            tap(now, frame, meta)
+        if self.taps:
+            now = host.net.sched.now
+            for tap in self.taps:
+                tap(now, frame, meta)
         m = self._rx_dma(frame)
         if self.csum_offload:
             self._rx_csum(m, frame)
-        host.stack.ip_input(m, self)
+        stack.ip_input(m, self)
 
     def _rx_dma(self, frame: bytearray) -> Mbuf:
         """The NIC wrote the frame into receive-ring clusters."""
         pool = self.host.stack.mbpool
         top = pool.m_getcl(pkthdr=True)
         top.m_pkthdr_rcvif = self
-        top.m_pkthdr_len = len(frame)
+        n = len(frame)
+        top.m_pkthdr_len = n
         cur = top
         pos = 0
-        n = len(frame)
+        view = memoryview(frame)  # slices of it copy once, into the cluster
         while True:
-            ext = cur.m_ext
+            ext = cur.m_ext_storage  # a fresh cluster: its own storage
             assert ext is not None and ext.ext_cl is not None
-            take = min(MCLBYTES, n - pos)
-            ext.ext_cl[:take] = frame[pos : pos + take]
+            take = n - pos if n - pos < MCLBYTES else MCLBYTES
+            ext.ext_cl[:take] = view[pos : pos + take]
             cur.m_len = take
             pos += take
             if pos >= n:

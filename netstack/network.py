@@ -16,6 +16,7 @@ time-stamped by the CPU.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,6 +57,9 @@ class Host:
         self.machine = machine
         # Every machine on the network shares the network's clock.
         machine.platform.sched = net.sched
+        # the machine's platform and CPU count, read by every kernel activity
+        self._plat = machine.platform
+        self._ncpus = len(machine.platform.cpus)
         self._act: _Activity | None = None
         # Per CPU, the simulated ns spent running activities: the CPU time a
         # workload cost, apart from the idle gaps between activities (a
@@ -68,10 +72,10 @@ class Host:
     def kernel(self, fn: Callable[[], T], cpu: int | None = None) -> T:
         """Run ``fn`` as a kernel activity on ``cpu`` (default CPU 0, where
         the NIC's interrupts are routed) and return its result."""
-        plat = self.machine.platform
+        plat = self._plat
         if cpu is None:
             idx = 0
-        elif type(cpu) is int and 0 <= cpu < len(plat.cpus):
+        elif type(cpu) is int and 0 <= cpu < self._ncpus:
             idx = cpu  # the common case, checked without a call
         else:
             idx = plat.cpu(cpu).index  # raises the error that names the problem
@@ -98,10 +102,10 @@ class Host:
             self._act = outer
             self.busy_ns[idx] += c.clock - act.start
             if act.emits:
-                end = c.clock
-                call_at = self.net.sched.call_at
+                end = c.clock  # >= now: the clock started at now at least
+                post = self.net.sched.post
                 for e in act.emits:
-                    call_at(end, e)
+                    post(end, e)
         return result
 
     def sleep(self, cond: Callable[[], bool], limit_ns: int) -> bool:
@@ -120,16 +124,15 @@ class Host:
             self.busy_ns[act.cpu] += clk - act.start
             end = max(clk, sched.now)
             for e in act.emits:
-                sched.call_at(end, e)
+                sched.post(end, e)
             act.emits.clear()
             self._act = None
         deadline = sched.now + limit_ns
+        step_by = sched.step_by
         try:
             while not cond():
-                nxt = sched.next_time()
-                if nxt is None or nxt > deadline:
+                if not step_by(deadline):
                     return False
-                sched.step()
         finally:
             self._act = act
             if act is not None:
@@ -143,7 +146,8 @@ class Host:
         clock then); outside an activity, at the network's now."""
         act = self._act
         if act is None:
-            self.net.sched.call_at(self.net.sched.now, fn)
+            sched = self.net.sched
+            sched.post(sched.now, fn)
         else:
             act.emits.append(fn)
 
@@ -152,7 +156,7 @@ class Host:
         act = self._act
         if act is None:
             return self.net.sched.now
-        return self.machine.cpus[act.cpu].clock
+        return self._plat.cpus[act.cpu].clock
 
     @property
     def in_activity(self) -> bool:
@@ -160,9 +164,8 @@ class Host:
 
     def schedule(self, when: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
         """Run ``fn`` as a kernel activity at ``when`` (not before now)."""
-        return self.net.sched.call_at(
-            max(when, self.net.sched.now), lambda: self.kernel(fn, cpu)
-        )
+        sched = self.net.sched
+        return sched.post(max(when, sched.now), functools.partial(self.kernel, fn, cpu))
 
     def timeout(self, delay_ns: int, fn: Callable[[], None], cpu: int | None = None) -> Timer:
         """callout_schedule: run ``fn`` as a kernel activity ``delay_ns`` from now."""

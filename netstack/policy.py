@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from .soloan import sosend_loan
+
 if TYPE_CHECKING:
     from .mbuf import Mbuf
     from .socket import Socket, Uio
@@ -73,8 +75,6 @@ class NetbsdLoanPolicy(SendPolicy):
     name: ClassVar[str] = "netbsd-loan"
 
     def take(self, so: Socket, uio: Uio, m: Mbuf, space: int, call: Any) -> int:
-        from .soloan import sosend_loan
-
         layer = so.layer
         thresh = layer.sock_loan_thresh
         if thresh >= 0 and uio.iov_len >= thresh and space >= thresh:

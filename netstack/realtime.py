@@ -176,6 +176,16 @@ class RealtimeScheduler(Scheduler):
             return Scheduler.step(self)
         return self._step(None)
 
+    def step_by(self, deadline: int) -> bool:
+        # Scheduler.step_by reads the heap itself; here the head's time and
+        # the step are the real-time ones above (as Host.sleep's loop used
+        # them before step_by existed)
+        nxt = self.next_time()
+        if nxt is None or nxt > deadline:
+            return False
+        self.step()
+        return True
+
     def _step(self, until: int | None) -> bool:
         """One event, or one wait (ended by a frame, a wakeup, ``max_wait_ns``,
         the head's time or the wall clock reaching ``until``)."""

@@ -14,6 +14,7 @@ Errors are :class:`~netstack.sockerr.SocketError` with NetBSD's errno.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,7 @@ def configure_sockets(
 
 def _wire(host: Host, layer: SocketLayer) -> None:
     def defer(fn: Callable[[], None]) -> None:
-        host.emit(lambda: host.kernel(fn, 0))
+        host.emit(functools.partial(host.kernel, fn, 0))
 
     def sleep(cond: Callable[[], bool]) -> bool:
         return host_sleep(host, cond)
@@ -127,8 +128,9 @@ def _wire(host: Host, layer: SocketLayer) -> None:
 
 def _syscall(host: Host) -> None:
     """Kernel entry and exit of one socket system call (``syscall_ns``)."""
-    mach = host.machine
-    mach.platform.charge(mach.profile.costs.syscall_ns)
+    stack = host.stack
+    plat = stack.plat
+    plat.cpus[plat.cur].clock += stack.syscall_ns  # the profile's syscall_ns, resolved once
 
 
 def host_sleep(host: Host, cond: Callable[[], bool]) -> bool:
@@ -175,6 +177,29 @@ class UserSocket:
         mach = self.host.machine
         if mach._closed:
             mach._check_open(f"socket {what}")  # MachineClosed, naming the call
+
+    def _user_io(self, proc: object, va: object, n: object, what: str) -> tuple[Process, int, int]:
+        """``_open``, ``_proc``, ``_len`` and ``_va`` of a send or receive
+        through user memory: one call when everything is in order (a send
+        or receive per segment makes these the socket API's commonest
+        checks); anything else goes through the checks one by one, in that
+        order, so the error is the one each names."""
+        mach = self.host.machine
+        if (
+            type(proc) is Process
+            and type(n) is int
+            and type(va) is int
+            and n >= 0
+            and not self.closed
+            and not mach._closed
+            and proc.machine is mach
+            and proc.alive
+        ):
+            return proc, va, n
+        self._open(what)
+        p = self._proc(proc, what)
+        n = self._len(n, what)
+        return p, self._va(va, what), n
 
     def _proc(self, proc: object, what: str) -> Process:
         if not isinstance(proc, Process) or proc.machine is not self.host.machine:
@@ -255,10 +280,8 @@ class UserSocket:
 
     def send(self, proc: Process, va: int, n: int, flags: int = 0) -> int:
         """send(2) of ``n`` bytes at ``va`` of ``proc``; returns the bytes taken."""
-        self._open("send")
-        p = self._proc(proc, "send")
-        n = self._len(n, "send")
-        uio = Uio(p.map, self._va(va, "send"), n, proc=p)
+        p, va, n = self._user_io(proc, va, n, "send")
+        uio = Uio(p.map, va, n, proc=p)
         return self._send(uio, n, None, flags, p.cpu)
 
     def sendto(self, proc: Process, va: int, n: int, addr: tuple[str, int], flags: int = 0) -> int:
@@ -293,19 +316,15 @@ class UserSocket:
 
     def recv(self, proc: Process, va: int, n: int, flags: int = 0) -> int:
         """recv(2) into ``n`` bytes at ``va`` of ``proc``; 0 at end of file."""
-        self._open("recv")
-        p = self._proc(proc, "recv")
-        n = self._len(n, "recv")
-        uio = Uio(p.map, self._va(va, "recv"), n, proc=p, uio_rw_write=False)
+        p, va, n = self._user_io(proc, va, n, "recv")
+        uio = Uio(p.map, va, n, proc=p, uio_rw_write=False)
         return self._recv(uio, flags, p.cpu)[0]
 
     def recvfrom(
         self, proc: Process, va: int, n: int, flags: int = 0
     ) -> tuple[int, tuple[str, int] | None]:
-        self._open("recvfrom")
-        p = self._proc(proc, "recvfrom")
-        n = self._len(n, "recvfrom")
-        uio = Uio(p.map, self._va(va, "recvfrom"), n, proc=p, uio_rw_write=False)
+        p, va, n = self._user_io(proc, va, n, "recvfrom")
+        uio = Uio(p.map, va, n, proc=p, uio_rw_write=False)
         return self._recv(uio, flags, p.cpu)
 
     def recv_bytes(self, n: int, flags: int = 0) -> bytes:

@@ -97,12 +97,11 @@ class SockBuf:
 
 
 def _mbcnt(m: Mbuf) -> int:
-    n = MSIZE
     if m.m_flags & M_EXT:
-        ext = m.m_ext
-        assert ext is not None
-        n += ext.ext_size
-    return n
+        ref = m.m_ext_ref  # m.m_ext, inlined (every append and free counts)
+        assert ref is not None and ref.m_ext_storage is not None
+        return MSIZE + ref.m_ext_storage.ext_size
+    return MSIZE
 
 
 def sbreserve(sb: SockBuf, cc: int) -> bool:
@@ -122,12 +121,23 @@ def sbspace(sb: SockBuf) -> int:
 
 def sballoc(sb: SockBuf, m: Mbuf) -> None:
     sb.sb_cc += m.m_len
-    sb.sb_mbcnt += _mbcnt(m)
+    # _mbcnt(m), inlined: every mbuf appended to or freed from a buffer
+    if m.m_flags & M_EXT:
+        ref = m.m_ext_ref
+        assert ref is not None and ref.m_ext_storage is not None
+        sb.sb_mbcnt += MSIZE + ref.m_ext_storage.ext_size
+    else:
+        sb.sb_mbcnt += MSIZE
 
 
 def sbfree(sb: SockBuf, m: Mbuf) -> None:
     sb.sb_cc -= m.m_len
-    sb.sb_mbcnt -= _mbcnt(m)
+    if m.m_flags & M_EXT:  # _mbcnt(m), inlined
+        ref = m.m_ext_ref
+        assert ref is not None and ref.m_ext_storage is not None
+        sb.sb_mbcnt -= MSIZE + ref.m_ext_storage.ext_size
+    else:
+        sb.sb_mbcnt -= MSIZE
 
 
 def sbcompress(sb: SockBuf, m: Mbuf | None, n: Mbuf | None) -> None:

@@ -21,6 +21,7 @@ call sleeps, so a wait that is not already satisfied raises
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -321,7 +322,7 @@ def sorwakeup(so: Socket) -> None:
     """Data or an event arrived: let an upcall reader run."""
     up = so.so_upcall
     if up is not None:
-        so.layer.kick(lambda: up(so))
+        so.layer.kick(functools.partial(up, so))
 
 
 def soreserve(so: Socket, sndcc: int, rcvcc: int) -> bool:
@@ -459,8 +460,12 @@ def _sosend(so: Socket, uio: Uio, addr: Any, flags: int, policy: SendPolicy, cal
             want_space = resid if atomic else snd.sb_lowat
 
             def can_go(want: int = want_space) -> bool:
+                # sbspace(snd) >= want, spelled out: the sleeping sender
+                # tests this after every event the network runs
                 return (
-                    sbspace(snd) >= want or bool(so.so_state & SS_CANTSENDMORE) or bool(so.so_error)
+                    (snd.sb_hiwat - snd.sb_cc >= want and snd.sb_mbmax - snd.sb_mbcnt >= want)
+                    or bool(so.so_state & SS_CANTSENDMORE)
+                    or bool(so.so_error)
                 )
 
             if not layer.wait(can_go):
@@ -501,7 +506,7 @@ def _sosend(so: Socket, uio: Uio, addr: Any, flags: int, policy: SendPolicy, cal
                     if atomic and top is None and n < mlen:
                         MH_ALIGN(m, n)
                     err = _uiomove_or_error(so, uio, m, n)
-                resid = uio.uio_resid
+                resid = uio.iov_len  # uio_resid
                 m.m_len = n
                 if top is None:
                     top = m
@@ -613,8 +618,8 @@ def soreceive(so: Socket, uio: Uio, flags: int = 0) -> tuple[int, bytes | None, 
             m = nm
     moff = 0
     cur = m
-    while cur is not None and uio.uio_resid > 0:
-        n = min(uio.uio_resid, cur.m_len - moff)
+    while cur is not None and uio.iov_len > 0:  # uio_resid
+        n = min(uio.iov_len, cur.m_len - moff)
         if cur.m_flags & M_EXT_PAGES:
             data: bytes | memoryview = gather(cur, m_pieces(cur, moff, n))
         else:

@@ -28,6 +28,7 @@ import attrs
 from uvmloan.errors import KernelAssertion
 
 from .mbuf import (
+    M_EXT,
     M_EXT_PAGES,
     M_EXT_ROMAP,
     M_PKTHDR,
@@ -85,9 +86,7 @@ from .tcp.events import (
     Established,
     PassiveOpen,
     PeerClosed,
-    ReceiveRead,
     Segment,
-    SendQueued,
     SetTimer,
     TimerExpired,
     TimerKind,
@@ -166,10 +165,6 @@ def tcp_table(stack: IPStack) -> TCPTable:
         stack.register(IPPROTO_TCP, functools.partial(tcp_input, t))
     assert isinstance(t, TCPTable)
     return t
-
-
-def _host(t: TCPTable) -> Any:
-    return t.stack.host
 
 
 class TCPProtocol(Protocol):
@@ -299,7 +294,9 @@ class TCPProtocol(Protocol):
         top.m_nextpkt = None
         sbappendstream(so.so_snd, top)
         if n:
-            self.drive(so, SendQueued(n))
+            # drive(so, SendQueued(n)) without building the event
+            conn = inp.conn
+            self._carry_out(so, inp, conn.handle_send_queued(n, self.table.stack.host.clock()))
 
     def unsent(self, so: Socket) -> int:
         """Bytes at the end of so_snd not yet transmitted once (beyond snd_max)."""
@@ -317,7 +314,9 @@ class TCPProtocol(Protocol):
         read = inp.delivered - so.so_rcv.sb_cc - inp.read_reported
         if read > 0:
             inp.read_reported += read
-            self.drive(so, ReceiveRead(read))
+            # drive(so, ReceiveRead(read)) without building the event
+            conn = inp.conn
+            self._carry_out(so, inp, conn.handle_receive_read(read, self.table.stack.host.clock()))
 
     def shutdown(self, so: Socket) -> None:
         inp = self.pcb(so)
@@ -394,13 +393,13 @@ class TCPProtocol(Protocol):
         conn = inp.conn
         if conn is None:
             raise KernelAssertion(f"{so!r}: no TCP connection to drive")
-        self._carry_out(so, inp, conn.handle(ev, _host(self.table).clock()))
+        self._carry_out(so, inp, conn.handle(ev, self.table.stack.host.clock()))
 
     def drive_segment(self, so: Socket, inp: TCPPcb, seg: Segment) -> None:
         """tcp_input's hand-off to the core for a segment of ``inp``'s connection."""
         conn = inp.conn
         assert conn is not None
-        self._carry_out(so, inp, conn.handle_segment(seg, _host(self.table).clock()))
+        self._carry_out(so, inp, conn.handle_segment(seg, self.table.stack.host.clock()))
 
     def _carry_out(self, so: Socket, inp: TCPPcb, actions: list[Any]) -> None:
         for a in actions:
@@ -427,7 +426,7 @@ class TCPProtocol(Protocol):
             m = m_copym(a.payload, 0, m_length(a.payload))
         if a.skip:
             m_adj(m, a.skip)
-        extra = m_length(m) - a.length
+        extra = (m.m_len if m.m_next is None else m_length(m)) - a.length
         if extra > 0:
             m_adj(m, -extra)
         if a.length == 0 or so.so_state & SS_CANTRCVMORE:
@@ -442,8 +441,14 @@ class TCPProtocol(Protocol):
         if old is not None:
             old.cancel()
         kind = a.kind
-        host = _host(self.table)
-        t = host.schedule(a.when, lambda: self._timer(so, inp, kind))
+        host = self.table.stack.host
+        # host.schedule(a.when, ...), inlined: a timer is set for most segments
+        sched = host.net.sched
+        now = sched.now
+        t = sched.post(
+            a.when if a.when > now else now,
+            functools.partial(host.kernel, functools.partial(self._timer, so, inp, kind), None),
+        )
         inp.timers[kind] = t
         if kind is TimerKind.PERSIST:
             host.net.note_background(t)
@@ -486,12 +491,13 @@ class TCPProtocol(Protocol):
         """tcp_output's packet: the payload is m_copym of the send buffer."""
         t = self.table
         layer = so.layer
+        hdr: bytes | bytearray | None
         if a.mss is None and a.wscale is None:
             # no options (every segment after the handshake): the 20 bytes
-            # pack_tcp would lay out, without building a TCPHeader first
-            hdr: bytes | bytearray = _TCP_NOOPT.pack(
-                inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
-            )
+            # pack_tcp would lay out, packed in place below without building
+            # a TCPHeader first
+            hdr = None
+            hlen = TCP_HDR_LEN
         else:
             hdr = pack_tcp(
                 TCPHeader(
@@ -499,7 +505,7 @@ class TCPProtocol(Protocol):
                     wscale=a.wscale,
                 )
             )
-        hlen = len(hdr)
+            hlen = len(hdr)
         # tcp_build_datapkt: data that fits the header mbuf's trailing space
         # (MHLEN - max_linkhdr - IP and TCP headers) is copied there with
         # m_copydata (the CPU reads loaned pages through their KVA); more is
@@ -523,11 +529,21 @@ class TCPProtocol(Protocol):
                 payload = layer.pool.m_gethdr()
                 payload.m_data = MAX_LINKHDR + 20 + hlen
             m = m_prepend(payload, hlen)
-        mtod_bytes(m)[0:hlen] = hdr
+        if hdr is None:
+            # into the storage at m_data (mtod without the view; M_PREPEND
+            # made the 20 bytes)
+            assert m.m_len >= TCP_HDR_LEN
+            buf = m.m_dat if not m.m_flags & M_EXT else m._kmem()
+            assert buf is not None
+            _TCP_NOOPT.pack_into(
+                buf, m.m_data, inp.lport, inp.fport, a.seq, a.ack, 0x50, a.flags, a.wnd, 0, 0
+            )
+        else:
+            mtod_bytes(m)[0:hlen] = hdr
         st = t.tcpstat
         st["tcps_sndtotal"] += 1
-        mach = t.stack.machine
-        mach.platform.charge(mach.profile.costs.per_packet_ns)  # tcp_output's work per segment
+        plat = t.stack.plat
+        plat.cpus[plat.cur].clock += t.stack.per_packet_ns  # tcp_output's work per segment
         if a.data_len:
             st["tcps_sndrexmitpack" if a.retransmit else "tcps_sndpack"] += 1
             if _has_loan(m):
@@ -591,21 +607,27 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
     """Validate, checksum, find the pcb (or a listener: sonewconn), drive the core."""
     st = t.tcpstat
     st["tcps_rcvtotal"] += 1
-    mach = t.stack.machine
-    mach.platform.charge(mach.profile.costs.per_packet_ns)  # tcp_input's work per segment
-    n = m_length(m)
+    plat = t.stack.plat
+    plat.cpus[plat.cur].clock += t.stack.per_packet_ns  # tcp_input's work per segment
+    n = m.m_len if m.m_next is None else m_length(m)  # one cluster: no walk
     # the header is read in place (tcp_input's M_REGION_GET of a header
     # that sits contiguous in the first mbuf), not copied
-    buf = m_peek(m, min(n, 60))
     th: TCPHeader | Malformed | None = None
-    if n >= TCP_HDR_LEN and len(buf) >= TCP_HDR_LEN and buf[12] == 0x50:
+    fl = m.m_flags
+    kb: bytearray | None = None
+    if m.m_len >= TCP_HDR_LEN and not fl & M_EXT_PAGES:
+        kb = m.m_dat if not fl & M_EXT else m._kmem()
+    if kb is not None and kb[m.m_data + 12] == 0x50:
         # th_off 5, no options (every segment after the handshake): the
-        # fixed header is all parse_tcp would read, so unpack it here
-        sport, dport, seq, ack, _off, flags, win, _sum, _urp = _TCP_NOOPT.unpack_from(buf)
+        # fixed header is all parse_tcp would read, so unpack it here,
+        # from the storage at m_data (m_peek without the view)
+        sport, dport, seq, ack, _off, flags, win, _sum, _urp = _TCP_NOOPT.unpack_from(
+            kb, m.m_data
+        )
         hlen = TCP_HDR_LEN
         mss = wscale = None
     else:
-        th = parse_tcp(buf, n)
+        th = parse_tcp(m_peek(m, min(n, 60)), n)
         if isinstance(th, Malformed):
             st[th.stat] += 1
             m_freem(m)
@@ -619,7 +641,7 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
     plen = n - hlen
     inp = t.conns.get((ip.dst, dport, ip.src, sport))
     if inp is None or inp.closed:
-        full = parse_tcp(buf, n) if th is None else th
+        full = parse_tcp(m_peek(m, min(n, 60)), n) if th is None else th
         assert not isinstance(full, Malformed)
         m_adj(m, hlen)
         seglen = plen + (1 if flags & TH_SYN else 0) + (1 if flags & 0x01 else 0)

@@ -1,5 +1,5 @@
-"""copy_page, copy_pages, copyin1, cksum_sum, cksum_bytes and gather_cksum
-are bound per arena (with the C backend, to uvmloan._physmem_fast): every
+"""copy_page, copy_pages, copyin1, cksum_sum, cksum_bytes, gather_cksum and
+gather_frame are bound per arena (with the C backend, to uvmloan._physmem_fast): every
 argument form and error behaves as the Python methods behind them, on both
 backends, and a bound call never outlives the arena."""
 
@@ -95,6 +95,10 @@ CALLS: list[tuple[str, Callable[[PhysMem], object]]] = [
     ("copyin1 bytearray", lambda m: m.copyin1(2, 0, bytearray(b"xy"))),
     ("copyin1 memoryview", lambda m: m.copyin1(2, 1, memoryview(b"xyz")[1:])),
     ("copyin1 past the page", lambda m: m.copyin1(3, PS - 2, b"xyz")),
+    ("copyin1 view past the page", lambda m: m.copyin1(3, PS - 2, memoryview(bytearray(3)))),
+    ("copyin1 strided view", lambda m: m.copyin1(2, 0, memoryview(b"abcdef")[::2])),
+    ("copyin1 wide items", lambda m: m.copyin1(2, 3, memoryview(array.array("I", [1, 2 << 20])))),
+    ("copyin1 view bad frame", lambda m: m.copyin1(N, 0, memoryview(bytearray(1)))),
     ("copyin1 bad frame", lambda m: m.copyin1(N, 0, b"x")),
     ("copyin1 negative offset", lambda m: m.copyin1(1, -1, b"x")),
     ("copyin1 bool frame", lambda m: m.copyin1(True, 0, b"x")),
@@ -144,6 +148,27 @@ CALLS: list[tuple[str, Callable[[PhysMem], object]]] = [
     ("gather bytes out", lambda m: m.gather_cksum([(1, 0, 1)], b"xx")),  # type: ignore[arg-type]
     ("gather memoryview out", lambda m: m.gather_cksum([(1, 0, 1)], memoryview(bytearray(3)))),
     ("gather keywords", lambda m: m.gather_cksum([(1, 0, 1)], bytearray(3), offset=1)),
+    # gather_frame: kernel-memory parts and runs of pieces into a new frame
+    ("frame mixed", lambda m: m.gather_frame([b"ab", array.array("q", [1, 1, 9]), b"c"], 12, 1)),
+    ("frame no sum", lambda m: m.gather_frame([memoryview(b"xyz")[1:]], 2, -1)),
+    ("frame empty", lambda m: m.gather_frame([], 0, 0)),
+    (
+        "frame initial",
+        lambda m: m.gather_frame([b"ab", array.array("q", [2, 3, 7])], 9, 0, 2**64 - 9),
+    ),
+    ("frame initial negative", lambda m: m.gather_frame([b"ab"], 2, 0, -1)),
+    ("frame initial too big", lambda m: m.gather_frame([b"ab"], 2, 0, 2**64)),
+    ("frame initial SubInt", lambda m: m.gather_frame([b"ab"], 2, 0, SubInt(3))),
+    ("frame run before sum", lambda m: m.gather_frame([array.array("q", [1, 0, 4])], 4, 1)),
+    ("frame too short", lambda m: m.gather_frame([b"ab"], 3, 0)),
+    ("frame too long", lambda m: m.gather_frame([b"ab", array.array("q", [1, 0, 4])], 5, 0)),
+    ("frame bad frame", lambda m: m.gather_frame([array.array("q", [N, 0, 1])], 1, 0)),
+    ("frame tuple parts", lambda m: m.gather_frame((b"ab",), 2, 0)),  # type: ignore[arg-type]
+    ("frame str part", lambda m: m.gather_frame(["ab"], 2, 0)),
+    ("frame list part", lambda m: m.gather_frame([[(1, 0, 2)]], 2, 0)),
+    ("frame SubInt size", lambda m: m.gather_frame([b"ab"], SubInt(2), 0)),
+    ("frame negative size", lambda m: m.gather_frame([], -1, 0)),
+    ("frame keywords", lambda m: m.gather_frame([b"ab"], 2, sum_from=0)),
 ]
 
 
@@ -193,6 +218,7 @@ def test_the_bound_io_and_sums_after_close_report_the_closed_arena(backend: str)
         lambda: m.copyin1(1, 0, b"x"),
         lambda: m.cksum_sum([(1, 0, 4)]),
         lambda: m.gather_cksum([(1, 0, 4)], bytearray(4)),
+        lambda: m.gather_frame([array.array("q", [1, 0, 4])], 4, 0),
     ]
     m.close()
     for call in calls:

@@ -159,3 +159,73 @@ def test_twin_and_c_agree_on_a_64k_chain() -> None:
             out = bytearray(16 * PS)
             results.append((m.gather_cksum(flat(pieces), out, 0, 2**64 - 1), bytes(out)))
     assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------- gather_frame
+
+kmem_part = st.binary(max_size=90)
+frame_part = st.one_of(kmem_part, st.lists(piece, max_size=4))
+
+
+def _parts(spec: list[bytes | list[tuple[int, int, int]]]) -> list[memoryview | array.array[int]]:
+    """The parts as dma_read lists them: views of kernel memory, piece arrays."""
+    return [memoryview(bytearray(p)) if isinstance(p, bytes) else flat(p) for p in spec]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    spec=st.lists(frame_part, max_size=6),
+    sum_from=st.integers(-1, 45),
+    initial=st.one_of(st.just(0), st.integers(0, 0xFFFF), st.integers(2**64 - 2**20, 2**64 - 1)),
+    backend=st.sampled_from(BACKENDS),
+)
+def test_gather_frame_matches_reference(
+    spec: list[bytes | list[tuple[int, int, int]]], sum_from: int, initial: int, backend: str
+) -> None:
+    with PhysMem(NFRAMES, PS, backend=backend) as m:
+        for f in range(NFRAMES):
+            m.fill_page(f, 0xFF if f % 2 else (f * 37 + 1) & 0xFF)
+        m.copyin([3], 1, bytes(range(256)) * 8)
+        data = b"".join(p if isinstance(p, bytes) else contents(m, p) for p in spec)
+        # a run of arena pieces before the summed segment is refused
+        pos, early = 0, False
+        for p in spec:
+            if not isinstance(p, bytes):
+                early = early or (0 <= pos < sum_from)
+            pos += len(p) if isinstance(p, bytes) else sum(x[2] for x in p)
+        parts = _parts(spec)
+        if early:
+            with pytest.raises(PhysMemValueError, match="before sum_from"):
+                m.gather_frame(parts, len(data), sum_from, initial)
+            return
+        frame, s = m.gather_frame(parts, len(data), sum_from, initial)
+        assert type(frame) is bytearray and bytes(frame) == data
+        assert s == (ref_sum(data[sum_from:], initial) if sum_from >= 0 else 0)
+        # the bound method (C with the extension) and the Python twin agree
+        assert m._gather_frame(parts, len(data), sum_from, initial) == (frame, s)
+
+
+def test_gather_frame_refuses_parts_of_another_size(pm: PhysMem) -> None:
+    parts = _parts([b"abcd", [(1, 0, 10)]])
+    for size in (13, 15):
+        with pytest.raises(PhysMemValueError, match="hold"):
+            pm.gather_frame(parts, size, 0)
+    with pytest.raises(PhysMemValueError, match="negative size"):
+        pm.gather_frame([], -1, 0)
+    assert pm.gather_frame([], 0, 0) == (bytearray(), 0)
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="needs the C module")
+def test_gather_frame_twin_and_c_agree_on_a_64k_chain() -> None:
+    # a TCP/IP header in kernel memory, then 16 lent pages: netif's transmit path
+    pieces = [(f, (f * 5) % 7, PS - (f * 5) % 7 - f % 2) for f in range(16)]
+    hdr = bytes(range(40))
+    results = []
+    for backend in ("c", "python"):
+        with PhysMem(16, PS, backend=backend) as m:
+            for f in range(16):
+                m.copyin([f], 0, bytes((0xFF if i % 3 else i * f) & 0xFF for i in range(PS)))
+            size = 40 + sum(p[2] for p in pieces)
+            results.append(m.gather_frame([memoryview(hdr), flat(pieces)], size, 20, 0x1_2345))
+    assert results[0] == results[1]
+    assert results[0][1] == ref_sum(bytes(results[0][0][20:]), 0x1_2345)

@@ -94,6 +94,37 @@ def test_scheduler_run_until_and_max_events() -> None:
     assert s.next_time() is None
 
 
+def test_scheduler_step_by_runs_only_what_is_due_by_the_deadline() -> None:
+    s = Scheduler()
+    ran: list[int] = []
+    t1 = s.post(5, functools.partial(ran.append, 5))
+    s.call_at(10, functools.partial(ran.append, 10))
+    s.post(20, functools.partial(ran.append, 20))
+    t1.cancel()
+    # the cancelled head is skipped; 10 is due by 12, 20 is not
+    assert s.step_by(12) and ran == [10] and s.now == 10
+    assert not s.step_by(12) and ran == [10] and s.now == 10
+    assert s.step_by(20) and ran == [10, 20] and s.now == 20
+    assert not s.step_by(1_000)
+    assert repr(t1).startswith("Timer(when=5, seq=1, fn=None")
+
+
+def test_scheduler_compaction_keeps_the_order_of_what_is_live() -> None:
+    # re-armed far timers leave cancelled entries; post() drops them once the
+    # heap is large, and what runs (and in what order) is unchanged
+    s = Scheduler()
+    ran: list[int] = []
+    far = None
+    for i in range(3000):
+        if far is not None:
+            far.cancel()
+        far = s.post(10_000_000 + i, functools.partial(ran.append, -i))
+        s.post(i // 7, functools.partial(ran.append, i))  # equal times: insertion order
+    assert s.pending() == 3001 and len(s._heap) < 2 * 3001
+    s.run()
+    assert ran == [*range(3000), -2999]
+
+
 def test_scheduler_argument_errors() -> None:
     s = Scheduler()
     s.run_until(100)

@@ -172,6 +172,14 @@ class GatherCksum(Protocol):
     ) -> tuple[int, int]: ...
 
 
+class GatherFrame(Protocol):
+    """The type of :attr:`PhysMem.gather_frame`."""
+
+    def __call__(
+        self, parts: list[Any], size: int, sum_from: int, initial: int = 0
+    ) -> tuple[bytearray, int]: ...
+
+
 def _live(ref: weakref.ReferenceType[PhysMem], op: str) -> PhysMem:
     pm = ref()
     if pm is None:  # a bound method outlived its PhysMem
@@ -209,6 +217,20 @@ def _slow_gather_cksum(
     initial: int = 0,
 ) -> tuple[int, int]:
     return _live(ref, "gather_cksum")._gather_cksum(pieces, out, offset, initial)
+
+
+def _swap16(s: int) -> int:
+    return ((s >> 8) | (s << 8)) & 0xFFFF
+
+
+def _slow_gather_frame(
+    ref: weakref.ReferenceType[PhysMem],
+    parts: list[Any],
+    size: int,
+    sum_from: int,
+    initial: int = 0,
+) -> tuple[bytearray, int]:
+    return _live(ref, "gather_frame")._gather_frame(parts, size, sum_from, initial)
 
 
 def _slow_copy_page(ref: weakref.ReferenceType[PhysMem], src: int, dst: int) -> None:
@@ -263,8 +285,8 @@ class PhysMem:
     Python frame, no cffi conversion per call) which hand anything but the
     common case to the Python methods, so arguments and errors are those of
     every other operation.  ``zero_page(frame)``, ``copyin1(frame, offset, data)``
-    (``copyin`` of one frame: a user store), :meth:`cksum_sum`, :meth:`cksum_bytes` and
-    :meth:`gather_cksum` are bound the same way.
+    (``copyin`` of one frame: a user store), :meth:`cksum_sum`, :meth:`cksum_bytes`,
+    :meth:`gather_cksum` and :meth:`gather_frame` are bound the same way.
     """
 
     POISON_BYTE: ClassVar[int] = POISON_BYTE
@@ -276,6 +298,7 @@ class PhysMem:
     cksum_sum: CksumSum
     cksum_bytes: CksumBytes
     gather_cksum: GatherCksum
+    gather_frame: GatherFrame
 
     npages: int
     page_size: int
@@ -387,6 +410,7 @@ class PhysMem:
         slow_sum = functools.partial(_slow_cksum_sum, ref)
         slow_bytes = functools.partial(_slow_cksum_bytes, ref)
         slow_gather = functools.partial(_slow_gather_cksum, ref)
+        slow_frame = functools.partial(_slow_gather_frame, ref)
         if self._c and _fastmod is not None:
             addr = int(self._ffi.cast("uintptr_t", h))
             fast = _fastmod.Fast(
@@ -399,6 +423,7 @@ class PhysMem:
                 slow_sum,
                 slow_bytes,
                 slow_gather,
+                slow_frame,
             )
             self._fast = fast
             self.copy_page = fast.copy_page
@@ -408,6 +433,7 @@ class PhysMem:
             self.cksum_sum = fast.cksum_sum
             self.cksum_bytes = fast.cksum_bytes
             self.gather_cksum = fast.gather_cksum
+            self.gather_frame = fast.gather_frame
         else:
             self.copy_page = slow_one
             self.copy_pages = slow_many
@@ -416,6 +442,7 @@ class PhysMem:
             self.cksum_sum = slow_sum
             self.cksum_bytes = slow_bytes
             self.gather_cksum = slow_gather
+            self.gather_frame = slow_frame
 
     def _create_failed(self, rc: int) -> None:
         if rc == _py.PM_ENOMEM:
@@ -778,6 +805,70 @@ class PhysMem:
             if rc == 0:
                 return int(cell[0]), int(sum_cell[0])
         raise self._diag_pieces("gather_cksum", rc, p, bufsize=n, initial=initial)
+
+    def _gather_frame(
+        self, parts: list[Any], size: int, sum_from: int, initial: int = 0
+    ) -> tuple[bytearray, int]:
+        """``gather_frame``: a new ``size``-byte frame of ``parts``, and its sum from ``sum_from``.
+
+        What a NIC reads for one transmitted packet: each part is either a
+        flat ``array('q')`` of (frame, offset, length) triples (a run of arena
+        pieces, gathered and summed in one pass as :meth:`gather_cksum`) or
+        any other contiguous buffer (kernel memory, copied).  The parts must
+        hold exactly ``size`` bytes.  The sum is the folded ones'-complement
+        sum (not inverted, as :meth:`cksum_sum`) of the frame's bytes from
+        offset ``sum_from`` on (the transport segment: the checksum field
+        still zero) plus ``initial`` (a pseudo-header sum; any value in
+        [0, 2**64)), or 0 when ``sum_from`` is negative; a run of arena pieces
+        must then start at or after ``sum_from``.  The bound method is the C
+        one when the extension is built: the frame is a new bytearray filled
+        part by part, without a Python object per piece.  This is its
+        Python twin, built on :meth:`gather_cksum` and :meth:`cksum_bytes`.
+        """
+        if type(size) is not int:
+            size = _as_int("gather_frame: size", size)
+        if type(sum_from) is not int:
+            sum_from = _as_int("gather_frame: sum_from", sum_from)
+        if type(initial) is not int:
+            initial = _as_int("gather_frame: initial", initial)
+        if not 0 <= initial < 1 << 64:
+            raise PhysMemValueError(f"gather_frame: initial {initial} is not in [0, 2**64)")
+        if size < 0:
+            raise PhysMemValueError(f"gather_frame: negative size {size}")
+        summing = sum_from >= 0
+        frame = bytearray(size)
+        pos = 0
+        total = 0  # each part's sum placed at its parity in the segment, unfolded
+        for part in parts:
+            if type(part) is array.array:
+                if summing and pos < sum_from:
+                    raise PhysMemValueError(
+                        f"gather_frame: a run of arena pieces at {pos}, before sum_from {sum_from}"
+                    )
+                n, s = self.gather_cksum(part, frame, pos)
+                if summing:
+                    total += _swap16(s) if (pos - sum_from) & 1 else s
+                pos += n
+            else:
+                mv = memoryview(part).cast("B")
+                end = pos + len(mv)
+                if end > size:
+                    raise PhysMemValueError(
+                        f"gather_frame: the parts hold more than {size} bytes"
+                    )
+                frame[pos:end] = mv
+                if summing and end > sum_from:
+                    start = pos if pos > sum_from else sum_from
+                    s = self.cksum_bytes(memoryview(frame)[start:end])
+                    total += _swap16(s) if (start - sum_from) & 1 else s
+                pos = end
+        if pos != size:
+            raise PhysMemValueError(f"gather_frame: the parts hold {pos} bytes, not {size}")
+        if summing:
+            total += initial
+        while total > 0xFFFF:
+            total = (total & 0xFFFF) + (total >> 16)
+        return frame, total
 
     def scatter(self, pieces: Iterable[Piece] | PieceArray, data: BufferLike) -> None:
         """Write ``data`` over the pieces in order; ``len(data)`` must equal their total."""

@@ -13,14 +13,22 @@ from collections.abc import Callable
 
 import attrs
 
+# The smallest heap post() compacts (Scheduler._compact).
+_COMPACT_MIN = 1024
 
-@attrs.define(slots=True, eq=False)
+
 class Timer:
     """A handle to a scheduled callback; ``cancel()`` makes it a no-op."""
 
-    when: int
-    seq: int
-    fn: Callable[[], None] | None
+    # A plain slotted class rather than an attrs one: one is built for every
+    # callback the network schedules (several per TCP segment), and the
+    # attrs-generated __init__ was a measurable part of scheduling.
+    __slots__ = ("fn", "seq", "when")
+
+    def __init__(self, when: int, seq: int, fn: Callable[[], None] | None) -> None:
+        self.when = when
+        self.seq = seq
+        self.fn = fn
 
     def cancel(self) -> None:
         self.fn = None
@@ -32,6 +40,9 @@ class Timer:
     def __lt__(self, other: Timer) -> bool:
         return (self.when, self.seq) < (other.when, other.seq)
 
+    def __repr__(self) -> str:
+        return f"Timer(when={self.when!r}, seq={self.seq!r}, fn={self.fn!r})"
+
 
 @attrs.define(slots=True, eq=False)
 class Scheduler:
@@ -41,16 +52,44 @@ class Scheduler:
     # (when, seq, timer): tuples compare in C, far faster than Timer.__lt__
     _heap: list[tuple[int, int, Timer]] = attrs.field(factory=list)
     _seq: int = 0
+    # The heap size at which post() drops the cancelled entries (see _compact).
+    _compact_at: int = _COMPACT_MIN
 
     def call_at(self, when: int, fn: Callable[[], None]) -> Timer:
         if not isinstance(when, int):
             raise TypeError(f"when must be integer nanoseconds, not {type(when).__name__}")
         if when < self.now:
             raise ValueError(f"cannot schedule at {when} ns, before now ({self.now} ns)")
-        self._seq += 1
-        timer = Timer(when, self._seq, fn)
-        heapq.heappush(self._heap, (when, self._seq, timer))
+        return self.post(when, fn)
+
+    def post(self, when: int, fn: Callable[[], None]) -> Timer:
+        """``call_at`` for the simulator's own callers, which schedule at an
+        int time not before now by construction (a CPU clock, now plus a
+        non-negative delay): the checks are a KASSERT here, not an error."""
+        assert when >= self.now, (when, self.now)
+        seq = self._seq = self._seq + 1
+        timer = Timer(when, seq, fn)
+        heap = self._heap
+        heapq.heappush(heap, (when, seq, timer))
+        if len(heap) >= self._compact_at:
+            self._compact()
         return timer
+
+    def _compact(self) -> None:
+        """Drop the cancelled entries from the heap.
+
+        A re-armed callout (TCP's retransmit and delayed-ACK timers, on
+        nearly every segment) leaves its cancelled entry behind until its
+        time comes, so the heap would hold thousands of dead entries and
+        every push and pop would pay for them.  Entries are ordered by
+        (when, seq), which is unique, so the order the live ones run in is
+        the same with or without them.  Amortised: the next compaction waits
+        until the heap has doubled again.
+        """
+        heap = self._heap
+        heap[:] = [e for e in heap if e[2].fn is not None]
+        heapq.heapify(heap)
+        self._compact_at = max(_COMPACT_MIN, 2 * len(heap))
 
     def call_after(self, delay: int, fn: Callable[[], None]) -> Timer:
         if not isinstance(delay, int) or delay < 0:
@@ -73,13 +112,36 @@ class Scheduler:
 
     def step(self) -> bool:
         """Run the earliest callback; False when nothing is pending."""
-        while self._heap:
-            _, _, timer = heapq.heappop(self._heap)
+        heap = self._heap
+        while heap:
+            _, _, timer = heapq.heappop(heap)
             fn = timer.fn
             if fn is None:
                 continue
             timer.fn = None
-            self.now = max(self.now, timer.when)
+            if timer.when > self.now:
+                self.now = timer.when
+            fn()
+            return True
+        return False
+
+    def step_by(self, deadline: int) -> bool:
+        """Run the earliest callback if it is due at or before ``deadline``;
+        False (nothing run) when none is.  ``next_time`` and ``step`` in one
+        call, for loops that run the network until a condition holds."""
+        heap = self._heap
+        while heap:
+            when, _, timer = heap[0]
+            fn = timer.fn
+            if fn is None:
+                heapq.heappop(heap)
+                continue
+            if when > deadline:
+                return False
+            heapq.heappop(heap)
+            timer.fn = None
+            if when > self.now:
+                self.now = when
             fn()
             return True
         return False

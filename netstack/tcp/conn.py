@@ -41,6 +41,7 @@ from .events import (
     UserAbort,
     UserClose,
 )
+from .input import HAVERCVDFIN_STATES, tcp_input
 from .reass import ReassQueue
 from .rtt import RTTEstimator
 from .seq import SEQ_GT, SEQ_LEQ, SEQ_LT, seq_add, seq_sub
@@ -62,13 +63,15 @@ _SYNCHRONIZED = frozenset(
         TCPState.TIME_WAIT,
     }
 )
-# TCPS_HAVERCVDFIN (tcp_fsm.h).
-_HAVERCVDFIN = frozenset(
-    {TCPState.CLOSE_WAIT, TCPState.CLOSING, TCPState.LAST_ACK, TCPState.TIME_WAIT}
-)
+# TCPS_HAVERCVDFIN (tcp_fsm.h), defined with the input path that tests it inline.
+_HAVERCVDFIN = HAVERCVDFIN_STATES
 
 
 _TIMER_ORDER = tuple(TimerKind)
+# The states _check_event lets a SendQueued in.
+_SENDQUEUED_STATES = frozenset(
+    {TCPState.SYN_SENT, TCPState.SYN_RECEIVED, TCPState.ESTABLISHED, TCPState.CLOSE_WAIT}
+)
 
 
 class TCPInvariantError(AssertionError):
@@ -169,8 +172,6 @@ class TCPConnection:
         self._actions = []
         self._touched = {}
         if isinstance(event, SegmentArrived):
-            from .input import tcp_input
-
             tcp_input(self, event.seg)
         elif isinstance(event, SendQueued):
             self.sb_cc += event.nbytes
@@ -211,12 +212,47 @@ class TCPConnection:
         this path skips it (the per-segment cost of checking an attrs event
         twice was a fifth of the core's time).
         """
-        from .input import tcp_input
-
         self.now = now
         self._actions = []
         self._touched = {}
         tcp_input(self, seg)
+        return self._finish()
+
+    def handle_send_queued(self, nbytes: int, now: int) -> list[Action]:
+        """``handle(SendQueued(nbytes), now)`` for the kernel's own glue.
+
+        As ``handle_segment``: the glue passes a positive count and the host
+        clock.  Anything ``handle`` would refuse (a clock behind the last
+        event's, a send the state does not allow) goes through ``handle``,
+        which raises what it raises; the common case builds no event.
+        """
+        if (
+            now < self.now
+            or self.closed
+            or self.user_closed
+            or self.close_pending
+            or self.state not in _SENDQUEUED_STATES
+        ):
+            return self.handle(SendQueued(nbytes), now)
+        self.now = now
+        self._actions = []
+        self._touched = {}
+        self.sb_cc += nbytes
+        output.tcp_output(self)
+        return self._finish()
+
+    def handle_receive_read(self, nbytes: int, now: int) -> list[Action]:
+        """``handle(ReceiveRead(nbytes), now)`` for the kernel's own glue
+        (see ``handle_send_queued``)."""
+        if now < self.now or nbytes > self.so_rcv_cc:
+            return self.handle(ReceiveRead(nbytes), now)
+        self.now = now
+        self._actions = []
+        self._touched = {}
+        self.so_rcv_cc -= nbytes
+        st = self.state
+        if not self.closed and st in _SYNCHRONIZED and st != TCPState.TIME_WAIT:
+            output.tcp_output(self)
         return self._finish()
 
     def _finish(self) -> list[Action]:
@@ -227,13 +263,13 @@ class TCPConnection:
         touched = self._touched
         if touched:
             timers = self.timers
-            for kind in _TIMER_ORDER:
-                if kind in touched:
-                    new = timers.get(kind)
-                    if touched[kind] != new:
-                        actions.append(
-                            SetTimer(kind, new) if new is not None else CancelTimer(kind)
-                        )
+            # one timer touched (the usual case: DELACK on the receiver,
+            # REXMT on the sender) needs no ordering
+            kinds = touched if len(touched) == 1 else [k for k in _TIMER_ORDER if k in touched]
+            for kind in kinds:
+                new = timers.get(kind)
+                if touched[kind] != new:
+                    actions.append(SetTimer(kind, new) if new is not None else CancelTimer(kind))
         return actions
 
     def set_nodelay(self, on: bool) -> None:

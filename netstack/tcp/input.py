@@ -25,6 +25,7 @@ from .events import (
     TCPState,
     TimerKind,
 )
+from .output import tcp_output
 from .seq import SEQ_GEQ, SEQ_GT, SEQ_LEQ, SEQ_LT, seq_add, seq_sub
 
 if TYPE_CHECKING:
@@ -32,6 +33,20 @@ if TYPE_CHECKING:
 
 ECONNREFUSED = 61
 ECONNRESET = 54
+
+# The per-ACK path (every ACK of a bulk transfer takes _synchronized): the
+# sequence comparisons it makes for each are spelled out, as tcp_output's
+# are (SEQ_LT(a, b) is ((a - b) mod 2**32) >= 2**31; seq_sub(a, b) is that
+# difference made signed).
+_MASK = 0xFFFFFFFF
+_HALF = 1 << 31
+_MOD = 1 << 32
+
+# TCPS_HAVERCVDFIN (tcp_fsm.h): TCPConnection.have_rcvd_fin's states, tested
+# here without the call (conn.py takes the set from here).
+HAVERCVDFIN_STATES = frozenset(
+    {TCPState.CLOSE_WAIT, TCPState.CLOSING, TCPState.LAST_ACK, TCPState.TIME_WAIT}
+)
 
 
 def tcp_input(tp: TCPConnection, seg: Segment) -> None:
@@ -101,10 +116,10 @@ def _predict(tp: TCPConnection, seg: Segment) -> bool:
         tp.snd_wl2 = ack
         if ack == tp.snd_max:
             tp.disarm(TimerKind.REXMT)
-        elif not tp.armed(TimerKind.PERSIST):
+        elif TimerKind.PERSIST not in tp.timers:  # not tp.armed(PERSIST)
             tp.arm(TimerKind.REXMT, tp.t_rxtcur)
         if tp.sb_cc:
-            tp.output()
+            tcp_output(tp)  # tp.output(), without the method's frame
         return True
     if ack != tp.snd_una or tp.segq or tlen > tp.sbspace:
         return False
@@ -120,7 +135,7 @@ def _predict(tp: TCPConnection, seg: Segment) -> bool:
         tp.delack = True
         tp.arm(TimerKind.DELACK, tp.cfg.delack_ns)
     if tp.acknow:
-        tp.output()
+        tcp_output(tp)  # tp.output(), without the method's frame
     return True
 
 
@@ -235,11 +250,20 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
         tp.output()
         return
 
-    tp.rcv_wnd = max(tp.sbspace, seq_sub(tp.rcv_adv, tp.rcv_nxt))
+    # rcv_wnd = max(sbspace, seq_sub(rcv_adv, rcv_nxt))
+    offered = (tp.rcv_adv - tp.rcv_nxt) & _MASK
+    if offered >= _HALF:
+        offered -= _MOD
+    space = tp.sb_hiwat_rcv - tp.so_rcv_cc  # tp.sbspace
+    if space < 0:
+        space = 0
+    tp.rcv_wnd = space if space >= offered else offered
 
     # Trim the head: what precedes rcv_nxt is a duplicate (RFC 9293 3.10.7.4 first).
     dupseg = False
-    todrop = seq_sub(tp.rcv_nxt, seq)
+    todrop = (tp.rcv_nxt - seq) & _MASK  # seq_sub(rcv_nxt, seq)
+    if todrop >= _HALF:
+        todrop -= _MOD
     if todrop > 0:
         if syn:
             syn = False
@@ -269,7 +293,10 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
         tlen -= todrop
 
     # Trim the tail beyond the window.
-    todrop = seq_sub(seq_add(seq, tlen), seq_add(tp.rcv_nxt, tp.rcv_wnd))
+    # seq_sub(seq_add(seq, tlen), seq_add(rcv_nxt, rcv_wnd))
+    todrop = (seq + tlen - tp.rcv_nxt - tp.rcv_wnd) & _MASK
+    if todrop >= _HALF:
+        todrop -= _MOD
     if todrop > 0:
         tp.stats.rcvpackafterwin += 1
         if todrop >= tlen:
@@ -351,7 +378,8 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             return
 
     needoutput = False
-    if SEQ_LEQ(ack, tp.snd_una):
+    d = (ack - tp.snd_una) & _MASK
+    if d == 0 or d >= _HALF:  # SEQ_LEQ(ack, snd_una)
         if tlen == 0 and not dupseg and tiwin == tp.snd_wnd and not fin:
             tp.stats.rcvdupack += 1
             if not tp.armed(TimerKind.REXMT) or ack != tp.snd_una:
@@ -371,19 +399,21 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             _dropafterack(tp)
             return
     else:
-        if SEQ_GT(ack, tp.snd_max):
+        if 0 < (ack - tp.snd_max) & _MASK < _HALF:  # SEQ_GT(ack, snd_max)
             tp.stats.rcvacktoomuch += 1
             _dropafterack(tp)
             return
         cc.fast_retransmit_newack(tp, ack)
-        acked = seq_sub(ack, tp.snd_una)
+        acked = (ack - tp.snd_una) & _MASK  # seq_sub(ack, snd_una)
+        if acked >= _HALF:
+            acked -= _MOD
         tp.stats.rcvackpack += 1
         tp.stats.rcvackbyte += acked
         tp.rtt_sample(ack)
         if ack == tp.snd_max:
             tp.disarm(TimerKind.REXMT)
             needoutput = True
-        elif not tp.armed(TimerKind.PERSIST):
+        elif TimerKind.PERSIST not in tp.timers:  # not tp.armed(PERSIST)
             tp.arm(TimerKind.REXMT, tp.t_rxtcur)
         cc.newack(tp, ack)
         if acked > tp.sb_cc:
@@ -395,10 +425,10 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             tp.snd_wnd = max(tp.snd_wnd - acked, 0)
             ourfinisacked = False
         tp.snd_una = ack
-        if SEQ_LT(tp.snd_nxt, tp.snd_una):
-            tp.snd_nxt = tp.snd_una
-        if SEQ_LT(tp.snd_high, tp.snd_una):
-            tp.snd_high = tp.snd_una
+        if (tp.snd_nxt - ack) & _MASK >= _HALF:  # SEQ_LT(snd_nxt, snd_una)
+            tp.snd_nxt = ack
+        if (tp.snd_high - ack) & _MASK >= _HALF:  # SEQ_LT(snd_high, snd_una)
+            tp.snd_high = ack
         if st == TCPState.FIN_WAIT_1:
             if ourfinisacked:
                 tp.fin_wait_2()
@@ -416,7 +446,8 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
             return
 
     _step6(tp, seg, seq, skip, tlen, fin, tiwin, push=push, needoutput=needoutput)
-    tp.apply_pending_close()
+    if tp.close_pending:  # tp.apply_pending_close(), which does nothing otherwise
+        tp.apply_pending_close()
 
 
 def _step6(
@@ -434,10 +465,13 @@ def _step6(
     """Window update, data, FIN, output (tcp_input from step6 on)."""
     ack = seg.ack
     if seg.flags & TH_ACK and (
-        SEQ_LT(tp.snd_wl1, seq)
+        (tp.snd_wl1 - seq) & _MASK >= _HALF  # SEQ_LT(snd_wl1, seq)
         or (
             tp.snd_wl1 == seq
-            and (SEQ_LT(tp.snd_wl2, ack) or (tp.snd_wl2 == ack and tiwin > tp.snd_wnd))
+            and (
+                (tp.snd_wl2 - ack) & _MASK >= _HALF  # SEQ_LT(snd_wl2, ack)
+                or (tp.snd_wl2 == ack and tiwin > tp.snd_wnd)
+            )
         )
     ):
         if tlen == 0 and tp.snd_wl2 == ack and tiwin > tp.snd_wnd:
@@ -448,7 +482,7 @@ def _step6(
         tp.max_sndwnd = max(tp.max_sndwnd, tiwin)
         needoutput = True
 
-    if (tlen or fin) and not tp.have_rcvd_fin():
+    if (tlen or fin) and tp.state not in HAVERCVDFIN_STATES:  # not tp.have_rcvd_fin()
         if seq == tp.rcv_nxt and not tp.segq and tp.state == TCPState.ESTABLISHED:
             # In order with nothing queued in ESTABLISHED: deliver and delay
             # the ACK (tcp_setup_ack).  Anything else goes through
@@ -482,7 +516,7 @@ def _step6(
         tp.arm(TimerKind.TWOMSL, 2 * tp.cfg.msl_ns)
 
     if needoutput or tp.acknow:
-        tp.output()
+        tcp_output(tp)  # tp.output(), without the method's frame
 
 
 def _reass(tp: TCPConnection, seg: Segment, seq: int, skip: int, tlen: int, fin: bool) -> bool:

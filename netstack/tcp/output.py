@@ -24,7 +24,7 @@ from .events import (
     TimerKind,
     Transmit,
 )
-from .seq import SEQ_GT, seq_add, seq_sub
+from .seq import SEQ_GT, seq_add
 
 if TYPE_CHECKING:
     from .conn import TCPConnection
@@ -67,7 +67,9 @@ def rcv_window(tp: TCPConnection) -> int:
     if win > top:
         win = top
     # Never shrink the window already offered (RFC 9293 3.8.6.2.2).
-    offered = seq_sub(tp.rcv_adv, tp.rcv_nxt)
+    offered = (tp.rcv_adv - tp.rcv_nxt) & _MASK  # seq_sub(rcv_adv, rcv_nxt), inlined
+    if offered >= _HALF:
+        offered -= _MOD
     return win if win > offered else offered
 
 
@@ -77,6 +79,7 @@ def rcv_window(tp: TCPConnection) -> int:
 # rather than calling the seq helpers for each.
 _MASK = 0xFFFFFFFF
 _HALF = 1 << 31
+_MOD = 1 << 32
 _REXMT = TimerKind.REXMT
 _PERSIST = TimerKind.PERSIST
 _DELACK = TimerKind.DELACK
@@ -96,7 +99,9 @@ def tcp_output(tp: TCPConnection) -> None:
     outflags = TCP_OUTFLAGS[st]
     while True:
         sendalot = False
-        off = seq_sub(tp.snd_nxt, tp.snd_una)
+        off = (tp.snd_nxt - tp.snd_una) & _MASK  # seq_sub(snd_nxt, snd_una)
+        if off >= _HALF:
+            off -= _MOD
         snd_wnd = tp.snd_wnd
         cwnd = tp.snd_cwnd
         win = snd_wnd if snd_wnd < cwnd else cwnd
@@ -151,7 +156,10 @@ def tcp_output(tp: TCPConnection) -> None:
             if rwin > 0:
                 top = TCP_MAXWIN << tp.rcv_scale
                 recwin = rwin if rwin < top else top
-                adv = recwin - seq_sub(tp.rcv_adv, tp.rcv_nxt)
+                offered = (tp.rcv_adv - tp.rcv_nxt) & _MASK  # seq_sub(rcv_adv, rcv_nxt)
+                if offered >= _HALF:
+                    offered -= _MOD
+                adv = recwin - offered
                 if adv >= 2 * tp.t_ourmss or 2 * adv >= tp.sb_hiwat_rcv:
                     send = True
         if not send and (

@@ -453,3 +453,40 @@ def test_segments_that_are_not_predicted() -> None:
     d.seg(D + 1000, U, n=100, at=1 * S + 1 * MS)
     d.seg(D + 100, U, flags=TH_ACK | TH_FIN, at=1 * S + 2 * MS)
     assert d.conn.stats.preddat == 0 and d.conn.stats.predack == 0
+
+
+# ------------------------------------------- the glue's entry points
+
+
+def test_glue_entry_points_act_as_handle_does() -> None:
+    # handle_send_queued / handle_receive_read are handle(SendQueued) /
+    # handle(ReceiveRead) without the event: same actions, same state, and
+    # what handle refuses they refuse with handle's own error
+    import pytest
+
+    from netstack.tcp import TCPUsageError
+
+    a, b = client(), client()
+    for d in (a, b):
+        d.seg(D, U, n=1460, at=1 * S)
+    steps: list[tuple[str, int, int]] = [
+        ("send", 3000, 2 * S), ("read", 1000, 2 * S), ("send", 100, 3 * S), ("read", 460, 3 * S),
+    ]
+    for what, n, at in steps:
+        if what == "send":
+            want = a.ev(SendQueued(n), at=at)
+            got = b.conn.handle_send_queued(n, at)
+        else:
+            want = a.ev(ReceiveRead(n), at=at)
+            got = b.conn.handle_receive_read(n, at)
+        b.conn.check_invariants()
+        assert got == want
+        assert (b.conn.snd_nxt, b.conn.sb_cc, b.conn.so_rcv_cc, b.conn.timers) == (
+            a.conn.snd_nxt, a.conn.sb_cc, a.conn.so_rcv_cc, a.conn.timers)
+    with pytest.raises(TCPUsageError, match="ReceiveRead"):
+        b.conn.handle_receive_read(1, 4 * S)  # nothing left to read
+    with pytest.raises(ValueError, match="before the previous"):
+        b.conn.handle_send_queued(1, 1 * S)  # the clock ran backwards
+    b.ev(UserClose(), at=5 * S)
+    with pytest.raises(TCPUsageError, match="after UserClose"):
+        b.conn.handle_send_queued(1, 6 * S)
