@@ -380,7 +380,7 @@ def _synchronized(tp: TCPConnection, seg: Segment) -> None:
     needoutput = False
     d = (ack - tp.snd_una) & _MASK
     if d == 0 or d >= _HALF:  # SEQ_LEQ(ack, snd_una)
-        if tlen == 0 and not dupseg and tiwin == tp.snd_wnd and not fin:
+        if tlen == 0 and not dupseg and tiwin == tp.snd_wnd:
             tp.stats.rcvdupack += 1
             if not tp.armed(TimerKind.REXMT) or ack != tp.snd_una:
                 tp.t_dupacks = 0
