@@ -245,14 +245,22 @@ def report(r: dict[str, Any]) -> str:
         seg_x = max(x["segments"] / x["cpu"] for x in r["runs"]) / (
             (t["segments"] + t["acks"]) / t["cpu"])
         byt_x = max(size / x["cpu"] for x in r["runs"]) / (t["acked_bytes"] / t["cpu"])
-        # issue 9: the bytes are the target; the segments, as close to 1.0x as can be
+        # issue 9 sets both: at least 1.0x the segments and 10x the bytes
         met_b = "met" if byt_x >= 10.0 else "not met"
         met_s = "met" if seg_x >= 1.0 else "not met"
+        ns_b = t["acked_bytes"] / t["cpu"]
+        below = [
+            f"{'loan' if x['loan'] else 'copy'}/{x['trace']}"
+            for x in r["runs"]
+            if size / x["cpu"] < 10.0 * ns_b
+        ]
         lines.append(
-            "Goal (issue 9): at least 10x ns.py's acknowledged bytes per second, and as close "
-            "to 1.0x its TCP segments per second as can be; best run by CPU time: "
-            f"{byt_x:.1f}x its acknowledged bytes (10x: {met_b}) and {seg_x:.2f}x its "
-            f"segments (1.0x: {met_s})."
+            "Goal (issue 9): at least 1.0x ns.py's TCP segments per second and at least 10x "
+            "its acknowledged bytes per second.  Best run by CPU time: "
+            f"{seg_x:.2f}x its segments (1.0x: {met_s}) and {byt_x:.1f}x its acknowledged "
+            f"bytes (10x: {met_b}"
+            + (f"; below 10x: {', '.join(sorted(set(below)))}" if below else "; every mode")
+            + ")."
         )
         lines.append("")
     if "loadavg_start" in r:
