@@ -352,16 +352,7 @@ class IPStack:
                 return
             m, ip = got
         else:
-            hl = ip.hlen
-            if m.m_len > hl:
-                # m_adj(m, hl) when the header sits in the first mbuf with
-                # data after it (every received segment), as tcp_input does
-                m.m_data += hl
-                m.m_len -= hl
-                if m.m_flags & M_PKTHDR:
-                    m.m_pkthdr_len -= hl
-            else:
-                m_adj(m, hl)
+            m_adj(m, ip.hlen)
         fn = self.protosw.get(ip.p)
         if fn is None:
             # rip_input finds no raw socket and answers ICMP protocol

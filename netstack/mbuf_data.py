@@ -223,6 +223,14 @@ def m_peek(m: Mbuf, n: int) -> bytes | memoryview:
 
 def m_adj(m: Mbuf, req_len: int) -> None:
     """Trim ``req_len`` bytes from the head (positive) or the tail (negative)."""
+    if 0 <= req_len < m.m_len:
+        # the common case, a header in the first mbuf with data after it
+        # (ip_input and tcp_input strip theirs from every received segment)
+        m.m_data += req_len
+        m.m_len -= req_len
+        if m.m_flags & M_PKTHDR:
+            m.m_pkthdr_len -= req_len
+        return
     if req_len >= 0:
         left = req_len
         cur: Mbuf | None = m

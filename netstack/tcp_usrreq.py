@@ -31,7 +31,6 @@ from .mbuf import (
     M_EXT,
     M_EXT_PAGES,
     M_EXT_ROMAP,
-    M_PKTHDR,
     MHLEN,
     Mbuf,
     m_adj,
@@ -657,12 +656,6 @@ def tcp_input(t: TCPTable, m: Mbuf, ip: IPHeader, _ifp: object = None) -> None:
             st["tcps_listendrop"] += 1
             m_freem(m)
             return
-    elif m.m_len > hlen:
-        # m_adj(m, hlen) when the header sits in the first mbuf with data after it
-        m.m_data += hlen
-        m.m_len -= hlen
-        if m.m_flags & M_PKTHDR:
-            m.m_pkthdr_len -= hlen
     else:
         m_adj(m, hlen)
     so = inp.so
