@@ -257,3 +257,12 @@ def test_type_errors_name_the_argument() -> None:
     for be in available_backends():
         with fresh(be) as m, pytest.raises(PhysMemTypeError, match="src must be an int, not"):
             m.copy_page(1.5, 2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_gather_frame_names_a_part_it_cannot_read(backend: str) -> None:
+    with fresh(backend) as m:
+        for bad, kind in (("ab", "str"), ([(1, 0, 2)], "list")):
+            want = rf"gather_frame: part 1 is a {kind}: expected"
+            with pytest.raises(PhysMemTypeError, match=want):
+                m.gather_frame([b"x", bad], 3, 0)

@@ -839,7 +839,7 @@ class PhysMem:
         frame = bytearray(size)
         pos = 0
         total = 0  # each part's sum placed at its parity in the segment, unfolded
-        for part in parts:
+        for i, part in enumerate(parts):
             if type(part) is array.array:
                 if summing and pos < sum_from:
                     raise PhysMemValueError(
@@ -850,7 +850,13 @@ class PhysMem:
                     total += _swap16(s) if (pos - sum_from) & 1 else s
                 pos += n
             else:
-                mv = memoryview(part).cast("B")
+                try:
+                    mv = memoryview(part).cast("B")
+                except TypeError:
+                    raise PhysMemTypeError(
+                        f"gather_frame: part {i} is a {type(part).__name__}: expected an"
+                        " array('q') of (frame, offset, length) triples or a contiguous buffer"
+                    ) from None
                 end = pos + len(mv)
                 if end > size:
                     raise PhysMemValueError(
