@@ -1,13 +1,19 @@
 """The ns.py side of benchmarks/netstack.py, run in ns.py's own environment
 (benchmarks/ns_py_env.sh): prints one JSON object.
 
-    python _nspy_flow.py SIZE_BYTES RATE_BPS DELAY_S MSS
+    python _nspy_flow.py SIZE_BYTES RATE_BPS DELAY_S MSS QLIMIT_PACKETS
 
-* a TCP flow (TCPPacketGenerator with TCPReno, MSS as given) of SIZE bytes
-  through a Port of RATE bit/s and a Wire of DELAY s to a TCPSink whose ACKs
-  return over a Wire of the same delay: data segments the sender emitted
-  (first transmissions and retransmissions), ACKs, the bytes acknowledged
-  (the sender's last_ack), and the wall time of env.run;
+* a TCP flow (TCPPacketGenerator with TCPReno) of SIZE bytes through a Port
+  of RATE bit/s holding at most QLIMIT packets and a Wire of DELAY s to a
+  TCPSink whose ACKs return over a Wire of the same delay, run until the
+  sender's last_ack covers SIZE (as the ns-3 program stops at the last ACK):
+  data segments the sender emitted (first transmissions and
+  retransmissions), ACKs, the bytes acknowledged, and the wall and CPU time;
+  twice: with the congestion control's MSS and initial window set to the
+  sender's MSS ("tcp", the comparable configuration), and with TCPReno()'s
+  defaults (an MSS of 512 in the window arithmetic and a 512-byte initial
+  window while the sender cuts 1460-byte segments: "tcp_default_cc", how
+  this benchmark configured ns.py before);
 * a bare DistPacketGenerator -> Wire -> PacketSink path of MSS-sized packets
   at the line rate: packets delivered per wall second.
 
@@ -44,14 +50,20 @@ class Counter:
         self.out.put(pkt)
 
 
-def tcp_flow(size: int, rate: float, delay: float, mss: int) -> dict[str, Any]:
+def tcp_flow(
+    size: int, rate: float, delay: float, mss: int, qlimit: int, cc_mss: bool
+) -> dict[str, Any]:
     env = simpy.Environment()
     flow = Flow(fid=0, src="a", dst="b", size=size, start_time=0, finish_time=1e9)
-    sender = TCPPacketGenerator(env, flow=flow, cc=TCPReno(), element_id="a")
+    # TCPReno keeps its own MSS for the window arithmetic (default 512); the
+    # generator's mss only cuts the segments.  Left at 512 the window grows
+    # in 512-byte steps and most segments go out short of a full 1460.
+    cc = TCPReno(mss=mss, cwnd=mss) if cc_mss else TCPReno()
+    sender = TCPPacketGenerator(env, flow=flow, cc=cc, element_id="a")
     sender.mss = mss
     data = Counter()
     acks = Counter()
-    port = Port(env, rate=rate, qlimit=256)
+    port = Port(env, rate=rate, qlimit=qlimit)
     down = Wire(env, lambda: delay)
     up = Wire(env, lambda: delay)
     sink = TCPSink(env, rec_waits=False, rec_arrivals=False, rec_flow_ids=False)
@@ -64,9 +76,13 @@ def tcp_flow(size: int, rate: float, delay: float, mss: int) -> dict[str, Any]:
     up.out = sender
     t0 = time.perf_counter()
     c0 = time.process_time()
-    # a generous horizon: the transfer needs size * 8 / rate seconds of
-    # simulated time plus retransmission timeouts
-    env.run(until=size * 8 / rate * 20 + 60)
+    # until the last byte is acknowledged, within a generous horizon (the
+    # transfer needs size * 8 / rate seconds of simulated time plus
+    # retransmission timeouts); env.step is what env.run loops over
+    horizon = size * 8 / rate * 20 + 60
+    step = env.step
+    while sender.last_ack < size and env.peek() < horizon:
+        step()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     return {
@@ -96,10 +112,11 @@ def bare_path(n: int, rate: float, delay: float, size: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    size, rate, delay, mss = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(
-        sys.argv[4])
+    size, rate, delay = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    mss, qlimit = int(sys.argv[4]), int(sys.argv[5])
     print(json.dumps({
-        "tcp": tcp_flow(size, rate, delay, mss),
+        "tcp": tcp_flow(size, rate, delay, mss, qlimit, cc_mss=True),
+        "tcp_default_cc": tcp_flow(size, rate, delay, mss, qlimit, cc_mss=False),
         "bare": bare_path(max(size // mss, 1000), rate, delay, mss),
     }))
 
