@@ -23,3 +23,47 @@ def test_bench_transfer_moves_the_exact_bytes(loan: bool, monkeypatch: pytest.Mo
     # for at a time); the netbsd-10 default (MULTIPROCESSOR) never does
     assert (r["loan_big"] > 0) == loan
     sys.modules.pop("netstack_bench", None)
+
+
+def _run(loan: bool, trace: str, cpu: float, segments: int) -> dict[str, object]:
+    return {"loan": loan, "trace": trace, "wall": cpu, "cpu": cpu, "sends": 16,
+            "segments": segments, "data_segments": segments // 2, "loan_big": 0,
+            "wall_min": cpu, "wall_max": cpu, "repeats": 1}
+
+
+def test_report_judges_the_goal_against_the_comparable_nspy_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import netstack_bench as nb
+
+    size = 1 << 20
+    # ns.py (comparable cc): 1000 segments and 100,000 B per CPU second; with
+    # its default cc 10x fewer bytes; ns-3: 10 s for 1000 segments
+    nspy = {"tcp": {"segments": 600, "acks": 400, "acked_bytes": 100_000.0, "wall": 1.0,
+                    "cpu": 1.0},
+            "tcp_default_cc": {"segments": 600, "acks": 400, "acked_bytes": 10_000.0,
+                               "wall": 1.0, "cpu": 1.0},
+            "bare": {"packets": 10, "wall": 1.0, "cpu": 1.0}}
+    ns3 = {"run_s": 10.0, "run_s_min": 9.0, "run_s_max": 11.0, "runs": 5,
+           "data_segments": 600, "acks": 400, "acked_bytes": size, "drops": 0, "sim_s": 1.0}
+    # ours: size bytes in 1.048576 s -> exactly 10x ns.py's bytes, and 1000
+    # segments in that time -> 0.95x its segments
+    runs = [_run(True, "off", 1.048576, 1000), _run(False, "off", 2.0, 1000)]
+    r = {"size": size, "runs": runs, "nspy": nspy, "ns3": ns3, "loadavg_start": 0.0,
+         "loadavg_end": 0.0, "workload": {"delay_ns": 1_000_000, "queue": 100}}
+    text = nb.report(r)
+    assert "0.95x its segments (1.0x: not met)" in text
+    assert "10.0x its acknowledged bytes (10x: met; below 10x: copy/off)" in text
+    # the default-cc column is 10x the comparable one for the loan row
+    # (the CPU-time table's row: 1,000,000 acked B per CPU second); and the
+    # ns-3 columns: 953.7 segments per CPU second against its 100: 9.54x, and
+    # 1,000,000 / 104,857.6 = 9.54x its bytes
+    loan_row = [x for x in text.splitlines()
+                if x.startswith("| loan") and "1,000,000" in x][-1]
+    cells = [c.strip() for c in loan_row.strip("|").split("|")]
+    assert cells[4:] == ["0.95", "10.0", "100.0", "9.54", "9.54"]
+    # without peers the report still renders our rows, and no goal line
+    text = nb.report({**r, "nspy": None, "ns3": None})
+    assert "Goal" not in text and "| copy | off" in text
+    sys.modules.pop("netstack_bench", None)
