@@ -164,6 +164,14 @@ pm_create(int64_t npages, int64_t page_size, pm_arena **out)
         free(a);
         return PM_ENOMEM;
     }
+#ifdef MADV_HUGEPAGE
+    /* Transparent huge pages for the frames: the host kernel then takes one
+     * fault per 2 MiB of the arena the model first touches instead of one
+     * per 4 KiB (a first touch was a quarter of a zero-fill uvm_fault).  A
+     * hint only: where THP is off or unavailable this fails harmlessly and
+     * the arena is as before. */
+    (void)madvise(base, body, MADV_HUGEPAGE);
+#endif
     a->base = base;
     a->npages = npages;
     a->page_size = page_size;
