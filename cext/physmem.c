@@ -13,7 +13,8 @@
  * passed back in), so those two use memmove; the destinations of
  * copyout/gather are writable caller buffers, which cannot be arena views.
  *
- * Portable C11 plus POSIX mmap/mprotect; no compiler intrinsics, no
+ * Portable C11 plus POSIX mmap/mprotect (and madvise(MADV_HUGEPAGE) where
+ * the platform defines it, a hint only); no compiler intrinsics, no
  * -march assumptions.  Unaligned loads go through memcpy, which the compiler
  * turns into plain loads on x86-64 and aarch64.
  */
