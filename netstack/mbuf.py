@@ -227,11 +227,23 @@ class MbufPool:
         self.mbufs_allocated += 1
         return m
 
+    # m_get, m_gethdr and m_getcl spell _get out rather than call it: the
+    # stack allocates about four mbufs per TCP segment, and the extra frame
+    # was a visible part of each allocation.
+
     def m_get(self, mtype: int = MT_DATA) -> Mbuf:
-        return self._get(mtype, False)
+        serial = self._serial = self._serial + 1
+        m = Mbuf(self, mtype, False, serial, True)
+        self.live[m] = None
+        self.mbufs_allocated += 1
+        return m
 
     def m_gethdr(self, mtype: int = MT_DATA) -> Mbuf:
-        return self._get(mtype, True)
+        serial = self._serial = self._serial + 1
+        m = Mbuf(self, mtype, True, serial, True)
+        self.live[m] = None
+        self.mbufs_allocated += 1
+        return m
 
     def m_clget(self, m: Mbuf) -> None:
         """``MCLGET``: attach a fresh cluster (``M_EXT|M_CLUSTER|M_EXT_RW``)."""
@@ -246,7 +258,10 @@ class MbufPool:
         self.clusters_allocated += 1
 
     def m_getcl(self, mtype: int = MT_DATA, pkthdr: bool = True) -> Mbuf:
-        m = self._get(mtype, pkthdr, dat=False)
+        serial = self._serial = self._serial + 1
+        m = Mbuf(self, mtype, pkthdr, serial, False)
+        self.live[m] = None
+        self.mbufs_allocated += 1
         # m_clget on the fresh mbuf, inlined (no storage to check for, no
         # flags of storage to clear): the NIC takes one per received frame
         m.m_ext_storage = ExtStorage(MCLBYTES, ext_cl=bytearray(MCLBYTES))

@@ -21,6 +21,7 @@ import functools
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -129,6 +130,10 @@ class TCPPcb(InPcb):
     listening: bool = False
     backlog: int = 0
     timers: dict[TimerKind, Timer] = attrs.field(factory=dict)
+    # Per timer kind, the callout function _act_set_timer schedules (the
+    # kind's tcp_timer_* as a kernel activity): built once per connection
+    # and reused at every re-arm, which happens for most segments.
+    callouts: dict[TimerKind, Callable[[], None]] = attrs.field(factory=dict)
     pending: dict[int, Mbuf] = attrs.field(factory=dict)  # payloads the core may hold
     delivered: int = 0  # bytes appended to so_rcv
     read_reported: int = 0  # bytes reported to the core as read
@@ -370,6 +375,7 @@ class TCPProtocol(Protocol):
         for tm in inp.timers.values():
             tm.cancel()
         inp.timers.clear()
+        inp.callouts.clear()  # they refer to the pcb and the socket
         for m in inp.pending.values():
             m_freem(m)
         inp.pending.clear()
@@ -436,19 +442,23 @@ class TCPProtocol(Protocol):
             sorwakeup(so)
 
     def _act_set_timer(self, so: Socket, inp: TCPPcb, a: SetTimer) -> None:
-        old = inp.timers.pop(a.kind, None)
+        kind = a.kind
+        timers = inp.timers
+        old = timers.pop(kind, None)
         if old is not None:
             old.cancel()
-        kind = a.kind
         host = self.table.stack.host
+        fn = inp.callouts.get(kind)
+        if fn is None:
+            # host.schedule's activity wrapper around _timer, made once
+            fn = inp.callouts[kind] = functools.partial(
+                host.kernel, functools.partial(self._timer, so, inp, kind), None
+            )
         # host.schedule(a.when, ...), inlined: a timer is set for most segments
         sched = host.net.sched
         now = sched.now
-        t = sched.post(
-            a.when if a.when > now else now,
-            functools.partial(host.kernel, functools.partial(self._timer, so, inp, kind), None),
-        )
-        inp.timers[kind] = t
+        when = a.when
+        t = timers[kind] = sched.post(when if when > now else now, fn)
         if kind is TimerKind.PERSIST:
             host.net.note_background(t)
 

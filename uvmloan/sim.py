@@ -44,6 +44,9 @@ class Timer:
         return f"Timer(when={self.when!r}, seq={self.seq!r}, fn={self.fn!r})"
 
 
+_new_timer = object.__new__
+
+
 @attrs.define(slots=True, eq=False)
 class Scheduler:
     """A heap of timed callbacks with deterministic tie-breaking."""
@@ -68,7 +71,12 @@ class Scheduler:
         non-negative delay): the checks are a KASSERT here, not an error."""
         assert when >= self.now, (when, self.now)
         seq = self._seq = self._seq + 1
-        timer = Timer(when, seq, fn)
+        # Timer(when, seq, fn) without its __init__ frame: the network posts
+        # four or five callbacks per TCP segment
+        timer = _new_timer(Timer)
+        timer.when = when
+        timer.seq = seq
+        timer.fn = fn
         heap = self._heap
         heapq.heappush(heap, (when, seq, timer))
         if len(heap) >= self._compact_at:

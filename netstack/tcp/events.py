@@ -125,7 +125,6 @@ class Segment:
 
 
 _new = object.__new__
-_set = object.__setattr__
 
 
 def wire_segment(
@@ -139,15 +138,23 @@ def wire_segment(
     guarantees, at twice the cost of building the value.
     """
     s = _new(Segment)
-    _set(s, "seq", seq)
-    _set(s, "ack", ack)
-    _set(s, "flags", flags)
-    _set(s, "wnd", wnd)
-    _set(s, "mss", mss)
-    _set(s, "wscale", wscale)
-    _set(s, "payload_len", payload_len)
-    _set(s, "payload", payload)
+    _seg_seq(s, seq)
+    _seg_ack(s, ack)
+    _seg_flags(s, flags)
+    _seg_wnd(s, wnd)
+    _seg_mss(s, mss)
+    _seg_wscale(s, wscale)
+    _seg_payload_len(s, payload_len)
+    _seg_payload(s, payload)
     return s
+
+
+# The slot descriptors' setters of Segment's fields, for wire_segment: a
+# frozen class refuses setattr, and calling the slot's own __set__ is
+# cheaper than object.__setattr__ looking the slot up by name each time.
+_seg_seq, _seg_ack, _seg_flags, _seg_wnd, _seg_mss, _seg_wscale, _seg_payload_len, _seg_payload = (
+    getattr(Segment, a.name).__set__ for a in attrs.fields(Segment)
+)
 
 
 # -------------------------------------------------------------------- events
@@ -241,6 +248,31 @@ class Transmit:
     data_offset: int = 0
     data_len: int = 0
     retransmit: bool = False
+
+
+# Transmit's slot setters, for transmit() (as Segment's for wire_segment).
+(_tx_seq, _tx_ack, _tx_flags, _tx_wnd, _tx_mss, _tx_wscale, _tx_data_offset, _tx_data_len,
+ _tx_retransmit) = (getattr(Transmit, a.name).__set__ for a in attrs.fields(Transmit))
+
+
+def transmit(
+    seq: int, ack: int, flags: int, wnd: int, mss: int | None, wscale: int | None,
+    data_offset: int, data_len: int, retransmit: bool,
+) -> Transmit:
+    """``Transmit(...)`` with every field given, for tcp_output's one per
+    segment: the same frozen value, built through the slot setters rather
+    than attrs' __init__ (a third cheaper for nine fields)."""
+    t = _new(Transmit)
+    _tx_seq(t, seq)
+    _tx_ack(t, ack)
+    _tx_flags(t, flags)
+    _tx_wnd(t, wnd)
+    _tx_mss(t, mss)
+    _tx_wscale(t, wscale)
+    _tx_data_offset(t, data_offset)
+    _tx_data_len(t, data_len)
+    _tx_retransmit(t, retransmit)
+    return t
 
 
 @attrs.frozen(slots=True)

@@ -22,7 +22,7 @@ from .events import (
     TH_SYN,
     TCPState,
     TimerKind,
-    Transmit,
+    transmit,
 )
 from .seq import SEQ_GT, seq_add
 
@@ -227,7 +227,7 @@ def _send(tp: TCPConnection, flags: int, off: int, length: int) -> None:
     else:
         st.sndwinup += 1
     tp._actions.append(
-        Transmit(seq, ack, flags, wnd, mss, wscale, off if length else 0, length, rexmt)
+        transmit(seq, ack, flags, wnd, mss, wscale, off if length else 0, length, rexmt)
     )
     if not tp.t_force or not persisting:
         startseq = snd_nxt
