@@ -43,8 +43,10 @@ ratios compare runs made side by side, by process CPU time as well.
 
 from __future__ import annotations
 
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import sys
 import time
@@ -74,7 +76,12 @@ def pattern(n: int) -> bytes:
     return (block * (n // len(block) + 1))[:n]
 
 
-def our_transfer(size: int, loan: bool, trace: str) -> dict[str, Any]:
+def our_transfer(
+    size: int, loan: bool, trace: str, prof: cProfile.Profile | None = None
+) -> dict[str, Any]:
+    """One transfer; with ``prof``, that profiler runs around the transfer
+    itself (the sends and the network running until the receiver has every
+    byte), not the set-up or the teardown."""
     mem = f"{max(64, 4 * size >> 20)}M"
     net = Network(seed=1)
     a = net.host("a", memory=mem, trace=trace, profile_overrides={"multiprocessor": not loan})
@@ -120,6 +127,8 @@ def our_transfer(size: int, loan: bool, trace: str) -> dict[str, Any]:
     ends = [e for e in lk.ends if isinstance(e, Netif)]
     before = [(e.if_data.opackets) for e in ends]
     sends = 0
+    if prof is not None:
+        prof.enable()
     t0 = time.perf_counter()
     c0 = time.process_time()
     off = 0
@@ -132,6 +141,8 @@ def our_transfer(size: int, loan: bool, trace: str) -> dict[str, Any]:
         pass
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    if prof is not None:
+        prof.disable()
     assert got[0] == size, f"received {got[0]} of {size}"
     assert q.read(rva, size) == data, "the receiver got other bytes"
     data_segs = ends[0].if_data.opackets - before[0]
@@ -208,6 +219,69 @@ def ns3(size: int, runs: int) -> dict[str, Any] | None:
     return med
 
 
+# Where the CPU time of a transfer goes, by layer: a module path (or, for
+# a built-in, the layer of whoever called it) to a row of the table.  First
+# match wins.
+LAYERS: list[tuple[str, str]] = [
+    ("C (physmem: gather, checksums, copies)", "_physmem"),
+    ("TCP core (sans-I/O: input, output, timers)", "netstack/tcp/"),
+    ("TCP glue (tcp_usrreq: events to actions)", "netstack/tcp_usrreq.py"),
+    ("sockets (sosend, soreceive, sockbuf, loans)", "netstack/so"),
+    ("mbufs", "netstack/mbuf"),
+    ("IP (ip_input, ip_output, headers)", "netstack/ip.py"),
+    ("IP (ip_input, ip_output, headers)", "netstack/wire.py"),
+    ("interface (netif: queues, DMA, interrupts)", "netstack/netif.py"),
+    ("link (serialisation, propagation)", "netstack/link.py"),
+    ("events (Host.kernel, scheduler)", "netstack/network.py"),
+    ("events (Host.kernel, scheduler)", "uvmloan/sim.py"),
+    ("MMU (copyin/copyout through the TLB)", "uvmloan/mmu.py"),
+    ("MMU (copyin/copyout through the TLB)", "uvmloan/process.py"),
+    ("VM (uvm_loan, pmap, pages, faults)", "uvmloan/"),
+    ("TCP core (sans-I/O: input, output, timers)", "<attrs generated"),
+    ("the benchmark's reader and writer", "benchmarks/"),
+]
+
+
+def _layer(path: str) -> str | None:
+    path = path.replace("\\", "/")
+    for name, frag in LAYERS:
+        if frag in path:
+            return name
+    return None
+
+
+def profile_layers(size: int, loan: bool) -> dict[str, Any]:
+    """One transfer under cProfile, its time summed by layer.  A built-in's
+    own time (dict.get, heapq, memoryview...) is split among its callers'
+    layers by the time each call site spent in it; a C method of the physmem
+    extension counts as its own layer.  The profiler inflates small Python
+    functions more than C, so the shares are approximate."""
+    our_transfer(size >> 3, loan, "off")  # warm up
+    prof = cProfile.Profile()
+    r = our_transfer(size, loan, "off", prof)
+    st: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    by: dict[str, float] = {}
+    calls = 0
+    total = 0.0
+    for (path, _line, name), (_cc, nc, tt, _ct, callers) in st.items():
+        calls += nc
+        total += tt
+        if path == "~":
+            if "_physmem" in name:
+                layer = _layer("_physmem") or "other"
+                by[layer] = by.get(layer, 0.0) + tt
+                continue
+            spent = sum(v[2] for v in callers.values()) or 1.0
+            for (cpath, _cl, _cn), v in callers.items():
+                layer = _layer(cpath) or "other"
+                by[layer] = by.get(layer, 0.0) + tt * v[2] / spent
+            continue
+        layer = _layer(path) or "other"
+        by[layer] = by.get(layer, 0.0) + tt
+    return {"loan": loan, "size": size, "segments": r["segments"], "calls": calls,
+            "seconds": total, "layers": dict(sorted(by.items(), key=lambda kv: -kv[1]))}
+
+
 def bench(quick: bool, repeats: int) -> dict[str, Any]:
     size = (2 if quick else 16) << 20
     load = os.getloadavg()[0]
@@ -224,10 +298,12 @@ def bench(quick: bool, repeats: int) -> dict[str, Any]:
             med["cpu_median"] = cpus[len(cpus) // 2]
             med["cpu_min"], med["cpu_max"] = cpus[0], cpus[-1]
             runs.append(med)
+    profiles = [profile_layers(size >> 2, loan) for loan in (False, True)]
     ns = nspy(size)
     n3 = ns3(size, NS3_RUNS)
     return {
         "machine": machine_line(), "size": size, "runs": runs, "nspy": ns, "ns3": n3,
+        "profiles": profiles,
         "workload": {"rate_bps": RATE, "delay_ns": DELAY_NS, "queue": QUEUE, "mss": MSS,
                      "chunk": CHUNK},
         "loadavg_start": load, "loadavg_end": os.getloadavg()[0],
@@ -350,6 +426,27 @@ def report(r: dict[str, Any]) -> str:
             f"{byt_x:.1f}x its acknowledged bytes (10x: {'met' if byt_x >= 10.0 else 'not met'}"
             + (f"; below 10x: {', '.join(below)}" if below else "; every mode") + ")."
         )
+        lines.append("")
+    profiles = r.get("profiles")
+    if profiles:
+        names = list(profiles[0]["layers"])
+        for p in profiles[1:]:
+            names += [n for n in p["layers"] if n not in names]
+        lines.append(
+            "Where our CPU time goes (one transfer of "
+            f"{profiles[0]['size'] >> 20} MiB per mode under cProfile, tracing off: each "
+            "layer's share; a built-in's time goes to its caller's layer; approximate, as "
+            "the profiler slows small Python functions more than C).  Python calls per "
+            "segment: "
+            + ", ".join(f"{'loan' if p['loan'] else 'copy'} {p['calls'] / p['segments']:.0f}"
+                        for p in profiles)
+            + ":"
+        )
+        lines.append("")
+        lines.append(fmt_table(
+            ["layer"] + [f"{'loan' if p['loan'] else 'copy'}" for p in profiles],
+            [[n] + [f"{100 * p['layers'].get(n, 0.0) / p['seconds']:.1f}%" for p in profiles]
+             for n in names]))
         lines.append("")
     if "loadavg_start" in r:
         spread = ", ".join(

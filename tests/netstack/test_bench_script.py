@@ -67,3 +67,22 @@ def test_report_judges_the_goal_against_the_comparable_nspy_run(
     text = nb.report({**r, "nspy": None, "ns3": None})
     assert "Goal" not in text and "| copy | off" in text
     sys.modules.pop("netstack_bench", None)
+
+
+def test_profile_layers_accounts_for_all_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import netstack_bench as nb
+
+    p = nb.profile_layers(256 * 1024, True)
+    layers = p["layers"]
+    # every second of profiled time lands in exactly one layer
+    assert abs(sum(layers.values()) - p["seconds"]) <= 1e-9 * max(1.0, p["seconds"])
+    # the transfer runs through every layer of the stack, loans included
+    for name in ("TCP core (sans-I/O: input, output, timers)", "mbufs",
+                 "IP (ip_input, ip_output, headers)", "VM (uvm_loan, pmap, pages, faults)",
+                 "C (physmem: gather, checksums, copies)", "events (Host.kernel, scheduler)"):
+        assert layers.get(name, 0.0) > 0.0, name
+    # and little is left unattributed
+    assert layers.get("other", 0.0) < 0.1 * p["seconds"]
+    assert p["segments"] > 180 and p["calls"] > p["segments"]
+    sys.modules.pop("netstack_bench", None)
