@@ -271,10 +271,16 @@ def profile_layers(size: int, loan: bool) -> dict[str, Any]:
                 layer = _layer("_physmem") or "other"
                 by[layer] = by.get(layer, 0.0) + tt
                 continue
-            spent = sum(v[2] for v in callers.values()) or 1.0
+            # by the time spent in it from each call site, or (when too
+            # short to time) by the calls
+            w = 2 if sum(v[2] for v in callers.values()) > 0 else 1
+            spent = sum(v[w] for v in callers.values())
+            if not spent:
+                by["other"] = by.get("other", 0.0) + tt
+                continue
             for (cpath, _cl, _cn), v in callers.items():
                 layer = _layer(cpath) or "other"
-                by[layer] = by.get(layer, 0.0) + tt * v[2] / spent
+                by[layer] = by.get(layer, 0.0) + tt * v[w] / spent
             continue
         layer = _layer(path) or "other"
         by[layer] = by.get(layer, 0.0) + tt
