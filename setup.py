@@ -10,6 +10,10 @@ tagged abi3 (cp311-abi3: one wheel for CPython 3.11 and later).
 ``copy_pages`` without cffi's per-call argument conversion) is a plain
 extension built with the same flags (``cext/build_physmem.py``) and, under
 the same condition, against the same stable ABI.
+
+``uvmloan._ptetable`` (``cext/ptetable.c``: a pmap's PTEs in 512-entry
+page-table pages) is another plain extension, optional: without it
+``uvmloan.ptetable`` uses its pure-Python twin.
 """
 
 import importlib.util
@@ -29,14 +33,19 @@ def _limited_api() -> bool:
     )
 
 
-def _fast_extension() -> Extension:
+def _build_flags() -> dict[str, object]:
     spec = importlib.util.spec_from_file_location(
         "_uvmloan_build_physmem", Path(__file__).resolve().parent / "cext" / "build_physmem.py"
     )
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    flags = build.build_flags()
+    flags: dict[str, object] = build.build_flags()
+    return flags
+
+
+def _fast_extension() -> Extension:
+    flags = _build_flags()
     limited = _limited_api()
     return Extension(
         "uvmloan._physmem_fast",
@@ -51,10 +60,24 @@ def _fast_extension() -> Extension:
     )
 
 
+def _ptetable_extension() -> Extension:
+    flags = _build_flags()
+    limited = _limited_api()
+    return Extension(
+        "uvmloan._ptetable",
+        sources=["cext/ptetable.c"],
+        extra_compile_args=flags["extra_compile_args"],
+        extra_link_args=flags["extra_link_args"],
+        define_macros=[("Py_LIMITED_API", "0x030B0000")] if limited else [],
+        py_limited_api=limited,
+        optional=flags.get("optional", False),
+    )
+
+
 options = {"bdist_wheel": {"py_limited_api": "cp311"}} if _limited_api() else {}
 
 setup(
     cffi_modules=["cext/build_physmem.py:ffibuilder"],
-    ext_modules=[_fast_extension()],
+    ext_modules=[_fast_extension(), _ptetable_extension()],
     options=options,
 )

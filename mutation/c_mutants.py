@@ -1,10 +1,11 @@
-"""Run the C mutation catalogue: does the suite kill every mutant of physmem.c?
+"""Run the C mutation catalogue: does the suite kill every mutant of the C code?
 
 mutmut mutates Python only, so the C paths have a catalogue of their own
 (``mutation/c_catalogue.toml``).  For each mutant this script writes the
-mutated ``cext/physmem.c`` into a scratch copy of the tree, rebuilds the
-extension there, and runs the physical-memory and checksum tests against that
-build.  A mutant is *killed* when the tests fail (a crash or a time-out counts
+mutated source (``cext/physmem.c`` unless the entry names another, such as
+``cext/ptetable.c``) into a scratch copy of the tree, rebuilds the
+extensions there, and runs the physical-memory, checksum and PTE-table tests
+against that build.  A mutant is *killed* when the tests fail (a crash or a time-out counts
 too: the suite noticed), *survived* when they pass, and *stillborn* when it
 does not compile (a catalogue error: every entry must build).
 
@@ -36,13 +37,14 @@ import attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT / "mutation" / "c_catalogue.toml"
-SOURCE = Path("cext") / "physmem.c"
+SOURCE = Path("cext") / "physmem.c"  # a mutant's default source
 RESULTS = ROOT / "mutation" / "results" / "c.json"
 TESTS = (
     "tests/test_physmem.py",
     "tests/test_physmem_diff.py",
     "tests/test_cksum.py",
     "tests/test_physmem_fast.py",
+    "tests/test_ptetable.py",
 )
 # what a scratch copy needs to build the extension and run those tests
 COPY = ("cext", "uvmloan", "tests", "specs", "pyproject.toml", "setup.py")
@@ -55,6 +57,7 @@ class Mutant:
     replace: str
     why: str
     occurrence: int = 1
+    source: str = str(SOURCE)  # the file mutated, relative to the tree
 
     def apply(self, source: str) -> str:
         """The source with the ``occurrence``-th match of ``find`` replaced."""
@@ -64,7 +67,7 @@ class Mutant:
             if start < 0:
                 raise CatalogueError(
                     f"mutant {self.id!r}: occurrence {self.occurrence} of its `find` text "
-                    f"is not in {SOURCE} (the source changed: update the catalogue)"
+                    f"is not in {self.source} (the source changed: update the catalogue)"
                 )
         return source[:start] + self.replace + source[start + len(self.find) :]
 
@@ -123,10 +126,14 @@ def _env() -> dict[str, str]:
     return env
 
 
+EXTENSIONS = ("_physmem*.so", "_ptetable*.so")  # every one must build
+
+
 def build(work: Path) -> bool:
     shutil.rmtree(work / "build", ignore_errors=True)
-    for so in (work / "uvmloan").glob("_physmem*.so"):
-        so.unlink()
+    for pattern in EXTENSIONS:
+        for so in (work / "uvmloan").glob(pattern):
+            so.unlink()
     r = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
         cwd=work,
@@ -134,7 +141,7 @@ def build(work: Path) -> bool:
         capture_output=True,
         text=True,
     )
-    return r.returncode == 0 and any((work / "uvmloan").glob("_physmem*.so"))
+    return r.returncode == 0 and all(any((work / "uvmloan").glob(p)) for p in EXTENSIONS)
 
 
 def run_tests(work: Path, tests: Sequence[str], timeout: float) -> tuple[str, float]:
@@ -163,8 +170,8 @@ def run_tests(work: Path, tests: Sequence[str], timeout: float) -> tuple[str, fl
 def measure(
     mutants: Sequence[Mutant], jobs: int, tests: Sequence[str], timeout: float
 ) -> dict[str, Any]:
-    original = (ROOT / SOURCE).read_text(encoding="utf-8")
-    texts = {m.id: m.apply(original) for m in mutants}  # all must fit first
+    originals = {m.source: (ROOT / m.source).read_text(encoding="utf-8") for m in mutants}
+    texts = {m.id: m.apply(originals[m.source]) for m in mutants}  # all must fit first
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="uvmloan-cmut-") as tmp:
         workers = [make_scratch(Path(tmp), f"w{i}") for i in range(jobs)]
@@ -183,7 +190,7 @@ def measure(
             nonlocal done
             while queue:
                 m = queue.pop(0)
-                (w / SOURCE).write_text(texts[m.id], encoding="utf-8")
+                (w / m.source).write_text(texts[m.id], encoding="utf-8")
                 if not build(w):
                     outcome, secs = "stillborn", 0.0
                 else:
@@ -194,7 +201,7 @@ def measure(
                 results[m.id] = {"outcome": outcome, "seconds": round(secs, 1), "why": m.why}
                 done += 1
                 print(f"[{done}/{len(mutants)}] {m.id}: {outcome}", flush=True)
-            (w / SOURCE).write_text(original, encoding="utf-8")
+                (w / m.source).write_text(originals[m.source], encoding="utf-8")
 
         with ThreadPoolExecutor(jobs) as pool:
             for f in [pool.submit(work_on, w) for w in workers]:
