@@ -44,34 +44,34 @@ def _build_flags() -> dict[str, object]:
     return flags
 
 
-def _fast_extension() -> Extension:
+def _extension(name: str, sources: list[str], **kw: object) -> Extension:
+    """A plain (non-cffi) extension built with the cffi module's flags and,
+    where the wheel is abi3, against the same stable ABI."""
     flags = _build_flags()
     limited = _limited_api()
     return Extension(
-        "uvmloan._physmem_fast",
-        sources=["cext/physmem_fast.c", "cext/physmem.c"],
-        include_dirs=["cext"],
-        depends=["cext/physmem.h"],
+        name,
+        sources=sources,
         extra_compile_args=flags["extra_compile_args"],
         extra_link_args=flags["extra_link_args"],
         define_macros=[("Py_LIMITED_API", "0x030B0000")] if limited else [],
         py_limited_api=limited,
         optional=flags.get("optional", False),
+        **kw,
+    )
+
+
+def _fast_extension() -> Extension:
+    return _extension(
+        "uvmloan._physmem_fast",
+        ["cext/physmem_fast.c", "cext/physmem.c"],
+        include_dirs=["cext"],
+        depends=["cext/physmem.h"],
     )
 
 
 def _ptetable_extension() -> Extension:
-    flags = _build_flags()
-    limited = _limited_api()
-    return Extension(
-        "uvmloan._ptetable",
-        sources=["cext/ptetable.c"],
-        extra_compile_args=flags["extra_compile_args"],
-        extra_link_args=flags["extra_link_args"],
-        define_macros=[("Py_LIMITED_API", "0x030B0000")] if limited else [],
-        py_limited_api=limited,
-        optional=flags.get("optional", False),
-    )
+    return _extension("uvmloan._ptetable", ["cext/ptetable.c"])
 
 
 options = {"bdist_wheel": {"py_limited_api": "cp311"}} if _limited_api() else {}

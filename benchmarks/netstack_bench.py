@@ -160,14 +160,20 @@ def our_transfer(
     }
 
 
+def _peer_env(script: str, timeout: float) -> str:
+    """Run a peer's set-up script (it installs or builds what is missing)
+    and return the path it prints last: the peer's python or binary."""
+    return subprocess.run(
+        ["bash", str(HERE / script)], capture_output=True, text=True, check=True,
+        timeout=timeout,
+    ).stdout.strip().splitlines()[-1]
+
+
 def nspy(size: int) -> dict[str, Any] | None:
     if os.environ.get("UVMLOAN_NSPY", "1") == "0":
         return None
     try:
-        py = subprocess.run(
-            ["bash", str(HERE / "ns_py_env.sh")], capture_output=True, text=True, check=True,
-            timeout=900,
-        ).stdout.strip().splitlines()[-1]
+        py = _peer_env("ns_py_env.sh", 900)
         out = subprocess.run(
             [py, str(HERE / "_nspy_flow.py"), str(size), str(float(RATE)),
              str(DELAY_NS / 1e9), str(MSS), str(QUEUE)],
@@ -187,10 +193,7 @@ def ns3(size: int, runs: int) -> dict[str, Any] | None:
     if os.environ.get("UVMLOAN_NS3", "1") == "0":
         return None
     try:
-        binary = subprocess.run(
-            ["bash", str(HERE / "ns3_env.sh")], capture_output=True, text=True, check=True,
-            timeout=1800,
-        ).stdout.strip().splitlines()[-1]
+        binary = _peer_env("ns3_env.sh", 1800)
         reps = []
         for _ in range(runs):
             out = subprocess.run(
