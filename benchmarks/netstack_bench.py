@@ -44,6 +44,7 @@ ratios compare runs made side by side, by process CPU time as well.
 from __future__ import annotations
 
 import cProfile
+import importlib.util
 import json
 import os
 import pstats
@@ -469,6 +470,10 @@ def report(r: dict[str, Any]) -> str:
             f"{r['loadavg_end']:.2f} at the end."
         )
         lines.append("")
+    if importlib.util.find_spec("matplotlib") is not None:
+        lines.append("![acknowledged bytes per CPU second against the peers, and our time by "
+                     "layer](benchmarks/results/netstack.png)")
+        lines.append("")
     lines.append(
         f"{size >> 20} MiB in 64 KiB sends over 100 Mbit/s, {wl['delay_ns'] / 1e6:g} ms one-way "
         f"delay, a {wl['queue']}-packet drop-tail queue (the workload of "
@@ -478,11 +483,67 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PLOT = HERE / "results" / "netstack.png"
+
+
+def plot(r: dict[str, Any], path: Path = PLOT) -> Path | None:
+    """Two panels: acknowledged bytes per CPU second of our four runs and the
+    peers (log scale), and where our CPU time goes by layer (copy and loan).
+    None without matplotlib."""
+    from uvmloan.experiments.repro import new_figure, save_figure
+
+    made = new_figure(ncols=2, width=6.4, height=4.4)
+    if made is None:
+        return None
+    fig, (left, right) = made
+    size = r["size"]
+    names = [f"ours {_mode(x)}" for x in r["runs"]]
+    rates = [size / x["cpu"] for x in r["runs"]]
+    colours = ["tab:blue"] * len(names)
+    for p in _peers(r):
+        names.append(p["name"].replace(" (median of 5)", ""))
+        rates.append(p["bytes"] / p["cpu"])
+        colours.append("tab:gray" if p["key"] != "ns3" else "tab:green")
+    ys = range(len(names))
+    left.barh(list(ys), rates, color=colours)
+    left.set_yticks(list(ys), names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xscale("log")
+    left.set_xlabel("acknowledged payload bytes per CPU second (log)")
+    left.set_title(f"{size >> 20} MiB bulk TCP, 100 Mbit/s, 1 ms, 100-packet queue", fontsize=9)
+    profiles = r.get("profiles") or []
+    layers: list[str] = []
+    for p in profiles:
+        layers += [n for n in p["layers"] if n not in layers]
+    bottom = [0.0] * len(profiles)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    for k, name in enumerate(layers):
+        share = [100 * p["layers"].get(name, 0.0) / p["seconds"] for p in profiles]
+        colour = cmap(k % 20)
+        right.bar([("loan" if p["loan"] else "copy") for p in profiles], share, bottom=bottom,
+                  label=name, color=colour)
+        bottom = [b + s for b, s in zip(bottom, share, strict=True)]
+    right.set_ylabel("share of our CPU time (%), cProfile")
+    right.set_title("where our time goes, by layer", fontsize=9)
+    right.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_benchmark(
+    rc = run_benchmark(
         "netstack", __doc__, bench, report, argv,
         quick_help="2 MiB instead of 16 MiB", full_repeats=3, report_only=True,
     )
+    if rc == 0:
+        from _common import results_path
+
+        r = json.loads(results_path("netstack").read_text(encoding="utf-8"))
+        out = plot(r)
+        print(f"wrote {out.relative_to(HERE.parent)}" if out else
+              "no plot: matplotlib is not installed (pip install matplotlib)")
+    return rc
 
 
 if __name__ == "__main__":

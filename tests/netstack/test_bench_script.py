@@ -32,7 +32,7 @@ def _run(loan: bool, trace: str, cpu: float, segments: int) -> dict[str, object]
 
 
 def test_report_judges_the_goal_against_the_comparable_nspy_run(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.syspath_prepend(str(BENCH))
     import netstack_bench as nb
@@ -66,6 +66,12 @@ def test_report_judges_the_goal_against_the_comparable_nspy_run(
     # without peers the report still renders our rows, and no goal line
     text = nb.report({**r, "nspy": None, "ns3": None})
     assert "Goal" not in text and "| copy | off" in text
+    # the plot of the same results, with a layer profile
+    pytest.importorskip("matplotlib")
+    r["profiles"] = [{"loan": False, "size": size, "segments": 1000, "calls": 9000,
+                      "seconds": 2.0, "layers": {"mbufs": 1.5, "other": 0.5}}]
+    out = nb.plot(r, tmp_path / "netstack.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sys.modules.pop("netstack_bench", None)
 
 
