@@ -92,9 +92,9 @@ def check_pmaps(m: Machine) -> None:
     seen: set[tuple[int, int, int]] = set()
     for pm in m.pmap.pmaps:
         wired = 0
-        # In address order (the table is a plain dict): the first violation
+        # In address order (a PTETable walks that way): the first violation
         # reported is the lowest address, as it always was.
-        for va, pte in sorted(pm.ptes.items()):
+        for va, pte in pm.ptes.items():
             if not pte & PTE_P:
                 raise InvariantViolation("PM1", f"{pm.name} {va:#x}: non-present PTE stored")
             if pte & PTE_WIRED:
