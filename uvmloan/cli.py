@@ -35,6 +35,7 @@ from .invariants import check_invariants
 from .machine import Machine, parse_size
 from .physmem import BACKEND
 from .profile import get_profile
+from .ptetable import BACKEND as PTE_BACKEND
 from .trace import (
     Event,
     IPISent,
@@ -138,7 +139,10 @@ def demo(out: Path, ncpus: int, size: int, memory: int | None = None) -> int:
         trace="record",
         trace_file=trace_path,
     )
-    print(f"uvmloan {__version__} tour: {m!r} (physmem backend: {BACKEND})")
+    print(
+        f"uvmloan {__version__} tour: {m!r} (physmem backend: {BACKEND}, "
+        f"PTE tables: {PTE_BACKEND})"
+    )
     sender = m.spawn("sender", cpu=0)
     other_cpu = 1 if ncpus > 1 else 0
     buf = sender.mmap(size)
