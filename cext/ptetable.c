@@ -35,6 +35,7 @@
 #include <Python.h> /* setup.py defines Py_LIMITED_API where the wheel is abi3 */
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -235,7 +236,10 @@ store(PT *t, PyObject *key, PyObject *value)
         return -1;
     }
     if (va & t->pgmask) {
-        PyErr_Format(PyExc_ValueError, "PTETable: va %#llx is not page aligned", va);
+        /* (PyErr_Format has no %llx) */
+        char msg[64];
+        snprintf(msg, sizeof msg, "PTETable: va %#llx is not page aligned", va);
+        PyErr_SetString(PyExc_ValueError, msg);
         return -1;
     }
     if (!PyLong_Check(value)) {

@@ -5,6 +5,7 @@ of 512 entries made and freed as x86's pmap makes and frees them."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -265,3 +266,43 @@ def test_pmaps_keep_their_ptes_in_the_backends_table() -> None:
         assert type(pm.ptes) is ptm.PTETable
         assert pm.ptes.page_shift == SHIFT and list(pm.ptes) == [va]
         assert ("c" if ptm._c is not None else "python") == ptm.BACKEND
+
+
+@kinds
+def test_page_shift_is_checked_as_the_c_type_checks_it(kind: Any) -> None:
+    assert kind(4).page_shift == 4 and kind(30).page_shift == 30
+    for bad in (3, 31, True):  # True is the int 1
+        msg = rf"^PTETable: page_shift must be in \[4, 30\], got {int(bad)}$"
+        with pytest.raises(ValueError, match=msg):
+            kind(bad)
+    with pytest.raises(TypeError):
+        kind("12")
+
+
+def test_the_twin_names_a_page_shift_that_is_not_an_int() -> None:
+    with pytest.raises(TypeError, match=r"^PTETable: page_shift must be an int, not str$"):
+        PyPTETable("12")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^PTETable: page_shift must be an int, not float$"):
+        PyPTETable(12.0)  # type: ignore[arg-type]
+
+
+@kinds
+def test_errors_carry_the_address_and_say_exactly_what_is_wrong(kind: Any) -> None:
+    t = kind(SHIFT)
+    ops: list[Callable[[], object]] = [
+        lambda: t[5 * PS], lambda: t.__delitem__(5 * PS), lambda: t.pop(5 * PS)
+    ]
+    for op in ops:
+        with pytest.raises(KeyError) as e:
+            op()
+        assert e.value.args == (5 * PS,)
+    with pytest.raises(ValueError, match=r"^PTETable: a virtual address is in \[0, 2\*\*64\)$"):
+        t[1 << 64] = 1
+    with pytest.raises(ValueError, match=r"^PTETable: a PTE is in \[0, 2\*\*64\)$"):
+        t[PS] = -1
+    with pytest.raises(ValueError, match=r"^PTETable: va 0x1001 is not page aligned$"):
+        t[PS + 1] = 1
+    t[PS] = 7
+    with pytest.raises(TypeError, match=r"^pop\(va\[, default\]\)$"):
+        t.pop(PS, 1, 2)
+    assert t.items() == [(PS, 7)]

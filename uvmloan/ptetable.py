@@ -50,9 +50,10 @@ class PyPTETable:
     def __init__(self, page_shift: int) -> None:
         if type(page_shift) is not int and not isinstance(page_shift, int):
             raise TypeError(f"PTETable: page_shift must be an int, not {type(page_shift).__name__}")
-        if not 4 <= page_shift <= 30:
-            raise ValueError(f"PTETable: page_shift must be in [4, 30], got {page_shift}")
-        self.page_shift = int(page_shift)
+        shift = int(page_shift)  # a bool is the int it stands for, as in C
+        if not 4 <= shift <= 30:
+            raise ValueError(f"PTETable: page_shift must be in [4, 30], got {shift}")
+        self.page_shift = shift
         self._mask = (1 << self.page_shift) - 1
         self._d: dict[int, int] = {}
         self._ptps: dict[int, int] = {}  # PTP number -> entries in it
