@@ -74,10 +74,14 @@ def _ptetable_extension() -> Extension:
     return _extension("uvmloan._ptetable", ["cext/ptetable.c"])
 
 
+def _vmscalars_extension() -> Extension:
+    return _extension("uvmloan._vmscalars", ["cext/vmscalars.c"])
+
+
 options = {"bdist_wheel": {"py_limited_api": "cp311"}} if _limited_api() else {}
 
 setup(
     cffi_modules=["cext/build_physmem.py:ffibuilder"],
-    ext_modules=[_fast_extension(), _ptetable_extension()],
+    ext_modules=[_fast_extension(), _ptetable_extension(), _vmscalars_extension()],
     options=options,
 )

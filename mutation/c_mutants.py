@@ -45,6 +45,7 @@ TESTS = (
     "tests/test_cksum.py",
     "tests/test_physmem_fast.py",
     "tests/test_ptetable.py",
+    "tests/test_vmscalars.py",
 )
 # what a scratch copy needs to build the extension and run those tests
 COPY = ("cext", "uvmloan", "tests", "specs", "pyproject.toml", "setup.py")

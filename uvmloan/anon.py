@@ -17,6 +17,7 @@ import attrs
 
 from .errors import KernelAssertion
 from .param import PG, VM_PROT_NONE
+from .vmscalars import AnonScalars
 
 if TYPE_CHECKING:
     from .page import Page, PageAllocator
@@ -27,15 +28,17 @@ _amap_ids = itertools.count(1)
 
 
 @attrs.define(slots=True, eq=False, repr=False, init=False, weakref_slot=False)
-class Anon:
-    """``struct vm_anon``: ``an_ref`` references, ``an_page``, ``an_swslot``."""
+class Anon(AnonScalars):
+    """``struct vm_anon``: ``an_ref`` references, ``an_page``, ``an_swslot``.
+
+    ``an_swslot`` and ``an_id`` (the anon's number, fixed at creation;
+    ``name`` is spelled from it only when asked, in traces and reprs) are
+    machine words of the ``AnonScalars`` base (uvmloan.vmscalars): one anon
+    per resident page, and no int object for its number.
+    """
 
     an_ref: int = 1
     an_page: Page | None = None
-    an_swslot: int = 0
-    # The anon's number, fixed at creation; ``name`` is spelled from it only
-    # when asked (traces, reprs), not stored: one anon per resident page.
-    an_id: int = attrs.field(init=False, factory=_anon_ids.__next__)
 
     # Written out rather than generated: attrs' __init__ calls the id
     # factory through a lookup per call, and one anon is made per fault.

@@ -49,6 +49,7 @@ from .trace import (
     Unloan,
     prot_name,
 )
+from .vmscalars import BACKEND as WORDS_BACKEND
 
 MAX_CPUS = 256  # Machine's limit
 MAX_MEMORY = 4 << 30
@@ -141,7 +142,7 @@ def demo(out: Path, ncpus: int, size: int, memory: int | None = None) -> int:
     )
     print(
         f"uvmloan {__version__} tour: {m!r} (physmem backend: {BACKEND}, "
-        f"PTE tables: {PTE_BACKEND})"
+        f"PTE tables: {PTE_BACKEND}, page words: {WORDS_BACKEND})"
     )
     sender = m.spawn("sender", cpu=0)
     other_cpu = 1 if ncpus > 1 else 0

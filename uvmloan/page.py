@@ -97,14 +97,13 @@ class Page(VMPageMD):
     as in NetBSD, by subclassing: ``pg.mdpage is pg``.
     """
 
-    frame: int
+    # frame, flags and offset (with the pmap's pv_va) are machine words of
+    # the PageScalars base (uvmloan.vmscalars): no int object per page.
     allocator: PageAllocator
-    flags: int = PG.NONE
     loan_count: int = 0
     wire_count: int = 0
     uobject: Any = None  # owning uvm_object (or the zero-loan object)
     uanon: Any = None  # owning anon, or the anon an object page is O->A loaned to
-    offset: int = 0
     pqueue: PQ = PQ.NONE
     # The paging queue links (``pageq``, a TAILQ_ENTRY in NetBSD): the queue
     # is intrusive, as there, so being on it costs two fields, not a dict

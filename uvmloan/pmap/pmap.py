@@ -37,6 +37,7 @@ from ..trace import (
     TLBFlush,
     TLBInvalidate,
 )
+from ..vmscalars import PageScalars
 from .asid import pmap_tlb_asid_acquire, pmap_tlb_pai_reset
 from .cpu import CPU, Platform, TLBState
 from .pte import (
@@ -74,7 +75,7 @@ VECTOR_TLB = "LAPIC_TLB_VECTOR"
 
 
 @attrs.define(slots=True, eq=False, weakref_slot=False)
-class VMPageMD:
+class VMPageMD(PageScalars):
     """``struct vm_page_md`` / ``pmap_page``: the pv list and saved attributes.
 
     NetBSD embeds this struct in ``struct vm_page``; the MI ``Page`` does the
@@ -89,10 +90,12 @@ class VMPageMD:
     ``pv`` lists mappings in the order they were entered, as the single
     dict did.  ``attrs`` accumulates A/D bits of mappings that were removed
     or synced (x86 ``pp_attrs``), so referenced/modified survive the mapping.
+
+    ``pv_va``, like the MI page's frame, flags and offset, is a machine word
+    of the ``PageScalars`` base (uvmloan.vmscalars), not an int object.
     """
 
     pv_pmap: Pmap | None = attrs.field(default=None, init=False)
-    pv_va: int = attrs.field(default=0, init=False)
     pv_more: dict[tuple[Pmap, int], None] | None = attrs.field(default=None, init=False)
     attrs: int = attrs.field(default=0, init=False)
 
