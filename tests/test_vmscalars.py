@@ -194,3 +194,14 @@ def test_freeing_an_object_drops_its_type_reference(kind: Any) -> None:
     del objs
     gc.collect()
     assert sys.getrefcount(kind) == before
+
+
+def test_optional_c_module_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uvmloan._cext import optional_c_module
+
+    assert optional_c_module("_no_such_extension") is None  # an optional build left it out
+    monkeypatch.setenv("UVMLOAN_PUREPYTHON", "1")
+    assert optional_c_module("_vmscalars") is None  # the twin asked for: not even imported
+    monkeypatch.setenv("UVMLOAN_PUREPYTHON", "0")
+    if vs._c is not None:
+        assert optional_c_module("_vmscalars") is vs._c

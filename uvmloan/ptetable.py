@@ -18,10 +18,11 @@ any other key is just absent).  ``nptp`` is the number of PTPs in use and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, MutableMapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ._cext import optional_c_module
 
 __all__ = ["BACKEND", "PTETable", "PyPTETable"]
 
@@ -32,14 +33,7 @@ _U64 = 1 << 64
 
 T = TypeVar("T")
 
-_c: ModuleType | None = None
-if os.environ.get("UVMLOAN_PUREPYTHON", "") != "1":
-    try:
-        from . import _ptetable as _imported
-    except ImportError:  # an optional build without it
-        pass
-    else:
-        _c = _imported
+_c: ModuleType | None = optional_c_module("_ptetable")
 
 
 class PyPTETable:

@@ -25,9 +25,10 @@ the same rule.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import TYPE_CHECKING
+
+from ._cext import optional_c_module
 
 __all__ = [
     "ANON_FIELDS",
@@ -97,27 +98,13 @@ class PyAnonScalars:
         self.an_swslot = 0
 
 
-_c: ModuleType | None = None
-if os.environ.get("UVMLOAN_PUREPYTHON", "") != "1":
-    try:
-        from . import _vmscalars as _imported
-    except ImportError:  # an optional build without it
-        pass
-    else:
-        _c = _imported
+_c: ModuleType | None = optional_c_module("_vmscalars")
 
 if TYPE_CHECKING:
-    # (declared without __slots__ so that a type checker takes the words as
-    # the subclasses' attributes, as the C type's descriptors are)
-    class PageScalars:
-        frame: int
-        flags: int
-        offset: int
-        pv_va: int
-
-    class AnonScalars:
-        an_id: int
-        an_swslot: int
+    # the C types' stub (_vmscalars.pyi): declared without __slots__, so a
+    # type checker takes the words as attributes of the subclasses, as the
+    # C type's descriptors are
+    from ._vmscalars import AnonScalars, PageScalars
 
     BACKEND: str
 elif _c is not None:
