@@ -191,7 +191,8 @@ def test_pm2_managed_pte_of_a_free_frame(m: Machine) -> None:
 def test_pm2_pte_not_on_the_pv_list(m: Machine) -> None:
     pg = shared(m)
     pm, va = pg.pv[1]
-    del pg.pv_more[(pm, va)]  # type: ignore[index]
+    assert pg.pv_more is not None
+    del pg.pv_more[(pm, va)]
     if not pg.pv_more:
         pg.pv_more = None
     expect(m, check_pmaps, "PM2", f"{pm.name} {va:#x} maps")

@@ -16,12 +16,23 @@ from .page import PQ
 from .pagetab import PageQueue
 from .param import PG
 from .pmap.cpu import TLBState
-from .pmap.pte import PTE_D, PTE_P, PTE_PVLIST, PTE_U, PTE_W, PTE_WIRED, pte_frame, pte_str
+from .pmap.pte import (
+    PTE_D,
+    PTE_FRAME_MASK,
+    PTE_FRAME_SHIFT,
+    PTE_P,
+    PTE_PVLIST,
+    PTE_U,
+    PTE_W,
+    PTE_WIRED,
+    pte_frame,
+    pte_str,
+)
 
 if TYPE_CHECKING:
     from .machine import Machine
     from .pmap.cpu import CPU
-    from .pmap.pmap import Pmap
+    from .pmap.pmap import Pmap, VMPageMD
 
 
 def check_pages(m: Machine) -> None:
@@ -46,21 +57,27 @@ def check_pages(m: Machine) -> None:
         )
     # The queues are intrusive lists: walk each once, checking its links,
     # and compare what is really on them with every page's pqueue field.
-    on_q = {PQ.ACTIVE: _walk_queue(uvm.active), PQ.INACTIVE: _walk_queue(uvm.inactive)}
+    # (The queue members are read once: an enum member's attribute lookup
+    # and hash are Python calls, and this loop runs for every resident page
+    # after every step of a state machine.)
+    active, inactive = PQ.ACTIVE, PQ.INACTIVE
+    on_active = _walk_queue(uvm.active)
+    on_inactive = _walk_queue(uvm.inactive)
+    pg_free = PG.FREE
     for frame, pg in uvm.pages.items():
-        if pg.frame != frame or pg.flags & PG.FREE:
+        if pg.frame != frame or pg.flags & pg_free:
             raise InvariantViolation("PA2", f"{pg!r} is allocated but marked free or misfiled")
-        in_act, in_inact = id(pg) in on_q[PQ.ACTIVE], id(pg) in on_q[PQ.INACTIVE]
-        inq = in_act + in_inact
-        expect = {PQ.ACTIVE: (1, in_act), PQ.INACTIVE: (1, in_inact)}
-        if pg.pqueue in expect:
-            n, ok = expect[pg.pqueue]
-            if inq != n or not ok:
+        key = id(pg)
+        in_act = key in on_active
+        in_inact = key in on_inactive
+        pq = pg.pqueue
+        if pq is active or pq is inactive:
+            if in_act + in_inact != 1 or not (in_act if pq is active else in_inact):
                 raise InvariantViolation("PA3", f"{pg!r} queue field disagrees with the queues")
-        elif inq:
+            if pg.wire_count:
+                raise InvariantViolation("PA3", f"wired {pg!r} is on a paging queue")
+        elif in_act or in_inact:
             raise InvariantViolation("PA3", f"{pg!r} is on a paging queue but says {pg.pqueue}")
-        if pg.wire_count and pg.pqueue in (PQ.ACTIVE, PQ.INACTIVE):
-            raise InvariantViolation("PA3", f"wired {pg!r} is on a paging queue")
     for q in (uvm.active, uvm.inactive):
         for pg in q:
             if uvm.pages.get(pg.frame) is not pg:
@@ -101,14 +118,14 @@ def check_pmaps(m: Machine) -> None:
                 wired += 1
             if pm.is_kernel == bool(pte & PTE_U):
                 raise InvariantViolation("PM1", f"{pm.name} {va:#x}: U bit wrong {pte_str(pte)}")
-            frame = pte_frame(pte)
-            pg = uvm.pages.get(frame)
             if pte & PTE_PVLIST:
+                frame = (pte & PTE_FRAME_MASK) >> PTE_FRAME_SHIFT  # pte_frame, inlined
+                pg = uvm.pages.get(frame)
                 if pg is None:
                     raise InvariantViolation(
                         "PM2", f"{pm.name} {va:#x} is managed but frame {frame} is free"
                     )
-                if (pm, va) not in pg.mdpage.pv:
+                if not _on_pv(pg.mdpage, pm, va):
                     raise InvariantViolation(
                         "PM2", f"{pm.name} {va:#x} maps {pg!r} but is not on its pv list"
                     )
@@ -121,15 +138,25 @@ def check_pmaps(m: Machine) -> None:
             )
     for frame, pg in uvm.pages.items():
         md = pg.mdpage
-        if (md.pv_pmap is None and md.pv_more is not None) or (
-            md.pv_more is not None and not md.pv_more
-        ):
+        if md.pv_pmap is None:
+            if md.pv_more is not None:
+                raise InvariantViolation("PM2", f"{pg!r}: pv list packed wrongly")
+            continue  # no mapping: nothing to match
+        if md.pv_more is not None and not md.pv_more:
             raise InvariantViolation("PM2", f"{pg!r}: pv list packed wrongly")
         for pm, va in md.pv:
             if (id(pm), va, frame) not in seen:
                 raise InvariantViolation(
                     "PM2", f"pv entry ({pm.name}, {va:#x}) of {pg!r} has no matching managed PTE"
                 )
+
+
+def _on_pv(md: VMPageMD, pm: Pmap, va: int) -> bool:
+    """``(pm, va) in md.pv``, without building the list."""
+    if md.pv_pmap is pm and md.pv_va == va:
+        return True
+    more = md.pv_more
+    return more is not None and (pm, va) in more
 
 
 def check_asids(m: Machine) -> None:
@@ -280,25 +307,26 @@ def check_loans(m: Machine) -> None:
         if pages.get(pg.frame) is not pg:
             raise InvariantViolation("I5", f"loaned page of frame {pg.frame} is free")
     loaned_frames = set()
+    pg_anon, pg_tabled = _PG.ANON, _PG.TABLED
     for frame, pg in pages.items():
-        if pg.loan_count < 0:
+        loans = pg.loan_count
+        if loans < 0:
             raise InvariantViolation("I1", f"{pg!r} has a negative loan_count")
-        o2a = 1 if (pg.uanon is not None and not pg.flags & _PG.ANON) else 0
-        if pg.loan_count != ledger.get(pg, 0) + o2a:
+        flags = pg.flags
+        anon = pg.uanon
+        uobj = pg.uobject
+        o2a = 1 if (anon is not None and not flags & pg_anon) else 0
+        if loans != ledger.get(pg, 0) + o2a:
             raise InvariantViolation(
                 "I1",
-                f"{pg!r}: loan_count {pg.loan_count} but {ledger.get(pg, 0)} loans outstanding",
+                f"{pg!r}: loan_count {loans} but {ledger.get(pg, 0)} loans outstanding",
             )
-        if pg.flags & _PG.ANON:
-            a = pg.uanon
-            if a is None or pg.uobject is not None or a.an_page is not pg:
-                raise InvariantViolation("I7", f"{pg!r} is PG_ANON but its anon does not own it")
-        if pg.uobject is not None and (
-            pg.uobject.uo_pages.get(pg.offset) is not pg or not pg.flags & _PG.TABLED
-        ):
+        if flags & pg_anon and (anon is None or uobj is not None or anon.an_page is not pg):
+            raise InvariantViolation("I7", f"{pg!r} is PG_ANON but its anon does not own it")
+        if uobj is not None and (uobj.uo_pages.get(pg.offset) is not pg or not flags & pg_tabled):
             raise InvariantViolation("I8", f"{pg!r} and its object disagree")
-        if pg.loan_count == 0:
-            if pg.ever_loaned and pg.uobject is None and pg.uanon is None:
+        if loans == 0:
+            if pg.ever_loaned and uobj is None and anon is None:
                 # I6: the uvm_unloanpage that drops an orphan's last loan
                 # frees it; an ownerless, un-loaned page that was lent is
                 # one that call forgot.
@@ -310,7 +338,7 @@ def check_loans(m: Machine) -> None:
                 raise InvariantViolation(
                     "I3", f"loaned {pg!r} is writable through {pm.name} {va:#x}"
                 )
-        if pg.uobject is None and pg.uanon is None:
+        if uobj is None and anon is None:
             if pg.pqueue is not PQ.NONE:
                 raise InvariantViolation("I6", f"orphan {pg!r} is on a paging queue")
             if pg.mdpage.pv_pmap is not None:
