@@ -48,3 +48,21 @@ def test_the_values_are_those_of_data_draw() -> None:
     run(True)
     run(False)
     assert seen["fast"] == seen["plain"]
+
+
+def test_draw_int_draws_nothing_for_a_single_value_and_stays_in_range() -> None:
+    from uvmloan.testing.draws import draw_int
+
+    @settings(database=None, derandomize=True, max_examples=40)
+    @given(st.data(), st.integers(-5, 5), st.integers(0, 4))
+    def t(data: st.DataObject, lo: int, width: int) -> None:
+        before = data.conjecture_data.length
+        if width == 0:
+            assert draw_int(data, lo, lo, "one") == lo
+            assert data.conjecture_data.length == before
+        else:
+            v = draw_int(data, lo, lo + width, "some")
+            assert lo <= v <= lo + width
+            assert data.conjecture_data.length > before
+
+    t()

@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - an older hypothesis: always the full path
     _should_note = None
 
-__all__ = ["draw"]
+__all__ = ["draw", "draw_int"]
 
 T = TypeVar("T")
 
@@ -42,3 +42,12 @@ def draw(data: st.DataObject, strategy: SearchStrategy[T], label: str) -> T:
         result: T = data.conjecture_data.draw(strategy)
         return result
     return data.draw(strategy, label=label)
+
+
+def draw_int(data: st.DataObject, lo: int, hi: int, label: str) -> int:
+    """An int in [lo, hi]; when that is one value, no choice is drawn (a
+    range that shrank to one page, a machine of one CPU): the example costs
+    one recorded choice less, and the value is what the draw would give."""
+    if lo == hi:
+        return lo
+    return draw(data, st.integers(lo, hi), label)

@@ -71,7 +71,8 @@ through ``PAGE_SIZE``, ``MAX_PROCS``, ``MAX_PAGES`` ...
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
 
 from hypothesis import event
 from hypothesis import strategies as st
@@ -89,7 +90,7 @@ from ..param import (
     VM_PROT_WRITE,
 )
 from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
-from .draws import draw
+from .draws import draw, draw_int
 from .failures import CheckFailure
 from .hooks import MachineHooks
 from .vm_model import VMModel
@@ -111,6 +112,8 @@ from .vm_reference import (
     store_payload,
     vm_settings,
 )
+
+T = TypeVar("T")
 
 
 class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
@@ -159,8 +162,16 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
     @staticmethod
     def _index(data: st.DataObject, n: int, label: str) -> int:
         # Draw indices, never the objects: hypothesis pretty-prints what is
-        # drawn, and a process with its pages is large.
-        return draw(data, st.integers(0, n - 1), label)
+        # drawn, and a process with its pages is large.  One candidate is no
+        # choice: nothing is drawn (a third of the process picks of a run).
+        return draw_int(data, 0, n - 1, label)
+
+    @classmethod
+    def _choose(cls, data: st.DataObject, seq: Sequence[T], label: str) -> T:
+        """An element of ``seq``, by a drawn index (``st.sampled_from`` of a
+        list builds a new strategy on every call, an index strategy is
+        cached)."""
+        return seq[cls._index(data, len(seq), label)]
 
     def _pick_mapped_proc(self, data: st.DataObject) -> RefProc:
         cands = [r for r in self.procs if r.regions]
@@ -176,17 +187,17 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         hot = [va for va in rp.touched if va in rp.pages]
         use_hot: bool = bool(hot) and draw(data, st.booleans(), "hot")
         if use_hot:
-            base = draw(data, st.sampled_from(hot), "page")
-            off = draw(data, st.integers(0, self.ps - 1), "offset")
-            n = draw(data, st.integers(1, self.ps), "n")
+            base = self._choose(data, hot, "page")
+            off = draw_int(data, 0, self.ps - 1, "offset")
+            n = draw_int(data, 1, self.ps, "n")
             return base + off, n
-        start, npages = draw(data, st.sampled_from(rp.regions), "region")
+        start, npages = self._choose(data, rp.regions, "region")
         size = npages * self.ps
-        off = draw(data, st.integers(0, size - 1), "offset")
-        if draw(data, st.integers(0, 7), "overrun") == 0:
-            n = draw(data, st.integers(1, 2 * self.ps), "n")
+        off = draw_int(data, 0, size - 1, "offset")
+        if draw_int(data, 0, 7, "overrun") == 0:
+            n = draw_int(data, 1, 2 * self.ps, "n")
         else:
-            n = draw(data, st.integers(1, min(size - off, self.ps + 7)), "n")
+            n = draw_int(data, 1, min(size - off, self.ps + 7), "n")
         return start + off, n
 
     def _pick_range(self, data: st.DataObject, rp: RefProc) -> list[int]:
@@ -196,13 +207,13 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         ps = self.ps
         wired = sorted(va for va, pg in rp.pages.items() if pg.wired)
         if bool(wired) and draw(data, st.booleans(), "at wired"):
-            va = draw(data, st.sampled_from(wired), "wired page")
+            va = self._choose(data, wired, "wired page")
             start, npages = next(r for r in rp.regions if r[0] <= va < r[0] + r[1] * ps)
             first = (va - start) // ps
         else:
-            start, npages = draw(data, st.sampled_from(rp.regions), "region")
-            first = draw(data, st.integers(0, npages - 1), "first")
-        count = draw(data, st.integers(1, npages - first), "count")
+            start, npages = self._choose(data, rp.regions, "region")
+            first = draw_int(data, 0, npages - 1, "first")
+        count = draw_int(data, 1, npages - first, "count")
         return [start + (first + i) * ps for i in range(count)]
 
     # ------------------------------------------------------------- rules
@@ -237,15 +248,15 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         rp = self._pick_proc(data)
         if len(rp.regions) >= self.MAX_REGIONS:
             return
-        npages = draw(data, st.integers(1, self.MAX_PAGES), "npages")
+        npages = draw_int(data, 1, self.MAX_PAGES, "npages")
         f = self._pick_file(data)
         fpages = len(f.mem) // self.ps
         if kind in (FILE_PRIVATE, FILE_SHARED):
-            if fpages and draw(data, st.integers(0, 3), "past-eof") != 0:
+            if fpages and draw_int(data, 0, 3, "past-eof") != 0:
                 npages = min(npages, fpages)
-                foff = draw(data, st.integers(0, fpages - npages), "fileoff")
+                foff = draw_int(data, 0, fpages - npages, "fileoff")
             else:
-                foff = draw(data, st.integers(0, fpages), "fileoff")
+                foff = draw_int(data, 0, fpages, "fileoff")
         else:
             foff = 0
         self._mmap(rp, kind, prot, npages, f, foff * self.ps)
@@ -278,25 +289,25 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
     def read(self, data: st.DataObject) -> None:
-        for _ in range(draw(data, st.integers(1, 3), "reads")):
+        for _ in range(draw_int(data, 1, 3, "reads")):
             self._read_one(data)
 
     def _read_one(self, data: st.DataObject) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+        cpu = draw_int(data, 0, self.m.ncpus - 1, "cpu")
         self._read_checked(rp, va, n, cpu)
 
     @precondition(lambda self: any(rp.regions for rp in self.procs))
     @rule(data=st.data())
     def write(self, data: st.DataObject) -> None:
-        for _ in range(draw(data, st.integers(1, 3), "writes")):
-            self._write_one(data, draw(data, st.integers(0, 255), "seed"))
+        for _ in range(draw_int(data, 1, 3, "writes")):
+            self._write_one(data, draw_int(data, 0, 255, "seed"))
 
     def _write_one(self, data: st.DataObject, seed: int) -> None:
         rp = self._pick_mapped_proc(data)
         va, n = self._pick_span(data, rp)
-        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+        cpu = draw_int(data, 0, self.m.ncpus - 1, "cpu")
         self._write_checked(rp, va, store_payload(seed, n), cpu)
 
     @precondition(lambda self: bool(self.procs) and len(self.procs) < self.MAX_PROCS)
@@ -307,7 +318,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         the child at once (``amap_cow_now``), the parent keeps its wired page
         mapped as before (still writable), the child's copy is unwired."""
         rp = self._pick_proc(data)
-        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+        cpu = draw_int(data, 0, self.m.ncpus - 1, "cpu")
         wired: list[tuple[int, RefPage, Page, int]] = []
         if self.wiring_exact:
             for va, pg in sorted(rp.pages.items()):
@@ -398,9 +409,9 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         if len(prots) > 1:
             # Use the first page again, as a program that dropped write
             # access for a while would.
-            cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+            cpu = draw_int(data, 0, self.m.ncpus - 1, "cpu")
             if draw(data, st.booleans(), "store"):
-                seed = draw(data, st.integers(0, 255), "seed")
+                seed = draw_int(data, 0, 255, "seed")
                 self._write_checked(rp, vas[0], bytes([seed]) * 16, cpu)
             else:
                 self._read_checked(rp, vas[0], 16, cpu)
@@ -546,18 +557,18 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
                 raise CheckFailure("bytes", f"fsync of {f.vn.name}: the disk differs from read(2)")
             return
         if what == "read":
-            off = draw(data, st.integers(0, f.size + 9), "offset")
-            n = draw(data, st.integers(1, 2 * ps), "n")
+            off = draw_int(data, 0, f.size + 9, "offset")
+            n = draw_int(data, 1, 2 * ps, "n")
             got = f.vn.read(off, n)
             if got != f.data[off : off + n]:
                 raise CheckFailure("bytes", f"read(2) of {f.vn.name} at {off}, {n} bytes")
             return
         limit = self.MAX_FILE_PAGES * ps
-        off = draw(data, st.integers(0, min(f.size + ps, limit - 1)), "offset")
-        n = draw(data, st.integers(1, min(limit - off, ps + 9)), "n")
-        seed = draw(data, st.integers(0, 255), "seed")
+        off = draw_int(data, 0, min(f.size + ps, limit - 1), "offset")
+        n = draw_int(data, 1, min(limit - off, ps + 9), "n")
+        seed = draw_int(data, 0, 255, "seed")
         payload = file_payload(seed, n)
-        with self.m.on_cpu(draw(data, st.integers(0, self.m.ncpus - 1), "cpu")):
+        with self.m.on_cpu(draw_int(data, 0, self.m.ncpus - 1, "cpu")):
             assert f.vn.write(off, payload) == n
         f.write(off, payload)
         if f.vn.size != f.size:
@@ -577,7 +588,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         """
         f = self._pick_file(data)
         ps = self.ps
-        page = draw(data, st.integers(0, self.MAX_FILE_PAGES), "page")
+        page = draw_int(data, 0, self.MAX_FILE_PAGES, "page")
         sub = draw(data, st.sampled_from((0, 0, 1, ps // 2, ps - 1)), "sub")
         size = min(page * ps + sub, self.MAX_FILE_PAGES * ps)
         wired_ends = [
@@ -595,7 +606,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
             else:
                 size = lowest
         event("truncate: " + ("shrink" if size < f.size else "grow or keep"))
-        with self.m.on_cpu(draw(data, st.integers(0, self.m.ncpus - 1), "cpu")):
+        with self.m.on_cpu(draw_int(data, 0, self.m.ncpus - 1, "cpu")):
             f.vn.truncate(size)
         f.truncate(size)
         if f.vn.size != size:
@@ -613,7 +624,7 @@ class VMStateMachine(VMModel, MachineHooks, RuleBasedStateMachine):
         if not cands or not draw(data, st.booleans(), "probe"):
             return
         rp, va = cands[self._index(data, len(cands), "probe page")]
-        cpu = draw(data, st.integers(0, self.m.ncpus - 1), "cpu")
+        cpu = draw_int(data, 0, self.m.ncpus - 1, "cpu")
         self._read_checked(rp, va, self.ps, cpu)
 
     @rule()

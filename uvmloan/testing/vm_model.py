@@ -27,7 +27,13 @@ from ..param import (
 )
 from ..pmap.pte import PTE_P, PTE_W, PTE_WIRED, pte_frame, pte_str
 from .failures import CheckFailure
-from .vm_reference import RefFile, RefProc
+from .vm_reference import RefFile, RefPage, RefProc
+
+
+def _where(rp: RefProc, va: int, pg: RefPage) -> str:
+    """How a failure names a page of the reference (built only on failure:
+    the wiring check visits every page after every step)."""
+    return f"{rp.proc.name} {va:#x} ({pg.kind})"
 
 
 class VMModel:
@@ -139,11 +145,11 @@ class VMModel:
             pmap = rp.proc.pmap
             for va, pg in rp.pages.items():
                 pte = pmap.pte(va)
-                where = f"{rp.proc.name} {va:#x} ({pg.kind})"
                 if not pg.wired:
                     if pte & PTE_WIRED:
                         raise CheckFailure(
-                            "wiring", f"{where} is not wired but its PTE is {pte_str(pte)}"
+                            "wiring",
+                            f"{_where(rp, va, pg)} is not wired but its PTE is {pte_str(pte)}",
                         )
                     continue
                 mpg = self._wired_page(rp, va)
@@ -152,17 +158,19 @@ class VMModel:
                 if mpg.wire_count != n + x:
                     raise CheckFailure(
                         "wiring",
-                        f"{where}: {mpg!r} has wire_count {mpg.wire_count}, wired by {n} "
-                        f"mapping(s) and {x} fault(s) on a wired entry",
+                        f"{_where(rp, va, pg)}: {mpg!r} has wire_count {mpg.wire_count}, "
+                        f"wired by {n} mapping(s) and {x} fault(s) on a wired entry",
                     )
                 seen.add(mpg.frame)
                 if pte & PTE_P:
                     if not (pte & PTE_WIRED):
                         raise CheckFailure(
-                            "wiring", f"{where} is wired but its PTE is {pte_str(pte)}"
+                            "wiring", f"{_where(rp, va, pg)} is wired but its PTE is {pte_str(pte)}"
                         )
                     if pte_frame(pte) != mpg.frame:
-                        raise CheckFailure("wiring", f"{where}: PTE {pte_str(pte)}, not {mpg!r}")
+                        raise CheckFailure(
+                            "wiring", f"{_where(rp, va, pg)}: PTE {pte_str(pte)}, not {mpg!r}"
+                        )
         for frame, mpg in self.m.uvm.pages.items():
             if not (frame in seen or mpg.wire_count == self.extra_wires[mpg]):
                 raise CheckFailure(
