@@ -66,16 +66,16 @@ def _fast_extension() -> Extension:
         "uvmloan._physmem_fast",
         ["cext/physmem_fast.c", "cext/physmem.c"],
         include_dirs=["cext"],
-        depends=["cext/physmem.h"],
+        depends=["cext/physmem.h", "cext/pymodule.h"],
     )
 
 
 def _ptetable_extension() -> Extension:
-    return _extension("uvmloan._ptetable", ["cext/ptetable.c"])
+    return _extension("uvmloan._ptetable", ["cext/ptetable.c"], depends=["cext/pymodule.h"])
 
 
 def _vmscalars_extension() -> Extension:
-    return _extension("uvmloan._vmscalars", ["cext/vmscalars.c"])
+    return _extension("uvmloan._vmscalars", ["cext/vmscalars.c"], depends=["cext/pymodule.h"])
 
 
 options = {"bdist_wheel": {"py_limited_api": "cp311"}} if _limited_api() else {}

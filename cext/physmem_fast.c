@@ -38,8 +38,7 @@
  * Built against the stable ABI (3.11) where setup.py tags the wheel abi3.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h> /* setup.py defines Py_LIMITED_API where the wheel is abi3 */
+#include "pymodule.h" /* Python.h; setup.py defines Py_LIMITED_API where the wheel is abi3 */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -640,35 +639,9 @@ fast_exec(PyObject *m)
         if (array_type == NULL)
             return -1;
     }
-    PyObject *type = PyType_FromSpec(&fast_spec);
-    if (type == NULL)
-        return -1;
-    if (PyModule_AddObject(m, "Fast", type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    return 0;
+    return uvm_add_type(m, &fast_spec, "Fast");
 }
 
-static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, fast_exec},
-    {0, NULL},
-};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT,
-    "uvmloan._physmem_fast",
-    "The hottest physmem calls (page copies, one-frame copyin, checksums) without cffi.",
-    0,
-    NULL,
-    module_slots,
-    NULL,
-    NULL,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__physmem_fast(void)
-{
-    return PyModuleDef_Init(&module);
-}
+UVMLOAN_MODULE(_physmem_fast,
+               "The hottest physmem calls (page copies, one-frame copyin, checksums) without cffi.",
+               fast_exec)

@@ -31,8 +31,7 @@
  * Built against the stable ABI (3.11) where setup.py tags the wheel abi3.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h> /* setup.py defines Py_LIMITED_API where the wheel is abi3 */
+#include "pymodule.h" /* Python.h; setup.py defines Py_LIMITED_API where the wheel is abi3 */
 
 #include <stdint.h>
 #include <stdio.h>
@@ -574,35 +573,9 @@ static PyType_Spec pt_spec = {
 static int
 pt_exec(PyObject *m)
 {
-    PyObject *type = PyType_FromSpec(&pt_spec);
-    if (type == NULL)
-        return -1;
-    if (PyModule_AddObject(m, "PTETable", type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    return 0;
+    return uvm_add_type(m, &pt_spec, "PTETable");
 }
 
-static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, pt_exec},
-    {0, NULL},
-};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT,
-    "uvmloan._ptetable",
-    "A pmap's PTEs in 512-entry page-table pages (uvmloan.ptetable is the Python face).",
-    0,
-    NULL,
-    module_slots,
-    NULL,
-    NULL,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__ptetable(void)
-{
-    return PyModuleDef_Init(&module);
-}
+UVMLOAN_MODULE(_ptetable,
+               "A pmap's PTEs in 512-entry page-table pages (uvmloan.ptetable is the Python face).",
+               pt_exec)

@@ -27,8 +27,7 @@
  * Built against the stable ABI (3.11) where setup.py tags the wheel abi3.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h> /* setup.py defines Py_LIMITED_API where the wheel is abi3 */
+#include "pymodule.h" /* Python.h; setup.py defines Py_LIMITED_API where the wheel is abi3 */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -180,45 +179,14 @@ static PyType_Spec anon_spec = {
 };
 
 static int
-add_type(PyObject *m, PyType_Spec *spec, const char *name)
-{
-    PyObject *type = PyType_FromSpec(spec);
-    if (type == NULL)
-        return -1;
-    if (PyModule_AddObject(m, name, type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    return 0;
-}
-
-static int
 vs_exec(PyObject *m)
 {
-    if (add_type(m, &page_spec, "PageScalars") < 0)
+    if (uvm_add_type(m, &page_spec, "PageScalars") < 0)
         return -1;
-    return add_type(m, &anon_spec, "AnonScalars");
+    return uvm_add_type(m, &anon_spec, "AnonScalars");
 }
 
-static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, vs_exec},
-    {0, NULL},
-};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT,
-    "uvmloan._vmscalars",
-    "vm_page and vm_anon integer fields as machine words (uvmloan.vmscalars is the Python face).",
-    0,
-    NULL,
-    module_slots,
-    NULL,
-    NULL,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__vmscalars(void)
-{
-    return PyModuleDef_Init(&module);
-}
+UVMLOAN_MODULE(_vmscalars,
+               "vm_page and vm_anon integer fields as machine words (uvmloan.vmscalars is the "
+               "Python face).",
+               vs_exec)
